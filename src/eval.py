@@ -1,0 +1,16 @@
+"""Score a checkpoint: python src/eval.py ckpt_path=... [split=val|train] [data=isbi]"""
+
+import hydra
+from omegaconf import DictConfig
+
+from unet.cli import run_or_exit
+from unet.evaluation import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_or_exit(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

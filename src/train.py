@@ -1,0 +1,18 @@
+"""Train a U-Net: python src/train.py [experiment=isbi_cpu] [key=value ...]"""
+
+import hydra
+from omegaconf import DictConfig
+
+from unet.cli import run_or_exit
+from unet.training import train
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_or_exit(train, cfg)
+    # A number for Hydra sweepers that optimise the validation metric.
+    return metrics.get("val/pixel_error")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Dataset readers, training samples and LightningDataModules."""

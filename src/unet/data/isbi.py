@@ -1,0 +1,170 @@
+"""ISBI 2012 EM segmentation challenge (Drosophila ssTEM, 512x512 slices).
+
+Files, as in the public download: ``train-volume.tif`` and ``train-labels.tif`` (multi-page
+TIFFs, any slice count, compressed or not; labels 255 = cell interior, 0 = membrane) and
+``test-volume.tif`` (no labels; for prediction).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from unet.data.readers import DataError, binary_labels, read_tiff, require_file
+from unet.data.samples import EpochIndexSampler, RandomTileDataset, WholeImageDataset, standardize
+from unet.weight_maps import cached_binary_weight_map
+
+DOWNLOAD_HINT = (
+    "Put the ISBI 2012 files (train-volume.tif, train-labels.tif, test-volume.tif) in "
+    "<data_dir>/isbi2012/, where <data_dir> is $UNET_DATA_DIR or the data.data_dir setting. "
+    "Download them from the ISBI 2012 challenge site (Arganda-Carreras et al. 2015)."
+)
+
+
+def as_stack(array: np.ndarray, path: Path) -> np.ndarray:
+    """A (N, H, W) stack from a single image (H, W) or a multi-page TIFF."""
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise DataError(
+            f"{path}: expected a gray-value stack (slices, height, width), "
+            f"found shape {array.shape}"
+        )
+    return array
+
+
+def read_isbi_training(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) raw slices and (N, H, W) class maps (1 = cell interior, 0 = membrane)."""
+    folder = Path(data_dir) / "isbi2012"
+    if not folder.is_dir():
+        raise DataError(
+            f"ISBI 2012 data folder not found: {folder.resolve()} does not exist. {DOWNLOAD_HINT}"
+        )
+    volume_path = require_file(folder / "train-volume.tif", "ISBI training volume", DOWNLOAD_HINT)
+    labels_path = require_file(folder / "train-labels.tif", "ISBI training labels", DOWNLOAD_HINT)
+    volume = as_stack(read_tiff(volume_path), volume_path)
+    labels = as_stack(read_tiff(labels_path), labels_path)
+    if volume.shape != labels.shape:
+        raise DataError(
+            f"{labels_path}: label stack shape {labels.shape} does not match the volume "
+            f"{volume_path.name} shape {volume.shape}; expected one label slice per image slice"
+        )
+    return volume, binary_labels(labels, labels_path)
+
+
+def read_isbi_test(data_dir: str | Path) -> np.ndarray:
+    """(N, H, W) raw slices of ``test-volume.tif``."""
+    path = require_file(
+        Path(data_dir) / "isbi2012" / "test-volume.tif", "ISBI test volume", DOWNLOAD_HINT
+    )
+    return as_stack(read_tiff(path), path)
+
+
+def split_slices(num_slices: int, val_slices: int | list[int]) -> tuple[list[int], list[int]]:
+    """Training and validation slice indices; an int n means the last n slices (a contiguous
+    block: neighbouring slices are 50 nm apart and look alike, so interleaving would leak)."""
+    if isinstance(val_slices, int):
+        if not 0 <= val_slices < num_slices:
+            raise ValueError(
+                f"val_slices={val_slices}: need 0 <= val_slices < {num_slices} (the slice count)"
+            )
+        val = list(range(num_slices - val_slices, num_slices))
+    else:
+        val = sorted({int(i) for i in val_slices})
+        bad = [i for i in val if not 0 <= i < num_slices]
+        if bad or len(val) >= num_slices:
+            raise ValueError(
+                f"val_slices={list(val_slices)}: indices must lie in [0, {num_slices}) "
+                "and leave training slices"
+            )
+    train = [i for i in range(num_slices) if i not in val]
+    return train, val
+
+
+class IsbiDataModule(L.LightningDataModule):
+    """ISBI 2012: random training tiles, whole validation slices, the test volume for prediction.
+
+    Args:
+        data_dir: folder that holds ``isbi2012/``.
+        val_slices: number of slices at the end of the volume held out for validation, or
+            a list of slice indices.
+        tile_size: side of the training input tiles (paper: 572).
+        samples_per_epoch: training tiles per epoch.
+        batch_size: tiles per batch (paper: 1 large tile).
+        num_workers: data-loader worker processes.
+        w0, sigma: weight-map border term (paper: 10 and 5 px).
+        cache_dir: where weight maps are cached (None: no cache).
+        augment: random flips and 90-degree rotations of training tiles.
+        crop: use only the top-left crop x crop pixels of every slice (quick tests).
+        seed: seed of the training-tile randomness.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        val_slices: int | list[int] = 5,
+        tile_size: int = 572,
+        samples_per_epoch: int = 100,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        w0: float = 10.0,
+        sigma: float = 5.0,
+        cache_dir: str | None = None,
+        augment: bool = True,
+        crop: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set = self.val_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        volume, classes = read_isbi_training(hp.data_dir)
+        if hp.crop:
+            volume, classes = volume[:, : hp.crop, : hp.crop], classes[:, : hp.crop, : hp.crop]
+        images = [standardize(s) for s in volume]
+        weights = [cached_binary_weight_map(c, hp.w0, hp.sigma, hp.cache_dir) for c in classes]
+        train, val = split_slices(len(volume), hp.val_slices)
+        self.train_set = RandomTileDataset(
+            [images[i] for i in train],
+            [classes[i] for i in train],
+            [weights[i] for i in train],
+            tile_size=hp.tile_size,
+            samples_per_epoch=hp.samples_per_epoch,
+            augment=hp.augment,
+            seed=hp.seed,
+        )
+        self.val_set = WholeImageDataset(
+            [images[i] for i in val], [classes[i] for i in val], [weights[i] for i in val]
+        )
+        self.whole_sets = {
+            "train": WholeImageDataset(
+                [images[i] for i in train], [classes[i] for i in train], [weights[i] for i in train]
+            ),
+            "val": self.val_set,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            sampler=EpochIndexSampler(len(self.train_set)),
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,  # the epoch travels in the index
+            drop_last=True,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=1, num_workers=0)
+
+    def whole_image_dataloader(self, split: str) -> DataLoader:
+        """Whole images of ``split`` ("train" or "val"), one per batch, for scoring."""
+        if split not in self.whole_sets:
+            raise ValueError(f"split must be one of {sorted(self.whole_sets)}, got {split!r}")
+        return DataLoader(self.whole_sets[split], batch_size=1, num_workers=0)

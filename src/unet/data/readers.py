@@ -1,0 +1,59 @@
+"""Reading image files, with messages that name the file, what was found and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from unet.errors import UserError
+
+
+class DataError(UserError, ValueError):
+    """Input data that is missing or not in the expected form."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data file or folder that does not exist."""
+
+
+def require_file(path: str | Path, what: str, hint: str = "") -> Path:
+    """Return ``path`` if it is a file, else raise DataNotFoundError saying what it should be."""
+    path = Path(path)
+    if not path.is_file():
+        where = "a folder" if path.is_dir() else "missing"
+        raise DataNotFoundError(
+            f"{what} not found: {path} is {where}, expected a file.{' ' + hint if hint else ''}"
+        )
+    return path
+
+
+def read_tiff(path: str | Path) -> np.ndarray:
+    """Read a (multi-page) TIFF into an array; any decoding failure names the file."""
+    path = Path(path)
+    try:
+        return tifffile.imread(path)
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{path}: no such file") from None
+    except Exception as err:  # tifffile raises many types (TiffFileError, ValueError, KeyError...)
+        raise DataError(
+            f"{path}: cannot be read as a TIFF image ({type(err).__name__}: {err}). "
+            "Expected a TIFF file (LZW-compressed files need the 'imagecodecs' package)."
+        ) from None
+
+
+def binary_labels(labels: np.ndarray, path: str | Path) -> np.ndarray:
+    """Map a two-valued label image (0 = background/membrane, max = cell) to class indices 0/1.
+
+    Accepts {0, 1} or {0, 255} (either may be missing from a given image).
+    """
+    values = np.unique(labels)
+    for high in (255, 1):
+        if set(values.tolist()) <= {0, high}:
+            return (labels == high).astype(np.uint8)
+    shown = ", ".join(map(str, values[:10].tolist())) + (" ..." if len(values) > 10 else "")
+    raise DataError(
+        f"{path}: expected a binary label image with values {{0, 255}} or {{0, 1}} "
+        f"(0 = membrane/background, 255 or 1 = cell interior), found {len(values)} values: {shown}"
+    )

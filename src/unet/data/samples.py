@@ -1,0 +1,124 @@
+"""Training and validation samples: (image, classes, weights) triples as tensors.
+
+Data flow: full images (already read and weighted) -> random tiles with mirror
+extrapolation -> augmentation -> tensors. The network's own size needs (valid sizes,
+cropping targets to its output window) are handled by the model, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from unet.mirror import crop_with_mirror
+
+
+def standardize(image: np.ndarray) -> np.ndarray:
+    """Per-image zero mean, unit variance, as float32 (the same at training and prediction)."""
+    image = image.astype(np.float32)
+    std = image.std()
+    return (image - image.mean()) / (std if std > 0 else 1.0)
+
+
+def flip_rotate(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """One of the 8 flips/90-degree rotations, the same for every array (last two axes)."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(-2, -1))
+        out.append(np.ascontiguousarray(a[..., ::-1] if flip else a))
+    return out
+
+
+class EpochIndexSampler(Sampler[int]):
+    """Yields ``epoch * n + i`` for i in 0..n-1, so that a sample's randomness is keyed by
+    (seed, epoch, i) whatever the number of data-loader workers. Lightning calls
+    ``set_epoch`` at the start of every epoch."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
+
+
+class RandomTileDataset(Dataset):
+    """Random square tiles of ``tile_size`` from a set of images, mirrored beyond the borders.
+
+    A tile's centre is uniform over the image, so every pixel is equally often inside the
+    network's output window (the window is centred in the tile).
+
+    Args:
+        images: list of (H, W) float32 images (standardised).
+        classes: list of (H, W) integer class maps.
+        weights: list of (H, W) float32 weight maps.
+        tile_size: input tile side length.
+        samples_per_epoch: dataset length (one epoch).
+        augment: random flips and 90-degree rotations.
+        seed: with the epoch and the sample index, determines every random choice.
+    """
+
+    def __init__(
+        self,
+        images,
+        classes,
+        weights,
+        tile_size: int,
+        samples_per_epoch: int,
+        augment: bool = True,
+        seed: int = 0,
+    ):
+        if not (len(images) == len(classes) == len(weights)) or not images:
+            raise ValueError("images, classes and weights must be non-empty lists of equal length")
+        self.images, self.classes, self.weights = images, classes, weights
+        self.tile_size, self.samples_per_epoch = tile_size, samples_per_epoch
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(int(index), self.samples_per_epoch)
+        rng = np.random.default_rng([self.seed, epoch, i])
+        k = int(rng.integers(len(self.images)))
+        h, w = self.images[k].shape
+        top = int(rng.integers(h)) - self.tile_size // 2
+        left = int(rng.integers(w)) - self.tile_size // 2
+        crops = [
+            crop_with_mirror(a[k], top, left, self.tile_size, self.tile_size)
+            for a in (self.images, self.classes, self.weights)
+        ]
+        if self.augment:
+            crops = flip_rotate(crops, rng)
+        image, classes, weights = crops
+        return {
+            "image": torch.from_numpy(image)[None],  # (1, T, T)
+            "target": torch.from_numpy(classes.astype(np.int64)),  # (T, T)
+            "weight": torch.from_numpy(weights),  # (T, T)
+        }
+
+
+class WholeImageDataset(Dataset):
+    """Whole images with their class and weight maps, for validation and testing."""
+
+    def __init__(self, images, classes, weights):
+        self.images, self.classes, self.weights = images, classes, weights
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return {
+            "image": torch.from_numpy(self.images[k])[None],
+            "target": torch.from_numpy(self.classes[k].astype(np.int64)),
+            "weight": torch.from_numpy(self.weights[k]),
+        }

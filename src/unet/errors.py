@@ -1,0 +1,8 @@
+"""Errors caused by input a person can fix (paths, files, sizes, checkpoints).
+
+The entry points print these as one message, without a traceback.
+"""
+
+
+class UserError(Exception):
+    """Input that is missing or wrong; the message says what was found and what was expected."""

@@ -1,0 +1,153 @@
+"""The LightningModule: U-Net + weighted cross-entropy, optimiser and metrics from config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryF1Score,
+    BinaryJaccardIndex,
+    BinaryPrecisionRecallCurve,
+    MulticlassF1Score,
+)
+
+from unet.errors import UserError
+from unet.loss import WeightedCrossEntropy
+from unet.network import UNet, center_crop
+from unet.tiler import predict_whole_image
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a segmentation network with the paper's weighted loss.
+
+    Batches are dicts with ``image`` (B, C, H, W), ``target`` (B, H, W) class indices and
+    ``weight`` (B, H, W). Training tiles are fed as they are and the targets cropped to the
+    network's output window; validation images of any size go through the tiler.
+
+    Validation metrics (class 1 = cell interior, p = its softmax probability):
+        ``pixel_error``: the ISBI 2012 challenge's pixel error, 1 - the maximal F1 of the
+        cell class over the thresholds 0, 0.01, ..., 1 (pooled over all validation pixels);
+        ``pixel_error_t05``: 1 - F1 at the fixed threshold 0.5; ``dice``: F1 averaged over
+        both classes and ``iou``: IoU of the cell class, both at 0.5.
+
+    Args:
+        net: the network (e.g. :class:`unet.network.UNet`).
+        optimizer: a partial that takes the parameters (``_partial_: true`` in config).
+        scheduler: optional partial that takes the optimizer.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        loss: the loss module (default: the paper's weighted cross-entropy).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        scheduler_interval: str = "epoch",
+        loss: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss"])
+        self.net = net
+        self.loss = loss if loss is not None else WeightedCrossEntropy()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.val_metrics = MetricCollection(
+            {
+                "f1_cell": BinaryF1Score(),
+                "pr_curve": BinaryPrecisionRecallCurve(thresholds=101),
+                "iou": BinaryJaccardIndex(),
+                "dice": MulticlassF1Score(num_classes=2, average="macro"),
+            },
+            prefix="val/",
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, H, W) for images of any size."""
+        return predict_whole_image(self.net, image)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.net(batch["image"])  # (B, K, h, w), smaller than the tile when valid
+        size = tuple(logits.shape[-2:])
+        loss = self.loss(
+            logits, center_crop(batch["target"], size), center_crop(batch["weight"], size)
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["target"], batch["weight"])
+        prob = logits.float().softmax(dim=1)  # (B, K, H, W)
+        target = batch["target"]
+        self.val_metrics["f1_cell"].update(prob[:, 1], target)
+        self.val_metrics["pr_curve"].update(prob[:, 1], target)
+        self.val_metrics["iou"].update(prob[:, 1], target)
+        self.val_metrics["dice"].update(prob.argmax(dim=1), target)
+        self.log("val/loss", loss, batch_size=len(logits), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        precision, recall, _ = values.pop("val/pr_curve")
+        f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+        best_f1 = torch.nan_to_num(f1, nan=0.0).max()  # thresholds with no positive: F1 = 0
+        self.log_dict(values, sync_dist=True)
+        self.log("val/pixel_error_t05", 1.0 - values["val/f1_cell"], sync_dist=True)
+        self.log("val/pixel_error", 1.0 - best_f1, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/pixel_error"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The architecture travels with the weights, so eval/predict can rebuild the network.
+        checkpoint["net_config"] = getattr(self.net, "config", None)
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be loaded into the expected network."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that does not exist."""
+
+
+def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
+    """Rebuild the trained U-Net from a checkpoint written by :class:`SegmentationModule`."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path} is not a file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    config = checkpoint.get("net_config") if isinstance(checkpoint, dict) else None
+    if not config or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path}: expected a checkpoint written by unet's training "
+            "(with 'net_config'), found none"
+        )
+    net = UNet(**config)
+    state = {
+        k.removeprefix("net."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("net.")
+    }
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the network {config}: {err}") from None
+    return net

@@ -1,0 +1,138 @@
+"""Hydra-composed training and evaluation runs on small crops of the real ISBI data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from test_configs import CONFIGS, compose_train
+
+from unet.evaluation import evaluate
+from unet.module import CheckpointError, load_network
+from unet.training import train
+
+ROOT = CONFIGS.parent
+SMALL = [
+    "model.net.base_channels=4",
+    "model.net.depth=3",
+    "data.tile_size=124",
+    "data.crop=96",
+    "data.num_workers=0",
+]
+
+
+def test_fast_dev_run_trains_and_validates(data_dir, tmp_path):
+    cfg = compose_train(["debug=fast_dev_run", *SMALL], tmp_path, data_dir)
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert 0.0 <= metrics["val/pixel_error"] <= 1.0
+    assert 0.0 <= metrics["val/iou"] <= 1.0
+
+
+def test_train_checkpoint_then_eval(data_dir, tmp_path):
+    run = tmp_path / "train"
+    cfg = compose_train(
+        [
+            "debug=limit",
+            "callbacks=default",
+            "callbacks.progress_bar=null",
+            "logger=csv",
+            "trainer.enable_progress_bar=false",
+            *SMALL,
+        ],
+        run,
+        data_dir,
+    )
+    metrics = train(cfg)
+    written = json.loads((run / "metrics.json").read_text())
+    assert written["val/pixel_error"] == pytest.approx(metrics["val/pixel_error"])
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file() and Path(written["checkpoint"]).is_file()
+    assert (run / "csv" / "metrics.csv").is_file()
+    net = load_network(last)
+    assert net.config["base_channels"] == 4 and net.config["depth"] == 3
+
+    # the run folder is never reused silently
+    with pytest.raises(FileExistsError, match="already exists"):
+        train(cfg)
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        ecfg = compose(
+            "eval", overrides=[f"ckpt_path={last}", "data.crop=96", f"data.data_dir={data_dir}"]
+        )
+    with open_dict(ecfg):
+        ecfg.paths.output_dir = str(tmp_path / "eval")
+        ecfg.data.cache_dir = str(tmp_path / "cache")
+    (tmp_path / "eval").mkdir()
+    scores = evaluate(ecfg)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())[
+        "val/pixel_error"
+    ] == pytest.approx(scores["val/pixel_error"])
+    # training's final validation scored the best checkpoint; eval scored last.ckpt
+    assert 0.0 <= scores["val/pixel_error"] <= 1.0
+
+
+def test_load_network_rejects_other_files(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(CheckpointError, match="net_config"):
+        load_network(bad)
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_network(tmp_path / "junk.ckpt")
+    with pytest.raises(FileNotFoundError):
+        load_network(tmp_path / "none.ckpt")
+
+
+def test_entry_point_runs(data_dir, tmp_path):
+    env = dict(os.environ, UNET_DATA_DIR=str(data_dir), UNET_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "src/train.py",
+            "model=unet",
+            "data=isbi",
+            "debug=fast_dev_run",
+            *SMALL,
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+
+
+def test_missing_data_dir_message(tmp_path):
+    env = dict(os.environ, UNET_DATA_DIR=str(tmp_path / "nowhere"))
+    result = subprocess.run(
+        [sys.executable, "src/train.py", "debug=fast_dev_run", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "ISBI 2012 data folder not found" in result.stderr and "UNET_DATA_DIR" in result.stderr
+
+
+def test_tile_size_that_does_not_fit_the_network(data_dir, tmp_path):
+    from unet.shapes import InvalidInputSizeError
+
+    cfg = compose_train(["debug=fast_dev_run", *SMALL, "data.tile_size=130"], tmp_path, data_dir)
+    with pytest.raises(
+        InvalidInputSizeError,
+        match=r"data.tile_size=130 does not fit model.net: .*nearest valid sizes: 124, 132",
+    ):
+        train(cfg)
