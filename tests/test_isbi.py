@@ -23,7 +23,7 @@ def test_reads_compressed_and_uncompressed_stacks(fake_isbi, compression):
 
 def test_missing_folder_says_where_data_goes(tmp_path):
     with pytest.raises(
-        DataError, match=r"isbi2012 does not exist\. Put the ISBI 2012 files .* UNET_DATA_DIR"
+        DataError, match=r"isbi2012 does not exist\. Put the ISBI 2012 files .* \$UNET_DATA_DIR"
     ):
         read_isbi_training(tmp_path)
 
@@ -87,3 +87,11 @@ def test_datamodule_on_real_crops(data_dir, tmp_path):
     assert val["image"].shape == (1, 1, 128, 128)
     assert len(dm.val_set) == 2 and len(dm.whole_sets["train"]) == 23
     assert len(list(tmp_path.iterdir())) == 25  # one cached weight map per slice
+
+
+def test_predict_dataloader_reads_the_test_volume(data_dir):
+    dm = IsbiDataModule(str(data_dir), crop=64)
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert len(batches) == 30 and batches[0]["image"].shape == (1, 1, 64, 64)
+    assert abs(float(batches[0]["image"].mean())) < 1e-4  # standardised like training images

@@ -13,7 +13,7 @@ def module():
     )
 
 
-def run_validation(m, logits_fn, target):
+def run_validation(m, logits_fn, target, weight=None):
     m.net = _Fixed(logits_fn)
     logged = {}
     m.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
@@ -21,7 +21,7 @@ def run_validation(m, logits_fn, target):
     batch = {
         "image": torch.zeros(1, 1, *target.shape[-2:]),
         "target": target,
-        "weight": torch.ones(target.shape, dtype=torch.float32),
+        "weight": torch.ones(target.shape) if weight is None else weight,
     }
     m.validation_step(batch, 0)
     m.on_validation_epoch_end()
@@ -81,3 +81,29 @@ def test_training_step_crops_targets_to_the_output_window():
     loss = m.training_step(batch, 0)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
+
+
+def test_predict_step_gives_cell_probabilities():
+    m = module().eval()
+    with torch.no_grad():
+        prob = m.predict_step({"image": torch.randn(2, 1, 30, 41)}, 0)
+    assert prob.shape == (2, 30, 41)
+    assert float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
+
+
+def test_zero_weight_pixels_are_left_out_of_the_metrics():
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[..., :4, :] = 1
+    weight = torch.ones(1, 8, 8)
+    weight[..., :2, :] = 0  # an unannotated region: the prediction there must not count
+
+    def cells_only_in_rows_2_to_4(shape):
+        p = torch.full((8, 8), 0.1)
+        p[2:4] = 0.9
+        return torch.stack([torch.zeros(8, 8), torch.log(p / (1 - p))])[None]
+
+    logged = run_validation(module(), cells_only_in_rows_2_to_4, target, weight)
+    assert logged["val/pixel_error_t05"] == pytest.approx(0.0, abs=1e-6)
+    assert logged["val/iou"] == pytest.approx(1.0)
+    unweighted = run_validation(module(), cells_only_in_rows_2_to_4, target)
+    assert unweighted["val/iou"] == pytest.approx(0.5)

@@ -11,8 +11,8 @@ from unet.shapes import InvalidInputSizeError, output_size
 def test_paper_network():
     net = UNet()
     assert count_parameters(net) == 31_030_658
-    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 23  # paper, Sec. 2 (up-convolutions are ConvTranspose2d)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    assert len(convs) == 23  # paper, Sec. 2: 18 3x3 convs, 4 up-convs, the final 1x1 conv
     # The shape arithmetic, checked without computing: the meta device runs no kernels.
     with torch.device("meta"):
         meta = UNet()
@@ -61,11 +61,13 @@ def test_every_variant_runs_and_every_parameter_gets_a_gradient(
 
 
 def test_invalid_input_rejected_with_nearest_sizes():
-    net = UNet(base_channels=4)
+    net = UNet(base_channels=4, depth=3)
     with pytest.raises(
-        InvalidInputSizeError, match=r"height: input size 100 .* nearest valid sizes: 92, 108"
+        InvalidInputSizeError, match=r"height: input size 104 .* nearest valid sizes: 100, 108"
     ):
-        net(torch.zeros(1, 1, 100, 108))
+        net(torch.zeros(1, 1, 104, 108))
+    with pytest.raises(InvalidInputSizeError, match=r"width: .*nearest valid sizes: 188$"):
+        UNet(base_channels=4)(torch.zeros(1, 1, 188, 100))  # below the smallest valid size
 
 
 def test_paper_initialisation():

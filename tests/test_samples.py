@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from scipy import ndimage
 
-from unet.data.samples import EpochIndexSampler, RandomTileDataset, flip_rotate, standardize
+from unet.augmentation import Augmentation
+from unet.data.samples import RandomTileDataset, standardize, training_dataloader
 from unet.mirror import crop_with_mirror
 
 
@@ -12,8 +13,9 @@ def dataset(tile=48, augment=True, seed=0, n=6):
     images = [standardize(rng.random((30, 40))) for _ in range(2)]
     classes = [(rng.random((30, 40)) > 0.5).astype(np.uint8) for _ in range(2)]
     weights = [rng.random((30, 40)).astype(np.float32) for _ in range(2)]
+    augmentation = Augmentation(brightness=0.1, contrast=0.1, gamma=0.1) if augment else None
     return RandomTileDataset(
-        images, classes, weights, tile_size=tile, samples_per_epoch=n, augment=augment, seed=seed
+        images, classes, weights, tile, samples_per_epoch=n, augmentation=augmentation, seed=seed
     )
 
 
@@ -45,27 +47,44 @@ def test_tiles_are_mirrored_windows_of_the_image():
 
 
 def test_augmentation_moves_image_label_and_weight_together():
-    rng = np.random.default_rng(0)
-    a = rng.random((8, 8))
-    outs = [flip_rotate([a, a * 2, a * 3], np.random.default_rng(seed)) for seed in range(20)]
-    variants = {o[0].tobytes() for o in outs}
-    assert len(variants) > 4  # several of the 8 flips/rotations occur
-    for o in outs:
-        np.testing.assert_array_equal(o[1], o[0] * 2)
-        np.testing.assert_array_equal(o[2], o[0] * 3)
+    # one blocky binary map as image, classes and weights: where the linearly interpolated
+    # weight is exactly 0 or 1 (inside a block), the label and the image must agree with it
+    blocks = np.kron(np.random.default_rng(0).integers(0, 2, (8, 10)), np.ones((8, 8)))
+    ds = RandomTileDataset(
+        [blocks.astype(np.float32)],
+        [blocks.astype(np.uint8)],
+        [blocks.astype(np.float32)],
+        tile_size=72,
+        samples_per_epoch=8,
+        augmentation=Augmentation(),
+    )
+    tiles = set()
+    for i in range(8):
+        s = ds[i]
+        image, target, weight = s["image"][0].numpy(), s["target"].numpy(), s["weight"].numpy()
+        for value in (0, 1):
+            region = np.abs(weight - value) < 1e-6
+            assert region.sum() > 500
+            assert (target[region] == value).all()
+            # the cubic's 4x4 support, rotated and deformed, lies within 3 px
+            inner = ndimage.binary_erosion(region, np.ones((3, 3)), iterations=3)
+            np.testing.assert_allclose(image[inner], value, atol=0.01)
+        tiles.add(target.tobytes())
+    assert len(tiles) == 8
 
 
 def test_randomness_keyed_by_seed_epoch_and_index_not_by_workers():
     ds = dataset(n=4)
 
-    def epoch_batches(workers, epoch):
-        sampler = EpochIndexSampler(len(ds))
-        sampler.set_epoch(epoch)
-        loader = DataLoader(ds, batch_size=2, sampler=sampler, num_workers=workers)
-        return torch.cat([b["image"] for b in loader])
+    def epoch_batches(workers, epoch, key="image"):
+        loader = training_dataloader(ds, batch_size=2, num_workers=workers)
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([b[key] for b in loader])
 
     zero = epoch_batches(0, 0)
-    torch.testing.assert_close(epoch_batches(2, 0), zero)
+    torch.testing.assert_close(epoch_batches(2, 0), zero)  # augmented tiles included
+    for key in ("target", "weight"):
+        torch.testing.assert_close(epoch_batches(2, 1, key), epoch_batches(0, 1, key))
     assert not torch.equal(epoch_batches(0, 1), zero)  # a new epoch draws new tiles
     assert not torch.equal(torch.cat([dataset(n=4, seed=1)[i]["image"] for i in range(4)]), zero)
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -77,6 +78,27 @@ def test_train_checkpoint_then_eval(data_dir, tmp_path):
     ] == pytest.approx(scores["val/pixel_error"])
     # training's final validation scored the best checkpoint; eval scored last.ckpt
     assert 0.0 <= scores["val/pixel_error"] <= 1.0
+    for name in ("val/rand_error", "val/warping_error"):  # the challenge metrics
+        assert 0.0 <= scores[name] <= 1.0
+    assert 0.0 <= scores["val/v_rand"] <= 1.0
+    assert 0.0 <= written["val/rand_error"] <= 1.0  # training's final validation has them too
+
+    # scoring a written stack: the labels themselves score perfectly
+    import tifffile
+
+    from unet.data.isbi import read_isbi_training
+
+    _, classes = read_isbi_training(data_dir)
+    perfect = tmp_path / "perfect.tif"
+    tifffile.imwrite(perfect, classes[-5:, :96, :96].astype(np.float32))
+    with open_dict(ecfg):
+        ecfg.ckpt_path = None
+        ecfg.predictions = str(perfect)
+        ecfg.paths.output_dir = str(tmp_path / "eval2")
+    (tmp_path / "eval2").mkdir()
+    perfect_scores = evaluate(ecfg)
+    assert perfect_scores["val/pixel_error"] == 0.0 and perfect_scores["val/rand_error"] == 0.0
+    assert perfect_scores["val/warping_error"] == 0.0 and perfect_scores["val/v_info"] == 1.0
 
 
 def test_load_network_rejects_other_files(tmp_path):
@@ -136,3 +158,28 @@ def test_tile_size_that_does_not_fit_the_network(data_dir, tmp_path):
         match=r"data.tile_size=130 does not fit model.net: .*nearest valid sizes: 124, 132",
     ):
         train(cfg)
+
+
+def test_eval_scores_seg_on_cell_data(data_dir, tmp_path):
+    run = tmp_path / "train"
+    overrides = ["data=hela", "debug=limit", "callbacks=default", "callbacks.progress_bar=null"]
+    overrides += ["logger=none", "trainer.enable_progress_bar=false", "validate=false", *SMALL]
+    train(compose_train(overrides, run, data_dir))
+    last = run / "checkpoints" / "last.ckpt"
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        ecfg = compose(
+            "eval",
+            overrides=[
+                f"ckpt_path={last}",
+                "data=hela",
+                "data.crop=96",
+                f"data.data_dir={data_dir}",
+            ],
+        )
+    with open_dict(ecfg):
+        ecfg.paths.output_dir = str(tmp_path / "eval")
+        ecfg.data.cache_dir = str(tmp_path / "cache")
+    (tmp_path / "eval").mkdir()
+    scores = evaluate(ecfg)
+    assert 0.0 <= scores["val/seg"] <= 1.0 and scores["val/frames"] == 2
+    assert scores["val/truth_objects"] >= 1

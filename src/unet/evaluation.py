@@ -1,36 +1,86 @@
-"""Score a trained checkpoint on whole images of a dataset split."""
+"""Score a trained checkpoint, or predictions already written, on a dataset split."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
+from scipy import ndimage
 from rich.table import Table
 
+from unet.data.readers import DataError, read_tiff
+from unet.errors import UserError
+from unet.metrics import score_cell_frames, score_isbi_stack
 from unet.module import SegmentationModule, load_network
 from unet.training import scalars, write_json
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Validate ``cfg.ckpt_path`` on ``cfg.split``; writes ``<output_dir>/metrics.json``."""
-    L.seed_everything(cfg.seed, workers=True)
-    net = load_network(cfg.ckpt_path)
-    module = SegmentationModule(net=net, optimizer=None)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("validate")
+def score_checkpoint(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """Predict the split's whole images with the checkpoint and compute every metric.
+
+    Datasets with instance masks (Cell Tracking Challenge) also get SEG: predicted cells are
+    the 4-connected components of ``p > 0.5``, matched to the ground-truth objects.
+    """
+    module = SegmentationModule(net=load_network(cfg.ckpt_path), optimizer=None)
+    module.challenge_metrics = True
     trainer = instantiate(
         cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
-    results = trainer.validate(
-        module, dataloaders=datamodule.whole_image_dataloader(cfg.split), verbose=False
-    )
-    metrics = scalars(results[0]) | {"checkpoint": str(cfg.ckpt_path), "split": cfg.split}
+    loader = datamodule.whole_image_dataloader(cfg.split)
+    metrics = scalars(trainer.validate(module, dataloaders=loader, verbose=False)[0])
+    truth = getattr(datamodule, "instances", {}).get(cfg.split)
+    if truth:
+        probabilities = [p[0].numpy() for p in trainer.predict(module, dataloaders=loader)]
+        predicted = [ndimage.label(p > 0.5)[0] for p in probabilities]
+        cells = score_cell_frames(predicted, truth)
+        metrics |= {f"val/{k}": float(v) for k, v in cells.items()}
+    return metrics
+
+
+def score_prediction_file(
+    path: str | Path, datamodule: L.LightningDataModule, split: str
+) -> dict[str, float]:
+    """Score a TIFF stack of cell probabilities (1 = cell interior), one slice per image of
+    the split in order, with the ISBI challenge metrics."""
+    path = Path(path)
+    probabilities = read_tiff(path).astype(np.float32)
+    if probabilities.ndim == 2:
+        probabilities = probabilities[None]
+    dataset = datamodule.whole_sets[split]
+    labels = np.stack(dataset.classes)
+    if probabilities.shape != labels.shape:
+        raise DataError(
+            f"{path}: prediction stack has shape {probabilities.shape}, expected {labels.shape} "
+            f"(one probability map per image of the {split!r} split)"
+        )
+    scores = score_isbi_stack(probabilities, labels)
+    return {f"val/{k}": float(v) for k, v in scores.items()}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Score ``cfg.ckpt_path`` (or the stack ``cfg.predictions``) on ``cfg.split``.
+
+    Writes ``<output_dir>/metrics.json`` and prints a table.
+    """
+    if not cfg.get("ckpt_path") and not cfg.get("predictions"):
+        raise UserError("nothing to score: pass ckpt_path=<checkpoint> or predictions=<tif stack>")
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    if cfg.get("predictions"):
+        metrics = score_prediction_file(cfg.predictions, datamodule, cfg.split)
+        source = str(cfg.predictions)
+    else:
+        metrics = score_checkpoint(cfg, datamodule)
+        source = str(cfg.ckpt_path)
+    metrics = metrics | {"source": source, "split": cfg.split}
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
 
-    table = Table(title=f"{cfg.split} split, {Path(cfg.ckpt_path).name}")
+    table = Table(title=f"{cfg.split} split, {Path(source).name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -18,8 +19,12 @@ from torchmetrics.classification import (
 
 from unet.errors import UserError
 from unet.loss import WeightedCrossEntropy
+from unet.metrics import score_isbi_stack
 from unet.network import UNet, center_crop
 from unet.tiler import predict_whole_image
+
+
+IGNORE = -1  # target value of pixels the metrics skip
 
 
 class SegmentationModule(L.LightningModule):
@@ -34,6 +39,9 @@ class SegmentationModule(L.LightningModule):
         cell class over the thresholds 0, 0.01, ..., 1 (pooled over all validation pixels);
         ``pixel_error_t05``: 1 - F1 at the fixed threshold 0.5; ``dice``: F1 averaged over
         both classes and ``iou``: IoU of the cell class, both at 0.5.
+    With ``challenge_metrics`` set (training sets it for its final validation, eval always),
+    validation also logs the ISBI 2012 challenge's Rand error, V_rand, V_info and warping
+    error (:func:`unet.metrics.score_isbi_stack`): too slow to compute every epoch.
 
     Args:
         net: the network (e.g. :class:`unet.network.UNet`).
@@ -52,19 +60,24 @@ class SegmentationModule(L.LightningModule):
         loss: nn.Module | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss"])
+        # Only plain values go into the checkpoint (it must load with weights_only=True); the
+        # whole resolved config is stored by the loggers and in the run's .hydra folder.
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         self.net = net
         self.loss = loss if loss is not None else WeightedCrossEntropy()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_metrics = MetricCollection(
             {
-                "f1_cell": BinaryF1Score(),
-                "pr_curve": BinaryPrecisionRecallCurve(thresholds=101),
-                "iou": BinaryJaccardIndex(),
-                "dice": MulticlassF1Score(num_classes=2, average="macro"),
+                # pixels of weight 0 (unannotated cells) are left out of every metric
+                "f1_cell": BinaryF1Score(ignore_index=IGNORE),
+                "pr_curve": BinaryPrecisionRecallCurve(thresholds=101, ignore_index=IGNORE),
+                "iou": BinaryJaccardIndex(ignore_index=IGNORE),
+                "dice": MulticlassF1Score(num_classes=2, average="macro", ignore_index=IGNORE),
             },
             prefix="val/",
         )
+        self.challenge_metrics = False
+        self._challenge_inputs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) for images of any size."""
@@ -83,11 +96,15 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["target"], batch["weight"])
         prob = logits.float().softmax(dim=1)  # (B, K, H, W)
-        target = batch["target"]
+        target = batch["target"].masked_fill(batch["weight"] == 0, IGNORE)
         self.val_metrics["f1_cell"].update(prob[:, 1], target)
         self.val_metrics["pr_curve"].update(prob[:, 1], target)
         self.val_metrics["iou"].update(prob[:, 1], target)
         self.val_metrics["dice"].update(prob.argmax(dim=1), target)
+        if self.challenge_metrics:
+            for p, t in zip(prob[:, 1].cpu().numpy(), target.cpu().numpy(), strict=True):
+                if not (t == IGNORE).any():  # the ISBI definitions know no unlabelled pixels
+                    self._challenge_inputs.append((p, t))
         self.log("val/loss", loss, batch_size=len(logits), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -99,6 +116,28 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(values, sync_dist=True)
         self.log("val/pixel_error_t05", 1.0 - values["val/f1_cell"], sync_dist=True)
         self.log("val/pixel_error", 1.0 - best_f1, prog_bar=True, sync_dist=True)
+        if self.challenge_metrics and self._challenge_inputs:
+            self.log_dict(self._score_challenge(), sync_dist=True)
+
+    def _score_challenge(self) -> dict[str, float]:
+        """The expensive ISBI metrics over the collected validation images (then cleared)."""
+        inputs, self._challenge_inputs = self._challenge_inputs, []
+        if len({p.shape for p, _ in inputs}) == 1:
+            groups = [inputs]
+        else:  # images of several sizes: score each size as its own stack, weigh by count
+            groups = [[x for x in inputs if x[0].shape == s] for s in {p.shape for p, _ in inputs}]
+        totals: dict[str, float] = {}
+        for group in groups:
+            scores = score_isbi_stack(
+                np.stack([p for p, _ in group]), np.stack([t for _, t in group])
+            )
+            for name in ("rand_error", "v_rand", "v_info", "warping_error"):
+                totals[f"val/{name}"] = totals.get(f"val/{name}", 0.0) + scores[name] * len(group)
+        return {name: value / len(inputs) for name, value in totals.items()}
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Probability of the cell class (B, H, W): 1 = cell interior, 0 = membrane/background."""
+        return self(batch["image"]).float().softmax(dim=1)[:, 1]
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -129,7 +168,7 @@ def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint not found: {path} is not a file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from unet.errors import UserError
@@ -70,9 +71,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model)
     check_tile_size(module, datamodule)
     loggers = instantiate_all(cfg.get("logger"))
-    trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
-    )
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # a learning-rate monitor has nowhere to write without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -81,6 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = scalars(trainer.callback_metrics)
     if cfg.get("validate", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        module.challenge_metrics = True  # the slow ISBI challenge metrics, once at the end
         results = trainer.validate(
             module, datamodule=datamodule, ckpt_path=best or None, verbose=False
         )

@@ -6,12 +6,22 @@ w_c balances the class frequencies; d1 and d2 are the distances to the nearest a
 second-nearest cell. The border term is large only in narrow gaps between two cells,
 which forces the network to learn the thin separating borders (paper, Sec. 3, Fig. 3d).
 
+Two kinds of labels come in: binary class maps (ISBI 2012: cells are the connected
+components of the cell class) and instance labels (Cell Tracking Challenge: one id per
+cell). For instance labels the binary target is made here: "the separation border is
+computed using morphological operations" (paper, Sec. 3), i.e. a pixel whose
+``border_size`` x ``border_size`` neighbourhood holds two different cell ids becomes
+background, so touching cells are separated by a background line in the target.
+
 Choices the paper leaves open, made here:
 - w_c(x) = N / (K * N_k) for a pixel of class k (N pixels, K classes present, N_k of class
   k), computed per image: every class gets the same total weight, and the mean of w_c is 1.
 - d1, d2 are Euclidean distances from a pixel to the nearest pixel of a cell, and the
   border term is added on background pixels only (inside a cell d1 = 0 and the term
-  would only blur the cell's edge).
+  would only blur the cell's edge). For instance labels the cells are the instances less
+  their separation borders, so border pixels get the term like any other gap pixel.
+- Pixels that must not be learned (an ``ignore`` mask, e.g. unannotated cells) get weight
+  0, and w_c is computed over the remaining pixels only.
 """
 
 from __future__ import annotations
@@ -21,26 +31,35 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
 # Bump when the computation changes so that stale cache files are not reused.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
 
 
-def class_balance_weights(classes: np.ndarray, num_classes: int = 2) -> np.ndarray:
+def class_balance_weights(
+    classes: np.ndarray, num_classes: int = 2, mask: np.ndarray | None = None
+) -> np.ndarray:
     """w_c: each class present gets the same total weight; the mean over pixels is 1.
 
     Args:
         classes: (H, W) integer class map with values in [0, num_classes).
+        mask: (H, W) bool, the pixels to balance over (None: all); the others get 0.
     """
-    counts = np.bincount(classes.ravel(), minlength=num_classes).astype(np.float64)
+    counted = classes if mask is None else classes[mask]
+    counts = np.bincount(counted.ravel(), minlength=num_classes).astype(np.float64)
     present = counts > 0
     per_class = np.zeros(num_classes)
-    per_class[present] = classes.size / (present.sum() * counts[present])
-    return per_class[classes].astype(np.float32)
+    per_class[present] = counted.size / (present.sum() * counts[present])
+    weights = per_class[classes].astype(np.float32)
+    if mask is not None:
+        weights[~mask] = 0.0
+    return weights
 
 
 def border_margin(w0: float, sigma: float, tolerance: float = 1e-6) -> int:
@@ -61,12 +80,16 @@ def nearest_two_distances(
     margin are returned as ``inf``; with ``margin=None`` every transform is full-image
     (exact, slow; the reference the tests compare against).
 
+    The transforms are OpenCV's exact Euclidean ones (``DIST_MASK_PRECISE``), in float32:
+    they equal ``scipy.ndimage.distance_transform_edt`` to float32 precision, 2-3 times
+    faster.
+
     Args:
         instances: (H, W) integer instance ids, 0 = no instance.
     """
     h, w = instances.shape
-    d1 = np.full((h, w), np.inf, dtype=np.float64)
-    d2 = np.full((h, w), np.inf, dtype=np.float64)
+    d1 = np.full((h, w), np.inf, dtype=np.float32)
+    d2 = np.full((h, w), np.inf, dtype=np.float32)
     for index, box in enumerate(ndimage.find_objects(instances)):
         if box is None:
             continue
@@ -78,10 +101,11 @@ def nearest_two_distances(
                 slice(max(s.start - m, 0), min(s.stop + m, n))
                 for s, n in zip(box, (h, w), strict=True)
             )
-        dist = ndimage.distance_transform_edt(instances[box] != index + 1)
+        outside = (instances[box] != index + 1).astype(np.uint8)
+        dist = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         a, b = d1[box], d2[box]  # views: updated in place
-        b[...] = np.where(dist < a, a, np.minimum(b, dist))
-        a[...] = np.minimum(a, dist)
+        np.minimum(b, np.maximum(a, dist), out=b)  # the old d1 or this cell, if nearer
+        np.minimum(a, dist, out=a)
     return d1, d2
 
 
@@ -99,10 +123,9 @@ def border_weights(
     margin = None if exact else border_margin(w0, sigma)
     d1, d2 = nearest_two_distances(instances, margin)
     with np.errstate(invalid="ignore", over="ignore"):
-        term = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
-    term[~np.isfinite(term)] = 0.0
-    term[instances > 0] = 0.0
-    return term.astype(np.float32)
+        term = w0 * np.exp((d1 + d2) ** 2 * np.float32(-0.5 / sigma**2))
+    term[~np.isfinite(term) | (instances > 0)] = 0.0
+    return term.astype(np.float32, copy=False)
 
 
 def cells_from_binary(classes: np.ndarray) -> np.ndarray:
@@ -118,15 +141,108 @@ def weight_map(
     return class_balance_weights(classes) + border_weights(instances, w0, sigma)
 
 
-def _cache_key(classes: np.ndarray, params: dict) -> str:
+def separation_borders(instances: np.ndarray, size: int = 3) -> np.ndarray:
+    """(H, W) bool: cell pixels whose ``size`` x ``size`` neighbourhood holds another cell's id.
+
+    These are the pixels where two instances touch (both sides of the contact line, for
+    ``size=3`` one pixel each); made background, they separate the cells in the target.
+
+    Args:
+        instances: (H, W) integer instance ids, 0 = background.
+        size: odd side of the square neighbourhood.
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be an odd number >= 1, got {size}")
+    h, w = instances.shape
+    r = size // 2
+    border = np.zeros((h, w), bool)
+    # Every pair of pixels (p, q = p + (dy, dx)) within the window, each pair once: if both
+    # are cells with different ids, both are border pixels. Beyond the image there is nothing.
+    for dy in range(r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx <= 0:
+                continue
+            p = (slice(0, h - dy), slice(max(-dx, 0), w - max(dx, 0)))
+            q = (slice(dy, h), slice(max(dx, 0), w - max(-dx, 0)))
+            a, b = instances[p], instances[q]
+            touch = (a != b) & (a > 0) & (b > 0)
+            border[p] |= touch
+            border[q] |= touch
+    return border
+
+
+def instance_targets(instances: np.ndarray, border_size: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Binary class map (1 = cell) with separation borders, and the cells it shows.
+
+    Returns:
+        classes: (H, W) uint8, 1 on instances except their separation borders.
+        cells: (H, W) instance ids with the separation borders set to 0.
+    """
+    cells = np.where(separation_borders(instances, border_size), 0, instances)
+    return (cells > 0).astype(np.uint8), cells
+
+
+def instance_weight_map(
+    instances: np.ndarray,
+    ignore: np.ndarray | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    border_size: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class map and the paper's weight map from instance labels.
+
+    Args:
+        instances: (H, W) integer instance ids, 0 = background.
+        ignore: (H, W) bool, pixels to leave out of the loss (weight 0), or None.
+        w0, sigma: border term (paper, Sec. 3: 10 and 5 px).
+        border_size: neighbourhood of :func:`separation_borders`.
+
+    Returns:
+        classes: (H, W) uint8 (1 = cell, 0 = background and separation borders).
+        weights: (H, W) float32, 0 on ``ignore``.
+    """
+    classes, cells = instance_targets(instances, border_size)
+    known = None if ignore is None else ~ignore
+    weights = class_balance_weights(classes, mask=known) + border_weights(cells, w0, sigma)
+    if ignore is not None:
+        weights[ignore] = 0.0
+    return classes, weights
+
+
+def _cache_key(arrays: Sequence[np.ndarray], params: dict) -> str:
     digest = hashlib.sha1()
-    digest.update(np.ascontiguousarray(classes).tobytes())
-    digest.update(
-        json.dumps(
-            {"shape": classes.shape, "dtype": str(classes.dtype), **params}, sort_keys=True
-        ).encode()
-    )
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    shapes = [[list(a.shape), str(a.dtype)] for a in arrays]
+    digest.update(json.dumps({"arrays": shapes, **params}, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _cached(
+    inputs: Sequence[np.ndarray],
+    params: dict,
+    compute: Callable[[], np.ndarray],
+    cache_dir: str | os.PathLike | None,
+) -> np.ndarray:
+    """``compute()``, stored in ``cache_dir`` under a hash of the inputs and parameters."""
+    if cache_dir is None:
+        return compute()
+    key = _cache_key(inputs, {**params, "v": _CACHE_VERSION})
+    path = Path(cache_dir) / f"weights-{key}.npy"
+    if path.is_file():
+        try:
+            cached = np.load(path)
+            if cached.shape == inputs[0].shape:
+                return cached
+        except (OSError, ValueError):
+            pass  # a truncated or foreign file: recompute and replace it
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary file and rename, so that concurrent workers never read half a file.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        np.save(tmp, result)
+    os.replace(tmp.name, path)
+    return result
 
 
 def cached_binary_weight_map(
@@ -140,23 +256,33 @@ def cached_binary_weight_map(
     The cache file is named by a hash of the labels and the parameters, so a change to
     either (or to this module's computation version) computes a new map.
     """
-    if cache_dir is None:
-        return weight_map(classes, cells_from_binary(classes), w0, sigma)
-    path = (
-        Path(cache_dir)
-        / f"weights-{_cache_key(classes, {'w0': w0, 'sigma': sigma, 'v': _CACHE_VERSION})}.npy"
+    return _cached(
+        [classes],
+        {"kind": "binary", "w0": w0, "sigma": sigma},
+        lambda: weight_map(classes, cells_from_binary(classes), w0, sigma),
+        cache_dir,
     )
-    if path.is_file():
-        try:
-            cached = np.load(path)
-            if cached.shape == classes.shape:
-                return cached
-        except (OSError, ValueError):
-            pass  # a truncated or foreign file: recompute and replace it
-    weights = weight_map(classes, cells_from_binary(classes), w0, sigma)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary file and rename, so that concurrent workers never read half a file.
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        np.save(tmp, weights)
-    os.replace(tmp.name, path)
-    return weights
+
+
+def cached_instance_weight_map(
+    instances: np.ndarray,
+    ignore: np.ndarray | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    border_size: int = 3,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`instance_weight_map` with the weights cached on disk like the binary maps.
+
+    The class map is recomputed (a few ms); the cache key covers the instances, the
+    ignore mask and every parameter.
+    """
+    classes, _ = instance_targets(instances, border_size)
+    inputs = [instances] if ignore is None else [instances, ignore]
+    weights = _cached(
+        inputs,
+        {"kind": "instances", "w0": w0, "sigma": sigma, "border_size": border_size},
+        lambda: instance_weight_map(instances, ignore, w0, sigma, border_size)[1],
+        cache_dir,
+    )
+    return classes, weights

@@ -13,8 +13,15 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from unet.augmentation import Augmentation
 from unet.data.readers import DataError, binary_labels, read_tiff, require_file
-from unet.data.samples import EpochIndexSampler, RandomTileDataset, WholeImageDataset, standardize
+from unet.data.samples import (
+    ImageDataset,
+    RandomTileDataset,
+    WholeImageDataset,
+    standardize,
+    training_dataloader,
+)
 from unet.weight_maps import cached_binary_weight_map
 
 DOWNLOAD_HINT = (
@@ -97,7 +104,8 @@ class IsbiDataModule(L.LightningDataModule):
         num_workers: data-loader worker processes.
         w0, sigma: weight-map border term (paper: 10 and 5 px).
         cache_dir: where weight maps are cached (None: no cache).
-        augment: random flips and 90-degree rotations of training tiles.
+        augmentation: moves each training tile's image, classes and weights together
+            (:class:`unet.augmentation.Augmentation`; None: plain tiles).
         crop: use only the top-left crop x crop pixels of every slice (quick tests).
         seed: seed of the training-tile randomness.
     """
@@ -113,15 +121,25 @@ class IsbiDataModule(L.LightningDataModule):
         w0: float = 10.0,
         sigma: float = 5.0,
         cache_dir: str | None = None,
-        augment: bool = True,
+        augmentation: Augmentation | None = None,
         crop: int | None = None,
         seed: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.train_set = self.val_set = None
+        # a plain list, not Hydra's ListConfig: checkpoints must load with weights_only=True
+        val_slices = val_slices if isinstance(val_slices, int) else [int(i) for i in val_slices]
+        self.save_hyperparameters(ignore=["augmentation"])  # an object, not a setting to log
+        self.augmentation = augmentation
+        self.train_set = self.val_set = self.predict_set = None
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            if self.predict_set is None:
+                volume = read_isbi_test(self.hparams.data_dir)
+                if self.hparams.crop:
+                    volume = volume[:, : self.hparams.crop, : self.hparams.crop]
+                self.predict_set = ImageDataset([standardize(s) for s in volume])
+            return
         if self.train_set is not None:
             return
         hp = self.hparams
@@ -137,7 +155,7 @@ class IsbiDataModule(L.LightningDataModule):
             [weights[i] for i in train],
             tile_size=hp.tile_size,
             samples_per_epoch=hp.samples_per_epoch,
-            augment=hp.augment,
+            augmentation=self.augmentation,
             seed=hp.seed,
         )
         self.val_set = WholeImageDataset(
@@ -151,17 +169,16 @@ class IsbiDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set,
-            batch_size=self.hparams.batch_size,
-            sampler=EpochIndexSampler(len(self.train_set)),
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,  # the epoch travels in the index
-            drop_last=True,
+        return training_dataloader(
+            self.train_set, self.hparams.batch_size, self.hparams.num_workers
         )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=1, num_workers=0)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The slices of ``test-volume.tif`` (no labels)."""
+        return DataLoader(self.predict_set, batch_size=1, num_workers=0)
 
     def whole_image_dataloader(self, split: str) -> DataLoader:
         """Whole images of ``split`` ("train" or "val"), one per batch, for scoring."""

@@ -57,3 +57,20 @@ def binary_labels(labels: np.ndarray, path: str | Path) -> np.ndarray:
         f"{path}: expected a binary label image with values {{0, 255}} or {{0, 1}} "
         f"(0 = membrane/background, 255 or 1 = cell interior), found {len(values)} values: {shown}"
     )
+
+
+def instance_labels(labels: np.ndarray, path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Check an instance label image (integer ids, 0 = background) of a frame of ``shape``."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{path}: expected an integer label image (one id per cell, 0 = background), "
+            f"found data type {labels.dtype}"
+        )
+    if labels.shape != tuple(shape):
+        raise DataError(
+            f"{path}: label image shape {labels.shape} does not match its frame's shape "
+            f"{tuple(shape)}; expected one label per frame pixel"
+        )
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{path}: expected non-negative instance ids, found {labels.min()}")
+    return labels

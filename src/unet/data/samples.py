@@ -1,18 +1,21 @@
 """Training and validation samples: (image, classes, weights) triples as tensors.
 
 Data flow: full images (already read and weighted) -> random tiles with mirror
-extrapolation -> augmentation -> tensors. The network's own size needs (valid sizes,
-cropping targets to its output window) are handled by the model, not here.
+extrapolation and augmentation (one resampling, :mod:`unet.augmentation`) -> tensors. The
+network's own size needs (valid sizes, cropping targets to its output window) are handled
+by the model, not here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from unet.augmentation import Augmentation
 from unet.mirror import crop_with_mirror
 
 
@@ -21,16 +24,6 @@ def standardize(image: np.ndarray) -> np.ndarray:
     image = image.astype(np.float32)
     std = image.std()
     return (image - image.mean()) / (std if std > 0 else 1.0)
-
-
-def flip_rotate(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """One of the 8 flips/90-degree rotations, the same for every array (last two axes)."""
-    k, flip = int(rng.integers(4)), bool(rng.integers(2))
-    out = []
-    for a in arrays:
-        a = np.rot90(a, k, axes=(-2, -1))
-        out.append(np.ascontiguousarray(a[..., ::-1] if flip else a))
-    return out
 
 
 class EpochIndexSampler(Sampler[int]):
@@ -55,7 +48,8 @@ class RandomTileDataset(Dataset):
     """Random square tiles of ``tile_size`` from a set of images, mirrored beyond the borders.
 
     A tile's centre is uniform over the image, so every pixel is equally often inside the
-    network's output window (the window is centred in the tile).
+    network's output window (the window is centred in the tile). Images may have any
+    (H, W), larger or smaller than the tile.
 
     Args:
         images: list of (H, W) float32 images (standardised).
@@ -63,7 +57,7 @@ class RandomTileDataset(Dataset):
         weights: list of (H, W) float32 weight maps.
         tile_size: input tile side length.
         samples_per_epoch: dataset length (one epoch).
-        augment: random flips and 90-degree rotations.
+        augmentation: moves image, classes and weights together (None: plain windows).
         seed: with the epoch and the sample index, determines every random choice.
     """
 
@@ -74,14 +68,14 @@ class RandomTileDataset(Dataset):
         weights,
         tile_size: int,
         samples_per_epoch: int,
-        augment: bool = True,
+        augmentation: Augmentation | None = None,
         seed: int = 0,
     ):
         if not (len(images) == len(classes) == len(weights)) or not images:
             raise ValueError("images, classes and weights must be non-empty lists of equal length")
         self.images, self.classes, self.weights = images, classes, weights
         self.tile_size, self.samples_per_epoch = tile_size, samples_per_epoch
-        self.augment, self.seed = augment, seed
+        self.augmentation, self.seed = augmentation, seed
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -91,20 +85,35 @@ class RandomTileDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i])
         k = int(rng.integers(len(self.images)))
         h, w = self.images[k].shape
-        top = int(rng.integers(h)) - self.tile_size // 2
-        left = int(rng.integers(w)) - self.tile_size // 2
-        crops = [
-            crop_with_mirror(a[k], top, left, self.tile_size, self.tile_size)
-            for a in (self.images, self.classes, self.weights)
-        ]
-        if self.augment:
-            crops = flip_rotate(crops, rng)
+        centre = int(rng.integers(h)), int(rng.integers(w))
+        arrays = self.images[k], self.classes[k], self.weights[k]
+        if self.augmentation is None:
+            top, left = centre[0] - self.tile_size // 2, centre[1] - self.tile_size // 2
+            crops = [crop_with_mirror(a, top, left, self.tile_size, self.tile_size) for a in arrays]
+        else:
+            crops = self.augmentation(*arrays, centre=centre, size=self.tile_size, rng=rng)
         image, classes, weights = crops
         return {
-            "image": torch.from_numpy(image)[None],  # (1, T, T)
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],  # (1, T, T)
             "target": torch.from_numpy(classes.astype(np.int64)),  # (T, T)
-            "weight": torch.from_numpy(weights),  # (T, T)
+            "weight": torch.from_numpy(np.ascontiguousarray(weights)),  # (T, T)
         }
+
+
+def training_dataloader(dataset: RandomTileDataset, batch_size: int, num_workers: int):
+    """Batches of random tiles, each keyed by (seed, epoch, index) whatever the workers."""
+    if num_workers > 0:
+        # One OpenCV thread per worker: the workers already run side by side. Set here, in
+        # the parent: OpenCV's thread pool cannot be resized in a forked worker (it hangs).
+        cv2.setNumThreads(1)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochIndexSampler(len(dataset)),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,  # the epoch travels in the index
+        drop_last=True,
+    )
 
 
 class WholeImageDataset(Dataset):
@@ -122,3 +131,16 @@ class WholeImageDataset(Dataset):
             "target": torch.from_numpy(self.classes[k].astype(np.int64)),
             "weight": torch.from_numpy(self.weights[k]),
         }
+
+
+class ImageDataset(Dataset):
+    """Whole images without labels, for prediction."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.from_numpy(self.images[k])[None]}

@@ -1,0 +1,128 @@
+"""Time to make one augmented training tile, on one CPU core.
+
+    python benchmarks/augmentation_speed.py [--tiles 200] [--sizes 572 508] [--data-dir DIR]
+
+The augmentation is the one of ``configs/data/hela.yaml`` (paper elastic deformation,
+rotation by any angle, flips, gray values), applied to a HeLa frame with its weight map
+(a random image when the data is not there). Printed per tile size, median over the tiles:
+- plain crop: the mirrored window without augmentation (the floor);
+- positions: elastic field + rotation + flips folded into one source map;
+- warp: cutting the window and the three remaps (image cubic, weights linear, labels
+  nearest);
+- gray values: gamma, contrast, brightness;
+- dataset item: ``RandomTileDataset[i]``, all of the above plus tensors.
+OpenCV, torch and BLAS are held to one thread, as in a data-loader worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy is imported
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from unet.augmentation import warp  # noqa: E402
+from unet.data.samples import RandomTileDataset, standardize  # noqa: E402
+from unet.mirror import crop_with_mirror  # noqa: E402
+from unet.weight_maps import instance_weight_map  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def sample_frame(data_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
+    import tifffile
+
+    folder = data_dir / "DIC-C2DH-HeLa"
+    if (folder / "01" / "t039.tif").is_file():
+        image = tifffile.imread(folder / "01" / "t039.tif")
+        instances = tifffile.imread(folder / "01_GT" / "SEG" / "man_seg039.tif")
+        return "HeLa 01/039 (512x512)", image, instances
+    rng = np.random.default_rng(0)
+    instances = np.kron(rng.integers(0, 20, (16, 16)), np.ones((32, 32), np.int32))
+    return "random (512x512)", rng.integers(0, 255, (512, 512), np.uint8), instances
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up (caches, first-call allocations)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def time_tile(size: int, augmentation, image, classes, weights, tiles: int) -> dict[str, float]:
+    """Median ms per tile of each stage, for tiles of ``size``."""
+    seeds = iter(range(10**9))
+
+    def rng():
+        return np.random.default_rng(next(seeds))
+
+    def positions():
+        return augmentation.source_positions(rng(), (256, 256), size)
+
+    maps = [positions() for _ in range(20)]  # angles differ, and so do the windows
+    dataset = RandomTileDataset([image], [classes], [weights], size, 10**6, augmentation)
+    arrays, how = (image, classes, weights), ("cubic", "nearest", "linear")
+    stages = {
+        "plain crop": lambda: [crop_with_mirror(a, 0, 0, size, size) for a in arrays],
+        "positions": positions,
+        "warp": lambda: warp(arrays, *maps[next(seeds) % len(maps)], how),
+        "gray": lambda: augmentation.gray_values(image[:size, :size], rng()),
+        "item": lambda: dataset[next(seeds)],
+    }
+    return {k: median_ms(f, tiles) for k, f in stages.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiles", type=int, default=200)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[572, 508])
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("UNET_DATA_DIR", "data"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+    augmentation = instantiate(OmegaConf.load(CONFIGS / "data" / "hela.yaml").augmentation)
+    name, raw, instances = sample_frame(args.data_dir)
+    classes, weights = instance_weight_map(instances)
+    image = standardize(raw)
+    print(f"cpu: {cpu_name()}; 1 thread (torch, OpenCV {cv2.__version__}, BLAS)")
+    print(f"frame: {name}; {augmentation}")
+    print(
+        f"{'tile':>5} {'plain crop':>10} {'positions':>10} {'warp':>8} {'gray':>8} "
+        f"{'item':>8}   (ms per tile, median of {args.tiles})"
+    )
+    for size in args.sizes:
+        ms = time_tile(size, augmentation, image, classes, weights, args.tiles)
+        print(
+            f"{size:>5} {ms['plain crop']:>10.2f} {ms['positions']:>10.2f} {ms['warp']:>8.2f} "
+            f"{ms['gray']:>8.2f} {ms['item']:>8.2f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

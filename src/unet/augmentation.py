@@ -1,0 +1,263 @@
+"""Data augmentation of training tiles: image, class map and weight map moved together.
+
+Paper, Sec. 3.1: shift and rotation invariance, robustness to deformations and to gray-value
+variations; "random elastic deformations of the training samples seem to be the key concept
+to train a segmentation network with very few annotated images. We generate smooth
+deformations using random displacement vectors on a coarse 3 by 3 grid. The displacements
+are sampled from a Gaussian distribution with 10 pixels standard deviation. Per-pixel
+displacements are then computed using bicubic interpolation."
+
+Every geometric change (elastic field, flips, rotation by any angle, sub-pixel shift) is
+folded into one map "output pixel -> source position in the image", and each array is
+resampled once with it: the image with cubic, the weight map with linear and the class
+map with nearest-neighbour interpolation. Only the window of the image that the map
+reaches is cut out (with mirrored context beyond the image border, as everywhere in this
+project), so the cost depends on the tile size, not on the image size.
+
+Choices the paper leaves open, made here:
+- The coarse grid spans the output tile: its corner nodes sit on the tile's corner
+  pixels, so with a 3x3 grid there is a node at every corner, edge centre and the centre.
+  Bicubic interpolation uses the kernel of OpenCV and PyTorch (a = -0.75); at a node the
+  displacement is the drawn N(0, std^2) vector, between nodes its spread is smaller.
+- The deformation is applied in the tile's own frame, before the flip and rotation.
+- Gray values are changed after the resampling, on the standardised tile: gamma on the
+  tile rescaled to [0, 1] (then back to its range), then contrast (a factor about 0, the
+  image mean after standardisation) and brightness (an offset in units of the image's
+  standard deviation).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from unet.mirror import reflect_indices
+
+
+def _cubic_kernel(x: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys' cubic convolution kernel with OpenCV's and PyTorch's a = -0.75."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+
+
+@functools.lru_cache(maxsize=32)
+def cubic_upsampling_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix that upsamples n_in samples to n_out pixels by cubic interpolation.
+
+    The first and last samples sit on the first and last pixels ("align corners"); taps
+    beyond the ends repeat the end samples. Equals PyTorch's ``interpolate(mode="bicubic",
+    align_corners=True)`` along one axis.
+    """
+    if n_out == 1 or n_in == 1:
+        return np.full((n_out, n_in), 1.0 / n_in)
+    pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1))  # output pixel -> grid coordinate
+    base = np.floor(pos).astype(np.int64)
+    frac = pos - base
+    matrix = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    for tap in (-1, 0, 1, 2):
+        np.add.at(matrix, (rows, np.clip(base + tap, 0, n_in - 1)), _cubic_kernel(frac - tap))
+    matrix.flags.writeable = False  # shared by the cache
+    return matrix
+
+
+def elastic_field(rng: np.random.Generator, size: int, grid: int = 3, std: float = 10.0):
+    """Dense displacement field (2, size, size) of the paper's elastic deformation, in px.
+
+    Displacements (dy, dx) are drawn from N(0, std^2) on a ``grid`` x ``grid`` coarse grid
+    spanning the tile and upsampled by bicubic interpolation.
+    """
+    coarse = rng.standard_normal((2, grid, grid)) * std
+    up = cubic_upsampling_matrix(size, grid)  # (size, grid)
+    return (up @ coarse @ up.T).astype(np.float32)  # (2, size, size)
+
+
+@functools.lru_cache(maxsize=32)
+def _position_bases(size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right factors (size, grid + 2) of :meth:`Augmentation.source_positions`."""
+    up = cubic_upsampling_matrix(size, grid)
+    offsets = (np.arange(size) - size // 2)[:, None]  # pixel relative to the tile centre
+    ones = np.ones((size, 1))
+    left = np.hstack([up, offsets, ones]).astype(np.float32)
+    right = np.hstack([up, ones, offsets]).astype(np.float32)
+    left.flags.writeable = right.flags.writeable = False
+    return left, right
+
+
+class Augmentation:
+    """Random geometric and gray-value changes of a training tile (paper, Sec. 3.1).
+
+    Called with a whole image, its class map and weight map, the tile's centre and size and
+    a random generator, it returns the augmented (size, size) tile of each. All random
+    numbers come from that generator, in a fixed order whatever the settings, so a run's
+    tiles depend only on the generator's seed (the data sets key it by seed, epoch and
+    sample index).
+
+    Args:
+        elastic_std: standard deviation (px) of the coarse-grid displacements; 0 = none.
+            Paper: 10.
+        elastic_grid: nodes per side of the coarse grid. Paper: 3.
+        rotation: largest rotation angle in degrees; the angle is uniform in
+            [-rotation, rotation], so 180 means any angle and 0 no rotation.
+        flip: mirror the tile vertically and horizontally, each with probability 1/2.
+        shift: largest extra shift (px, uniform, per axis, sub-pixel). The tile's position
+            is already uniform over the image, so this only adds sub-pixel offsets.
+        brightness: largest offset added to the (standardised) gray values.
+        contrast: gray values are multiplied by a factor uniform in [1 - c, 1 + c].
+        gamma: gamma exponent uniform in [1 - g, 1 + g] (0 <= g < 1).
+    """
+
+    def __init__(
+        self,
+        elastic_std: float = 10.0,
+        elastic_grid: int = 3,
+        rotation: float = 180.0,
+        flip: bool = True,
+        shift: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        gamma: float = 0.0,
+    ):
+        if elastic_std < 0 or elastic_grid < 2:
+            raise ValueError(
+                f"need elastic_std >= 0 and elastic_grid >= 2, got {elastic_std}, {elastic_grid}"
+            )
+        if not 0 <= gamma < 1 or not 0 <= contrast < 1 or brightness < 0 or shift < 0:
+            raise ValueError(
+                "need 0 <= gamma < 1, 0 <= contrast < 1, brightness >= 0, shift >= 0; "
+                f"got gamma={gamma}, contrast={contrast}, brightness={brightness}, shift={shift}"
+            )
+        self.elastic_std, self.elastic_grid = float(elastic_std), int(elastic_grid)
+        self.rotation, self.flip, self.shift = float(rotation), bool(flip), float(shift)
+        self.brightness, self.contrast, self.gamma = (
+            float(brightness),
+            float(contrast),
+            float(gamma),
+        )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"Augmentation({fields})"
+
+    def source_positions(
+        self, rng: np.random.Generator, centre: tuple[int, int], size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where each output pixel of the tile reads from: (y, x) maps (size, size) in image px.
+
+        Without any change this is the plain window whose pixel (size // 2, size // 2) is
+        ``centre``.
+        """
+        g = self.elastic_grid
+        coarse = rng.standard_normal((2, g, g)) * self.elastic_std  # as elastic_field draws it
+        angle = math.radians(rng.uniform(-1.0, 1.0) * self.rotation)
+        flips = rng.integers(2, size=2)
+        shift = rng.uniform(-1.0, 1.0, size=2) * self.shift
+        # Output pixel p (relative to the tile centre) reads from
+        #     centre + shift + R(angle) @ diag(mirror) @ (p + d(p)),
+        # d the bicubic upsampling U @ coarse @ U^T of the coarse grid. Everything is linear
+        # in the coarse vectors, so each map is one product L @ M @ R^T with L = [U, p_y, 1],
+        # R = [U, 1, p_x] and a small M: no per-pixel field, rotation or sum is materialised.
+        mirror = [-1.0 if self.flip and f else 1.0 for f in flips]
+        cos, sin = math.cos(angle), math.sin(angle)
+        a = np.array([[cos, -sin], [sin, cos]]) * mirror  # (2, 2): rotation @ mirror
+        left, right = _position_bases(size, g)
+        maps = []
+        for row, c in zip(a, centre + shift, strict=True):
+            m = np.zeros((g + 2, g + 2))
+            m[:g, :g] = row[0] * coarse[0] + row[1] * coarse[1]
+            m[g, g], m[g + 1, g + 1], m[g + 1, g] = row[0], row[1], c
+            maps.append(left @ m.astype(np.float32) @ right.T)  # (size, size) float32
+        return maps[0], maps[1]
+
+    def gray_values(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Random gamma, contrast and brightness of a (standardised) tile."""
+        gamma = 1.0 + rng.uniform(-1.0, 1.0) * self.gamma
+        factor = 1.0 + rng.uniform(-1.0, 1.0) * self.contrast
+        offset = rng.uniform(-1.0, 1.0) * self.brightness
+        if gamma != 1.0:
+            low, high = float(image.min()), float(image.max())
+            if high > low:
+                unit = (image - low) * (1.0 / (high - low))
+                image = np.power(unit, gamma, dtype=np.float32) * (high - low) + low
+        if factor != 1.0 or offset != 0.0:
+            image = image * np.float32(factor) + np.float32(offset)
+        return image
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        classes: np.ndarray,
+        weights: np.ndarray,
+        centre: tuple[int, int],
+        size: int,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The augmented (size, size) tiles of a (H, W) image, class map and weight map."""
+        ys, xs = self.source_positions(rng, centre, size)
+        image, classes, weights = warp(
+            (image, classes, weights), ys, xs, ("cubic", "nearest", "linear")
+        )
+        return self.gray_values(image, rng), classes, weights
+
+
+_INTERPOLATION = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+}
+# The types cv2.remap takes; others go through float64 for labels (exact below 2^53) and
+# float32 for gray values and weights.
+_NATIVE = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+_NATIVE_NEAREST = (*_NATIVE, np.int32)
+
+
+def warp(
+    arrays: Sequence[np.ndarray],
+    ys: np.ndarray,
+    xs: np.ndarray,
+    interpolations: Sequence[str],
+) -> list[np.ndarray]:
+    """Resample (H, W) arrays at source positions ``ys``, ``xs`` (h, w), mirrored outside.
+
+    One ``cv2.remap`` per array, reading only the pixels it needs. Beyond the image border
+    the arrays are mirrored as :func:`unet.mirror.crop_with_mirror` does. OpenCV's own
+    mirrored border (``BORDER_REFLECT_101``, the same reflection) is right up to one image
+    size out but wrong further out for cubic interpolation, which large rotated tiles of
+    small images reach: there the window the positions reach is cut out first.
+
+    Args:
+        arrays: (H, W) arrays of the same shape.
+        ys, xs: (h, w) source row and column of every output pixel.
+        interpolations: ``"nearest"``, ``"linear"`` or ``"cubic"``, one per array.
+    """
+    h, w = arrays[0].shape
+    # the window the positions reach, with the cubic kernel's reach (-1 .. +2) and a pixel
+    top, left = math.floor(ys.min()) - 2, math.floor(xs.min()) - 2
+    bottom, right = math.ceil(ys.max()) + 3, math.ceil(xs.max()) + 3
+    within_one_reflection = -h < top and bottom < 2 * (h - 1) and -w < left and right < 2 * (w - 1)
+    if within_one_reflection:
+        sources, map_y, map_x = arrays, np.asarray(ys, np.float32), np.asarray(xs, np.float32)
+    else:
+        rows = reflect_indices(top, bottom, h)
+        cols = reflect_indices(left, right, w)
+        # = crop_with_mirror(array, top, left, ...), by two takes (3x faster)
+        sources = [a.take(rows, axis=0).take(cols, axis=1) for a in arrays]
+        map_y, map_x = (ys - top).astype(np.float32), (xs - left).astype(np.float32)
+    out = []
+    for source, how in zip(sources, interpolations, strict=True):
+        dtype = source.dtype
+        if how == "nearest" and dtype not in _NATIVE_NEAREST:
+            source = source.astype(np.float64)
+        elif how != "nearest" and dtype not in _NATIVE:
+            source = source.astype(np.float32)
+        warped = cv2.remap(
+            source, map_x, map_y, _INTERPOLATION[how], borderMode=cv2.BORDER_REFLECT_101
+        )
+        out.append(warped.astype(dtype, copy=False))
+    return out

@@ -1,0 +1,352 @@
+"""Predict files: a 2D image, a multi-page TIFF stack or a folder of frames.
+
+Data flow: files -> gray frames -> per-image standardisation (as in training) -> tiler
+(+ test-time augmentation) -> cell probabilities -> connected components -> writers.
+The output folder holds
+
+- ``probabilities.tif``: float32 probability of the cell class (class 1), one page per
+  frame in input order; 1 = cell interior, 0 = membrane/background (the ISBI 2012
+  submission polarity);
+- ``labels/``: uint16 label images, the connected components of ``probability >
+  threshold`` (``maskNNN.tif`` with ``challenge_naming``, as the Cell Tracking Challenge
+  expects);
+- ``overlays/``: PNGs of each frame with its labels tinted, for a quick look.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from skimage.measure import label as connected_components
+from torch import nn
+
+from unet.data.readers import DataError, DataNotFoundError, read_tiff
+from unet.data.samples import standardize
+from unet.errors import UserError
+from unet.module import load_network
+from unet.tiler import Tiler, count_tiles, predict_probabilities
+from unet.training import OutputExistsError
+from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png")
+CELL_CLASS = 1  # class 1 = cell interior, as in training (unet.data.readers.binary_labels)
+PRECISIONS = {"32": None, "bf16": torch.bfloat16}
+
+
+class PredictionSettingError(UserError, ValueError):
+    """A prediction setting that cannot work (output path, device, precision, network)."""
+
+
+def _unreadable(path: Path, err: Exception) -> DataError:
+    return DataError(
+        f"{path}: cannot be read as an image ({type(err).__name__}: {err}). "
+        f"Expected a TIFF or PNG file."
+    )
+
+
+def probe_image(path: Path) -> tuple[int, ...]:
+    """Shape of an image file from its header: (H, W) or (N, H, W); checks it is gray."""
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, axes = tuple(series.shape), series.axes
+        else:
+            with Image.open(path) as im:
+                shape, axes, mode = (im.height, im.width), "YX", im.mode
+            if mode not in ("1", "L", "I", "I;16", "F"):  # colour modes: gray in RGB is common
+                read_image(path)  # decodes and checks that the channels are equal
+    except DataError:
+        raise
+    except Exception as err:  # tifffile and PIL raise many types
+        raise _unreadable(path, err) from None
+    if "S" in axes or len(shape) not in (2, 3):  # S: colour samples
+        raise DataError(
+            f"{path}: found an image of shape {shape} (axes {axes}); expected gray values: "
+            "one 2D image (height, width) or a stack (slices, height, width)"
+        )
+    return shape
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Pixels of a TIFF (any page count) or PNG; a PNG with identical RGB channels is gray."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return read_tiff(path)
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im)
+    except Exception as err:
+        raise _unreadable(path, err) from None
+    if array.ndim == 3:  # RGB(A) PNGs of gray images are common: accept them if gray
+        color = array[..., :3]
+        if not (
+            np.array_equal(color[..., 0], color[..., 1])
+            and np.array_equal(color[..., 0], color[..., 2])
+        ):
+            raise DataError(f"{path}: a colour image of shape {array.shape}; expected gray values")
+        array = color[..., 0]
+    return array
+
+
+class FrameSource:
+    """The 2D frames of a prediction input, listed (and their headers checked) up front.
+
+    Args:
+        path: a 2D image (TIFF or PNG), a multi-page TIFF stack (e.g. ISBI's
+            ``test-volume.tif``) or a folder of 2D frames (e.g. a Cell Tracking Challenge
+            sequence ``tNNN.tif``; other files in it are ignored).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataNotFoundError(f"input not found: {self.path} does not exist")
+        if self.path.is_dir():
+            self.files = sorted(
+                p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not self.files:
+                raise DataError(
+                    f"{self.path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+                )
+            self.shapes = []
+            for f in self.files:
+                shape = probe_image(f)
+                if len(shape) != 2:
+                    raise DataError(
+                        f"{f}: a stack of shape {shape} inside a folder of frames; expected "
+                        "one 2D frame per file (or pass the stack file itself as input)"
+                    )
+                self.shapes.append(shape)
+            self.names = [f.stem for f in self.files]
+        else:
+            if self.path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(
+                    f"{self.path}: unsupported file type {self.path.suffix!r}; expected a "
+                    f"{', '.join(IMAGE_SUFFIXES)} file or a folder of such frames"
+                )
+            shape = probe_image(self.path)
+            self.files = [self.path]
+            if len(shape) == 2:
+                self.shapes, self.names = [shape], [self.path.stem]
+            else:
+                digits = max(3, len(str(shape[0] - 1)))
+                self.shapes = [shape[1:]] * shape[0]
+                self.names = [f"{self.path.stem}_{i:0{digits}d}" for i in range(shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, (H, W) array) per frame, read when needed (one file at a time)."""
+        if self.path.is_dir():
+            for name, f in zip(self.names, self.files, strict=True):
+                yield name, read_image(f)
+        else:
+            frames = read_image(self.path)
+            frames = frames[None] if frames.ndim == 2 else frames
+            yield from zip(self.names, frames, strict=True)
+
+
+def label_cells(probability: np.ndarray, threshold: float = 0.5, min_area: int = 0) -> np.ndarray:
+    """Instance labels (H, W): 4-connected components of ``probability > threshold``,
+    numbered 1..n; components smaller than ``min_area`` pixels are dropped."""
+    labels = connected_components(probability > threshold, connectivity=1)
+    if min_area > 1:
+        small = np.bincount(labels.ravel()) < min_area
+        small[0] = False
+        labels[small[labels]] = 0
+        labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)  # 1..n again
+    return labels
+
+
+def mask_name(frame_name: str, index: int) -> str:
+    """Cell Tracking Challenge name of a frame's mask: ``t013`` -> ``mask013.tif``."""
+    digits = re.search(r"(\d+)$", frame_name)
+    return f"mask{digits.group(1) if digits else f'{index:03d}'}.tif"
+
+
+def prepare_output(output: str | Path, overwrite: bool, create: bool = True) -> Path:
+    """The output folder (created); an existing one is used only with ``overwrite``."""
+    output = Path(output)
+    if output.suffix.lower() in IMAGE_SUFFIXES:
+        raise PredictionSettingError(
+            f"output={output}: expected a folder (it will hold probabilities.tif, labels/ and "
+            "overlays/), not a file name"
+        )
+    if output.exists():
+        if not output.is_dir():
+            raise OutputExistsError(f"output={output} exists and is a file; expected a folder")
+        if not overwrite:
+            raise OutputExistsError(
+                f"output folder {output} already exists; pass overwrite=true to replace the "
+                "files in it, or choose a new output folder"
+            )
+    if create:
+        output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (a GPU if one is visible), ``cpu`` or ``cuda[:n]``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise PredictionSettingError(f"device={device}, but no GPU is visible; use device=cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise PredictionSettingError(f"device={device!r}: expected auto, cpu or cuda") from None
+
+
+def _autocast_dtype(precision) -> torch.dtype | None:
+    key = str(precision).removesuffix("-true").removesuffix("-mixed")
+    if key not in PRECISIONS:
+        raise PredictionSettingError(f"precision={precision!r}: expected 32 or bf16")
+    return PRECISIONS[key]
+
+
+def predict_path(
+    net: nn.Module,
+    source: FrameSource | str | Path,
+    output: str | Path,
+    *,
+    tiler: Tiler | None = None,
+    tta: str = "none",
+    device: str = "auto",
+    precision: str | int = 32,
+    threshold: float = 0.5,
+    min_area: int = 0,
+    labels: bool = True,
+    challenge_naming: bool = False,
+    overlays: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Predict every frame of ``source`` and write the results to the folder ``output``.
+
+    Args:
+        net: the trained network (e.g. from :func:`unet.module.load_network`).
+        source: a 2D image, a multi-page TIFF stack or a folder of frames.
+        output: the output folder (see the module docstring for its contents).
+        tiler: tile size, overlap and memory budget (default: automatic, exact stitching).
+        tta: test-time augmentation: ``none``, ``flips8`` or ``paper7``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``32`` or ``bf16`` (autocast; probabilities are float32 either way).
+        threshold, min_area: label images are the 4-connected components of ``probability >
+            threshold`` with at least ``min_area`` pixels.
+        labels, challenge_naming, overlays: what to write besides the probabilities.
+        overwrite: write into an existing output folder, replacing its files.
+        progress: show a progress bar over frames and tiles.
+
+    Returns:
+        A summary: frame count, sizes, series in the TIFF, seconds and megapixels/s.
+    """
+    source = source if isinstance(source, FrameSource) else FrameSource(source)
+    tiler = tiler or Tiler()
+    dev = resolve_device(device)
+    dtype = _autocast_dtype(precision)
+    config = getattr(net, "config", None) or {}
+    if config.get("in_channels", 1) != 1 or config.get("num_classes", 2) < 2:
+        raise PredictionSettingError(
+            f"the network takes {config.get('in_channels')} input channels and predicts "
+            f"{config.get('num_classes')} classes; prediction needs gray-value input (1 "
+            "channel) and a cell class (2 or more classes)"
+        )
+    net = net.to(dev).eval()
+    count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
+    output = prepare_output(output, overwrite)
+    for sub, wanted in (("labels", labels), ("overlays", overlays)):
+        if wanted:
+            (output / sub).mkdir(exist_ok=True)
+    pixels = sum(h * w for h, w in source.shapes)
+    stack_path = output / "probabilities.tif"
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    start = time.perf_counter()
+    with (
+        Progress(*columns, disable=not progress, transient=True) as bar,
+        ProbabilityStackWriter(stack_path, bigtiff=4 * pixels > 2**32 - 2**25) as stack,
+    ):
+        frames_task = bar.add_task("frames", total=len(source))
+        tiles_task = bar.add_task("tiles", total=None)
+        for index, (name, frame) in enumerate(source):
+            if frame.ndim != 2:
+                raise DataError(
+                    f"{name}: expected a 2D gray-value frame, found shape {frame.shape}"
+                )
+            bar.reset(tiles_task, total=count_tiles(net, frame.shape, tiler, tta))
+            image = torch.from_numpy(standardize(frame))[None, None].to(dev)  # (1, 1, H, W)
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                prob = predict_probabilities(
+                    net, image, tiler, tta, on_batch=lambda n: bar.advance(tiles_task, n)
+                )
+            cells = prob[0, CELL_CLASS].cpu().numpy()  # (H, W), float32
+            stack.write(cells)
+            if labels or overlays:
+                objects = label_cells(cells, threshold, min_area)
+                if labels:
+                    file = mask_name(name, index) if challenge_naming else f"{name}.tif"
+                    write_label_image(output / "labels" / file, objects)
+                if overlays:
+                    write_overlay(output / "overlays" / f"{name}.png", frame, objects)
+            bar.advance(frames_task)
+    seconds = time.perf_counter() - start
+    return {
+        "frames": len(source),
+        "sizes": sorted(set(source.shapes)),
+        "probabilities": str(stack_path),
+        "series": stack.num_series,
+        "seconds": seconds,
+        "megapixels_per_second": pixels / 1e6 / seconds,
+    }
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Predict ``cfg.input`` with the network of ``cfg.ckpt_path``; results go to ``cfg.output``."""
+    source = FrameSource(cfg.input)  # input problems show before the checkpoint is loaded
+    prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part, too
+    net = load_network(cfg.ckpt_path)
+    summary = predict_path(
+        net,
+        source,
+        cfg.output,
+        tiler=instantiate(cfg.tiler),
+        tta=cfg.tta,
+        device=cfg.device,
+        precision=cfg.precision,
+        threshold=cfg.threshold,
+        min_area=cfg.min_area,
+        labels=cfg.labels,
+        challenge_naming=cfg.challenge_naming,
+        overlays=cfg.overlays,
+        overwrite=cfg.overwrite,
+        progress=cfg.progress,
+    )
+    sizes = ", ".join(f"{h}x{w}" for h, w in summary["sizes"])
+    Console().print(
+        f"{summary['frames']} frame(s) ({sizes}) -> {cfg.output} in {summary['seconds']:.1f} s "
+        f"({summary['megapixels_per_second']:.2f} megapixels/s)"
+    )
+    if summary["series"] > 1:
+        Console().print(
+            f"note: frames of different sizes; {summary['probabilities']} holds "
+            f"{summary['series']} series (read them with tifffile.TiffFile(path).series)"
+        )
+    return summary

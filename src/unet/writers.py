@@ -1,0 +1,71 @@
+"""Writing prediction results: probability stacks, label images and PNG overlays.
+
+The last link of the inference chain (image -> tiler -> probabilities -> post-processing ->
+writer); nothing here knows about networks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+
+class ProbabilityStackWriter:
+    """Appends 2D float32 maps to a multi-page TIFF as they are predicted (one page each).
+
+    Pages of one size form one (N, H, W) series, which ``tifffile.imread`` returns; a page
+    of another size starts a new series (``tifffile.TiffFile(path).series``).
+
+    Args:
+        path: the TIFF file to write (replaced if it exists).
+        bigtiff: write BigTIFF, needed beyond 4 GB.
+    """
+
+    def __init__(self, path: str | Path, bigtiff: bool = False):
+        self.path = Path(path)
+        self._tiff = tifffile.TiffWriter(self.path, bigtiff=bigtiff)
+        self.shapes: list[tuple[int, int]] = []
+        self.num_series = 0
+
+    def write(self, page: np.ndarray) -> None:
+        page = np.asarray(page, dtype=np.float32)
+        contiguous = bool(self.shapes) and self.shapes[-1] == page.shape
+        self._tiff.write(page, contiguous=contiguous, photometric="minisblack")
+        self.shapes.append(page.shape)
+        self.num_series += not contiguous
+
+    def close(self) -> None:
+        self._tiff.close()
+
+    def __enter__(self) -> ProbabilityStackWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_label_image(path: str | Path, labels: np.ndarray) -> None:
+    """An instance label image (0 = background), uncompressed uint16 as the Cell Tracking
+    Challenge expects (uint32 if there are more than 65535 objects)."""
+    dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
+    tifffile.imwrite(path, labels.astype(dtype), photometric="minisblack")
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the image in gray, each labelled object tinted in its own colour."""
+    lo, hi = np.percentile(image, (1, 99))
+    gray = np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    # fixed colours, bright enough to see on gray; label 0 (background) is not tinted
+    palette = np.random.default_rng(0).integers(60, 256, size=(int(labels.max(initial=0)) + 1, 3))
+    cells = labels > 0
+    rgb[cells] = (1 - alpha) * rgb[cells] + alpha * palette[labels[cells]]
+    return rgb.round().astype(np.uint8)
+
+
+def write_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray) -> None:
+    """A PNG of :func:`overlay`, for a quick look."""
+    Image.fromarray(overlay(image, labels)).save(path)

@@ -1,0 +1,264 @@
+"""Predicting files: src/predict.py, unet.prediction and unet.writers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from test_configs import CONFIGS, compose_train
+from test_train import SMALL
+
+from unet.cli import run_or_exit
+from unet.data.readers import DataError
+from unet.errors import UserError
+from unet.module import CheckpointError
+from unet.network import UNet
+from unet.prediction import (
+    FrameSource,
+    PredictionSettingError,
+    label_cells,
+    mask_name,
+    predict,
+    predict_path,
+)
+from unet.tiler import Tiler
+from unet.training import OutputExistsError, train
+from unet.writers import overlay
+
+ROOT = CONFIGS.parent
+
+
+def compose_predict(overrides: list[str]):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose("predict", overrides=["progress=false", *overrides])
+
+
+def save_checkpoint(path: Path, net: UNet, config: dict | None = None) -> Path:
+    """A checkpoint as SegmentationModule writes it (weights under ``net.``, the config)."""
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "net_config": config or net.config}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = UNet(base_channels=2, depth=2, dropout=0.0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", net)
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(data_dir, tmp_path_factory) -> Path:
+    """A small U-Net trained for 20 steps on 96x96 crops of the real ISBI slices."""
+    run = tmp_path_factory.mktemp("train")
+    overrides = [
+        "debug=limit",
+        "trainer.limit_train_batches=10",
+        "callbacks=default",
+        "callbacks.progress_bar=null",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "model.net.dropout=0.0",
+        "validate=false",
+        *SMALL,
+    ]
+    train(compose_train(overrides, run, data_dir))
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_isbi_stack_end_to_end(trained_ckpt, data_dir, tmp_path):
+    isbi = data_dir / "isbi2012"
+    # a test-volume.tif-shaped input: 3 slices of 96x96 from the real test volume
+    test_stack = tmp_path / "test-volume.tif"
+    tifffile.imwrite(
+        test_stack,
+        tifffile.imread(isbi / "test-volume.tif")[:3, :96, :96],
+        photometric="minisblack",  # 3 pages, not one RGB image
+    )
+    out = tmp_path / "out"
+    summary = predict(
+        compose_predict([f"ckpt_path={trained_ckpt}", f"input={test_stack}", f"output={out}"])
+    )
+    prob = tifffile.imread(out / "probabilities.tif")
+    assert summary["frames"] == 3
+    assert prob.shape == (3, 96, 96) and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    labels = sorted((out / "labels").iterdir())
+    assert [p.name for p in labels] == [f"test-volume_{i:03d}.tif" for i in range(3)]
+    assert tifffile.imread(labels[0]).dtype == np.uint16
+    assert len(list((out / "overlays").glob("*.png"))) == 3
+
+    # polarity (ISBI submission): 1 = cell interior, 0 = membrane; checked on labelled slices
+    train_stack = tmp_path / "train.tif"
+    tifffile.imwrite(
+        train_stack,
+        tifffile.imread(isbi / "train-volume.tif")[:3, :96, :96],
+        photometric="minisblack",
+    )
+    truth = tifffile.imread(isbi / "train-labels.tif")[:3, :96, :96]
+    predict(
+        compose_predict(
+            [f"ckpt_path={trained_ckpt}", f"input={train_stack}", f"output={tmp_path / 'train'}"]
+        )
+    )
+    prob = tifffile.imread(tmp_path / "train" / "probabilities.tif")
+    assert prob[truth == 255].mean() > prob[truth == 0].mean() + 0.05
+
+
+def test_entry_point_runs(tiny_ckpt, tmp_path):
+    frame = tmp_path / "image.png"
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
+    Image.fromarray(pixels).save(frame)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "src/predict.py",
+            f"ckpt_path={tiny_ckpt}",
+            f"input={frame}",
+            f"output={tmp_path / 'out'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert tifffile.imread(tmp_path / "out" / "probabilities.tif").shape == (40, 50)
+    assert (tmp_path / "out" / "overlays" / "image.png").is_file()
+
+
+def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(tiny_ckpt, tmp_path):
+    frames = tmp_path / "01"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = [(40, 50), (40, 50), (33, 61)]
+    for t, size in enumerate(sizes):
+        tifffile.imwrite(frames / f"t{t:03d}.tif", rng.integers(0, 255, size, dtype=np.uint8))
+    (frames / "notes.txt").write_text("ignored")
+    out = tmp_path / "out"
+    summary = predict(
+        compose_predict(
+            [f"ckpt_path={tiny_ckpt}", f"input={frames}", f"output={out}", "challenge_naming=true"]
+        )
+    )
+    assert summary["frames"] == 3 and summary["series"] == 2
+    for t, size in enumerate(sizes):  # each frame is predicted at its own size
+        assert tifffile.imread(out / "labels" / f"mask{t:03d}.tif").shape == size
+    with tifffile.TiffFile(out / "probabilities.tif") as tif:
+        assert [s.shape for s in tif.series] == [(2, 40, 50), (33, 61)]
+
+
+def test_bf16_autocast_and_tta_run_on_cpu(tiny_ckpt, tmp_path):
+    from unet.module import load_network
+
+    frame = tmp_path / "image.tif"
+    tifffile.imwrite(frame, np.random.default_rng(0).normal(size=(37, 45)).astype(np.float32))
+    net = load_network(tiny_ckpt)
+    results = {}
+    for precision in ("32", "bf16"):
+        out = tmp_path / precision
+        predict_path(
+            net, frame, out, precision=precision, tta="flips8", tiler=Tiler(), progress=False
+        )
+        results[precision] = tifffile.imread(out / "probabilities.tif")
+    assert results["bf16"].dtype == np.float32
+    np.testing.assert_allclose(results["bf16"], results["32"], atol=0.05)
+
+
+def test_label_cells_and_mask_names():
+    prob = np.zeros((10, 12), np.float32)
+    prob[1:4, 1:4] = 0.9  # a cell
+    prob[4:7, 4:7] = 0.8  # touches the first only at a corner: a second cell (4-connected)
+    prob[8, 10] = 0.7  # a speck
+    labels = label_cells(prob, threshold=0.5)
+    assert labels.max() == 3 and labels[2, 2] != labels[5, 5]
+    kept = label_cells(prob, threshold=0.5, min_area=2)
+    assert kept.max() == 2 and kept[8, 10] == 0 and set(np.unique(kept)) == {0, 1, 2}
+    assert mask_name("t013", 5) == "mask013.tif" and mask_name("frame", 7) == "mask007.tif"
+
+
+def test_bad_inputs_give_one_clear_line(tiny_ckpt, tmp_path, capsys):
+    def fails(overrides, error, match):
+        cfg = compose_predict([f"ckpt_path={tiny_ckpt}", f"output={tmp_path / 'out'}", *overrides])
+        with pytest.raises(error, match=match):
+            predict(cfg)
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    fails([f"input={tmp_path / 'notes.txt'}"], DataError, "unsupported file type '.txt'")
+    (tmp_path / "junk.tif").write_bytes(b"junk")
+    fails([f"input={tmp_path / 'junk.tif'}"], DataError, "junk.tif: cannot be read as an image")
+    fails([f"input={tmp_path / 'missing.tif'}"], DataError, "does not exist")
+    (tmp_path / "empty").mkdir()
+    fails([f"input={tmp_path / 'empty'}"], DataError, "no image files")
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    fails([f"input={tmp_path / 'colour.png'}"], DataError, "colour image")
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "gray.png")
+    gray = f"input={tmp_path / 'gray.png'}"
+    fails([gray, f"output={tmp_path / 'x.tif'}"], PredictionSettingError, "expected a folder")
+    fails([gray, "precision=16"], PredictionSettingError, "expected 32 or bf16")
+    fails([gray, "tiler.tile_size=50"], UserError, "nearest valid sizes: 48, 52")
+    if not torch.cuda.is_available():
+        fails([gray, "device=cuda"], PredictionSettingError, "no GPU is visible")
+
+    # a checkpoint whose weights belong to another architecture
+    torch.manual_seed(0)
+    other = save_checkpoint(
+        tmp_path / "other.ckpt", UNet(base_channels=4, depth=2), UNet(base_channels=2).config
+    )
+    fails([gray, f"ckpt_path={other}"], CheckpointError, "weights do not fit")
+
+    # an existing output folder is not overwritten unless asked to
+    (tmp_path / "out").mkdir(exist_ok=True)
+    fails([gray], OutputExistsError, "already exists; pass overwrite=true")
+    predict(
+        compose_predict(
+            [f"ckpt_path={tiny_ckpt}", gray, f"output={tmp_path / 'out'}", "overwrite=true"]
+        )
+    )
+    assert (tmp_path / "out" / "probabilities.tif").is_file()
+
+    # every one of these is a UserError: the entry point prints one line and exits with 2
+    cfg = compose_predict([f"ckpt_path={tiny_ckpt}", gray, f"output={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_or_exit(predict, cfg)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_frame_source_reads_stacks_and_gray_rgb_pngs(tmp_path):
+    tifffile.imwrite(
+        tmp_path / "stack.tif", np.zeros((4, 10, 12), np.uint8), photometric="minisblack"
+    )
+    source = FrameSource(tmp_path / "stack.tif")
+    assert len(source) == 4 and source.shapes == [(10, 12)] * 4
+    assert [f.shape for _, f in source] == [(10, 12)] * 4
+    gray_rgb = np.repeat(np.arange(20, dtype=np.uint8).reshape(4, 5)[..., None], 3, axis=-1)
+    Image.fromarray(gray_rgb).save(tmp_path / "gray_rgb.png")
+    [(name, frame)] = list(FrameSource(tmp_path / "gray_rgb.png"))
+    assert name == "gray_rgb" and frame.shape == (4, 5) and frame[3, 4] == 19
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    tifffile.imwrite(folder / "t000.tif", np.zeros((5, 10, 12), np.uint8), photometric="minisblack")
+    with pytest.raises(DataError, match="one 2D frame per file"):
+        FrameSource(folder)
+
+
+def test_overlay_tints_objects_only():
+    image = np.tile(np.linspace(0, 200, 16, dtype=np.float32), (8, 1))
+    labels = np.zeros((8, 16), np.int64)
+    labels[2:5, 3:9] = 1
+    rgb = overlay(image, labels)
+    assert rgb.shape == (8, 16, 3) and rgb.dtype == np.uint8
+    background = rgb[labels == 0]
+    assert (background == background[:, :1]).all()  # gray
+    assert (rgb[labels == 1].std(axis=-1) > 0).any()  # tinted
