@@ -9,8 +9,8 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
-from scipy import ndimage
 from rich.table import Table
+from scipy import ndimage
 
 from unet.data.readers import DataError, read_tiff
 from unet.errors import UserError

@@ -23,7 +23,6 @@ from unet.metrics import score_isbi_stack
 from unet.network import UNet, center_crop
 from unet.tiler import predict_whole_image
 
-
 IGNORE = -1  # target value of pixels the metrics skip
 
 
