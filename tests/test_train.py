@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from test_configs import CONFIGS, compose_train
 
+from unet.data.readers import DataError
 from unet.evaluation import evaluate
 from unet.module import CheckpointError, load_network
 from unet.training import train
@@ -183,3 +184,30 @@ def test_eval_scores_seg_on_cell_data(data_dir, tmp_path):
     scores = evaluate(ecfg)
     assert 0.0 <= scores["val/seg"] <= 1.0 and scores["val/frames"] == 2
     assert scores["val/truth_objects"] >= 1
+
+
+def test_eval_scores_a_folder_of_label_images(data_dir, tmp_path):
+    from unet.data.ctc import CellTrackingDataModule
+
+    dm = CellTrackingDataModule(
+        str(data_dir), "DIC-C2DH-HeLa", crop=96, cache_dir=str(tmp_path / "c")
+    )
+    dm.setup("validate")
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    import tifffile
+
+    for k, truth in enumerate(dm.instances["val"]):
+        tifffile.imwrite(folder / f"mask{k:03d}.tif", truth.astype(np.uint16))
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        ecfg = compose("eval", overrides=[f"predictions={folder}", "data=hela", "data.crop=96"])
+    with open_dict(ecfg):
+        ecfg.data.data_dir = str(data_dir)
+        ecfg.data.cache_dir = str(tmp_path / "c")
+        ecfg.paths.output_dir = str(tmp_path / "eval")
+    (tmp_path / "eval").mkdir()
+    scores = evaluate(ecfg)
+    assert scores["val/seg"] == 1.0 and scores["val/misses"] == 0  # the truth scores perfectly
+    (folder / "mask000.tif").unlink()
+    with pytest.raises(DataError, match="found 1 TIFF label images, expected 2"):
+        evaluate(ecfg)

@@ -16,6 +16,7 @@ from unet.data.readers import DataError, read_tiff
 from unet.errors import UserError
 from unet.metrics import score_cell_frames, score_isbi_stack
 from unet.module import SegmentationModule, load_network
+from unet.tiler import Tiler
 from unet.training import scalars, write_json
 
 
@@ -25,7 +26,8 @@ def score_checkpoint(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict
     Datasets with instance masks (Cell Tracking Challenge) also get SEG: predicted cells are
     the 4-connected components of ``p > 0.5``, matched to the ground-truth objects.
     """
-    module = SegmentationModule(net=load_network(cfg.ckpt_path), optimizer=None)
+    # tile by tile within a memory budget: any image size fits, the result is the same
+    module = SegmentationModule(net=load_network(cfg.ckpt_path), optimizer=None, tiler=Tiler())
     module.challenge_metrics = True
     trainer = instantiate(
         cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False
@@ -41,12 +43,44 @@ def score_checkpoint(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict
     return metrics
 
 
+def score_label_folder(
+    folder: Path, datamodule: L.LightningDataModule, split: str
+) -> dict[str, float]:
+    """Score a folder of predicted instance-label images (e.g. ``src/predict.py``'s
+    ``labels/``), one per frame of the split in sorted name order, with SEG and object counts."""
+    truth = getattr(datamodule, "instances", {}).get(split)
+    if not truth:
+        raise DataError(
+            f"{folder}: a folder of label images needs a dataset with instance masks "
+            "(data=hela or data=u373)"
+        )
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    if len(files) != len(truth):
+        raise DataError(
+            f"{folder}: found {len(files)} TIFF label images, expected {len(truth)} "
+            f"(one per frame of the {split!r} split: {', '.join(datamodule.frame_ids[split])})"
+        )
+    predicted = []
+    for file, expected in zip(files, truth, strict=True):
+        labels = read_tiff(file)
+        if labels.shape != expected.shape or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(
+                f"{file}: expected an integer label image of shape {expected.shape}, "
+                f"found {labels.dtype} of shape {labels.shape}"
+            )
+        predicted.append(labels)
+    return {f"val/{k}": float(v) for k, v in score_cell_frames(predicted, truth).items()}
+
+
 def score_prediction_file(
     path: str | Path, datamodule: L.LightningDataModule, split: str
 ) -> dict[str, float]:
-    """Score a TIFF stack of cell probabilities (1 = cell interior), one slice per image of
-    the split in order, with the ISBI challenge metrics."""
+    """Score written predictions: a folder of label images (cell datasets: SEG), or a TIFF
+    stack of cell probabilities (1 = cell interior), one slice per image of the split in
+    order (the ISBI challenge metrics)."""
     path = Path(path)
+    if path.is_dir():
+        return score_label_folder(path, datamodule, split)
     probabilities = read_tiff(path).astype(np.float32)
     if probabilities.ndim == 2:
         probabilities = probabilities[None]

@@ -21,7 +21,7 @@ from unet.errors import UserError
 from unet.loss import WeightedCrossEntropy
 from unet.metrics import score_isbi_stack
 from unet.network import UNet, center_crop
-from unet.tiler import predict_whole_image
+from unet.tiler import Tiler, predict_whole_image
 
 IGNORE = -1  # target value of pixels the metrics skip
 
@@ -48,6 +48,8 @@ class SegmentationModule(L.LightningModule):
         scheduler: optional partial that takes the optimizer.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         loss: the loss module (default: the paper's weighted cross-entropy).
+        tiler: predicts validation images tile by tile (:class:`unet.tiler.Tiler`); None:
+            one whole-image pass.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class SegmentationModule(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_interval: str = "epoch",
         loss: nn.Module | None = None,
+        tiler: Tiler | None = None,
     ):
         super().__init__()
         # Only plain values go into the checkpoint (it must load with weights_only=True); the
@@ -65,6 +68,7 @@ class SegmentationModule(L.LightningModule):
         self.net = net
         self.loss = loss if loss is not None else WeightedCrossEntropy()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.tiler = tiler
         self.val_metrics = MetricCollection(
             {
                 # pixels of weight 0 (unannotated cells) are left out of every metric
@@ -79,8 +83,11 @@ class SegmentationModule(L.LightningModule):
         self._challenge_inputs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, H, W) for images of any size."""
-        return predict_whole_image(self.net, image)
+        """Logits (B, K, H, W) for images of any size: tile by tile with ``tiler`` (same
+        result within a memory budget), else in one whole-image pass."""
+        if self.tiler is None:
+            return predict_whole_image(self.net, image)
+        return self.tiler(self.net, image)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self.net(batch["image"])  # (B, K, h, w), smaller than the tile when valid
