@@ -33,10 +33,9 @@ from torch import nn
 
 from unet.data.readers import DataError, DataNotFoundError, read_tiff
 from unet.data.samples import standardize
-from unet.errors import UserError
+from unet.errors import OutputExistsError, UserError
 from unet.module import load_network
 from unet.tiler import Tiler, count_tiles, predict_probabilities
-from unet.training import OutputExistsError
 from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay
 
 TIFF_SUFFIXES = (".tif", ".tiff")

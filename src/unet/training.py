@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from unet.errors import UserError
+from unet.errors import OutputExistsError
 from unet.shapes import InvalidInputSizeError
 
 
@@ -26,10 +26,6 @@ def instantiate_all(group: DictConfig | None) -> list:
 def scalars(metrics: dict) -> dict[str, float]:
     """Plain floats from Lightning's metric dict (tensors), for JSON."""
     return {k: float(v) for k, v in sorted(metrics.items())}
-
-
-class OutputExistsError(UserError, FileExistsError):
-    """An output that already exists and would be overwritten."""
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -9,16 +9,9 @@
   diagnostics (misses, false splits, merges, false positives).
 """
 
-from unet.errors import UserError
-
-
-class MetricInputError(UserError, ValueError):
-    """Input a metric cannot score; the message says what was found and what was expected."""
-
-
-# The submodules import MetricInputError from here, so they are imported after it is defined.
-from unet.metrics.cells import ObjectMatches, match_objects, score_cell_frames  # noqa: E402
-from unet.metrics.isbi import (  # noqa: E402
+from unet.errors import MetricInputError
+from unet.metrics.cells import ObjectMatches, match_objects, score_cell_frames
+from unet.metrics.isbi import (
     DEFAULT_THRESHOLDS,
     PIXEL_THRESHOLDS,
     SplitMerge,
@@ -32,7 +25,7 @@ from unet.metrics.isbi import (  # noqa: E402
     v_scores,
     warping_error,
 )
-from unet.metrics.warping import (  # noqa: E402
+from unet.metrics.warping import (
     TopologicalErrors,
     simple_pixels,
     topological_errors,

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from unet.metrics import MetricInputError
+from unet.errors import MetricInputError
 
 
 class ObjectMatches(NamedTuple):

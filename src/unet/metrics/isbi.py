@@ -60,7 +60,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from unet.metrics import MetricInputError
+from unet.errors import MetricInputError
 from unet.metrics.warping import _topological_errors
 
 _FOUR = ndimage.generate_binary_structure(2, 1)

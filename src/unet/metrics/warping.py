@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from unet.metrics import MetricInputError
+from unet.errors import MetricInputError
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 _EIGHT = ndimage.generate_binary_structure(2, 2)
