@@ -1,6 +1,7 @@
 """Time to make one augmented training tile, on one CPU core.
 
     python benchmarks/augmentation_speed.py [--tiles 200] [--sizes 572 508] [--data-dir DIR]
+                                            [--default-malloc]
 
 The augmentation is the one of ``configs/data/hela.yaml`` (paper elastic deformation,
 rotation by any angle, flips, gray values), applied to a HeLa frame with its weight map
@@ -11,7 +12,9 @@ rotation by any angle, flips, gray values), applied to a HeLa frame with its wei
   nearest);
 - gray values: gamma, contrast, brightness;
 - dataset item: ``RandomTileDataset[i]``, all of the above plus tensors.
-OpenCV, torch and BLAS are held to one thread, as in a data-loader worker.
+OpenCV, torch and BLAS are held to one thread, and glibc keeps freed buffers for reuse
+(:func:`unet.data.samples.keep_freed_memory`), as in a data-loader worker;
+``--default-malloc`` leaves glibc's defaults, to show what that setting saves.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from unet.augmentation import warp  # noqa: E402
-from unet.data.samples import RandomTileDataset, standardize  # noqa: E402
+from unet.data.samples import RandomTileDataset, keep_freed_memory, standardize  # noqa: E402
 from unet.mirror import crop_with_mirror  # noqa: E402
 from unet.weight_maps import instance_weight_map  # noqa: E402
 
@@ -101,15 +104,18 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=200)
     parser.add_argument("--sizes", type=int, nargs="+", default=[572, 508])
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("UNET_DATA_DIR", "data"))
+    parser.add_argument("--default-malloc", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    kept = False if args.default_malloc else keep_freed_memory()
 
     augmentation = instantiate(OmegaConf.load(CONFIGS / "data" / "hela.yaml").augmentation)
     name, raw, instances = sample_frame(args.data_dir)
     classes, weights = instance_weight_map(instances)
     image = standardize(raw)
     print(f"cpu: {cpu_name()}; 1 thread (torch, OpenCV {cv2.__version__}, BLAS)")
+    print(f"freed buffers kept for reuse (as in a worker): {'yes' if kept else 'no'}")
     print(f"frame: {name}; {augmentation}")
     print(
         f"{'tile':>5} {'plain crop':>10} {'positions':>10} {'warp':>8} {'gray':>8} "

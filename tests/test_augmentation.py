@@ -202,3 +202,26 @@ def test_bad_settings_are_rejected():
         Augmentation(elastic_grid=1)
     with pytest.raises(ValueError, match="gamma"):
         Augmentation(gamma=1.5)
+
+
+def test_gray_values_in_place_equal_a_copy_and_stay_finite():
+    image = np.random.default_rng(4).standard_normal((64, 64)).astype(np.float32) * 3 + 1
+    aug = Augmentation(gamma=0.4, contrast=0.2, brightness=0.3)
+    copy = aug.gray_values(image, np.random.default_rng(5))
+    tile = image.copy()
+    assert aug.gray_values(tile, np.random.default_rng(5), in_place=True) is tile
+    np.testing.assert_array_equal(tile, copy)
+    assert np.isfinite(copy).all()
+    assert not np.array_equal(image, copy)
+
+
+def test_warp_leaves_the_maps_alone_unless_allowed():
+    array = np.random.default_rng(6).random((30, 40)).astype(np.float32)
+    ys, xs = np.meshgrid(np.arange(-5.5, 30.0), np.arange(-3.25, 40.0), indexing="ij")
+    ys, xs = ys.astype(np.float32), xs.astype(np.float32)
+    kept = ys.copy(), xs.copy()
+    (expected,) = warp([array], ys, xs, ["linear"])
+    np.testing.assert_array_equal(ys, kept[0])
+    np.testing.assert_array_equal(xs, kept[1])
+    (again,) = warp([array], ys, xs, ["linear"], overwrite_maps=True)
+    np.testing.assert_array_equal(again, expected)

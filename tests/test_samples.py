@@ -1,10 +1,17 @@
+import platform
+
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
 from unet.augmentation import Augmentation
-from unet.data.samples import RandomTileDataset, standardize, training_dataloader
+from unet.data.samples import (
+    RandomTileDataset,
+    keep_freed_memory,
+    standardize,
+    training_dataloader,
+)
 from unet.mirror import crop_with_mirror
 
 
@@ -93,3 +100,17 @@ def test_standardize():
     x = standardize(np.array([[0, 255], [255, 0]], np.uint8))
     assert x.dtype == np.float32 and x.mean() == pytest.approx(0) and x.std() == pytest.approx(1)
     assert (standardize(np.full((3, 3), 7)) == 0).all()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_workers_keep_freed_memory_on_glibc():
+    assert keep_freed_memory()
+    ds = RandomTileDataset(
+        [np.zeros((8, 8), np.float32)],
+        [np.zeros((8, 8), np.uint8)],
+        [np.ones((8, 8), np.float32)],
+        4,
+        2,
+    )
+    loader = training_dataloader(ds, batch_size=1, num_workers=1)
+    assert loader.worker_init_fn is not None

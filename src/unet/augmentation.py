@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from unet.mirror import reflect_indices
+from unet.mirror import crop_with_mirror
 
 
 def _cubic_kernel(x: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -175,19 +175,33 @@ class Augmentation:
             maps.append(left @ m.astype(np.float32) @ right.T)  # (size, size) float32
         return maps[0], maps[1]
 
-    def gray_values(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Random gamma, contrast and brightness of a (standardised) tile."""
+    def gray_values(
+        self, image: np.ndarray, rng: np.random.Generator, in_place: bool = False
+    ) -> np.ndarray:
+        """Random gamma, contrast and brightness of a (standardised) float32 tile.
+
+        With ``in_place`` the tile's own buffer is changed and returned (no temporaries:
+        this runs once per training sample).
+        """
         gamma = 1.0 + rng.uniform(-1.0, 1.0) * self.gamma
         factor = 1.0 + rng.uniform(-1.0, 1.0) * self.contrast
         offset = rng.uniform(-1.0, 1.0) * self.brightness
+        own = in_place and image.dtype == np.float32
+        out = image if own else np.array(image, dtype=np.float32)
+        scale, shift = np.float32(factor), np.float32(offset)
         if gamma != 1.0:
-            low, high = float(image.min()), float(image.max())
+            low, high = cv2.minMaxLoc(out)[:2]
             if high > low:
-                unit = (image - low) * (1.0 / (high - low))
-                image = np.power(unit, gamma, dtype=np.float32) * (high - low) + low
-        if factor != 1.0 or offset != 0.0:
-            image = image * np.float32(factor) + np.float32(offset)
-        return image
+                # ((x - low) / (high - low)) ** gamma * (high - low) + low, then the contrast
+                # and brightness (x - low >= 0 exactly, so the power never sees x < 0)
+                np.subtract(out, np.float32(low), out=out)
+                np.multiply(out, np.float32(1.0 / (high - low)), out=out)
+                np.power(out, np.float32(gamma), out=out)
+                scale, shift = np.float32((high - low) * factor), np.float32(low * factor + offset)
+        if scale != 1.0 or shift != 0.0:
+            np.multiply(out, scale, out=out)
+            np.add(out, shift, out=out)
+        return out
 
     def __call__(
         self,
@@ -201,9 +215,9 @@ class Augmentation:
         """The augmented (size, size) tiles of a (H, W) image, class map and weight map."""
         ys, xs = self.source_positions(rng, centre, size)
         image, classes, weights = warp(
-            (image, classes, weights), ys, xs, ("cubic", "nearest", "linear")
+            (image, classes, weights), ys, xs, ("cubic", "nearest", "linear"), overwrite_maps=True
         )
-        return self.gray_values(image, rng), classes, weights
+        return self.gray_values(image, rng, in_place=True), classes, weights
 
 
 _INTERPOLATION = {
@@ -222,33 +236,38 @@ def warp(
     ys: np.ndarray,
     xs: np.ndarray,
     interpolations: Sequence[str],
+    overwrite_maps: bool = False,
 ) -> list[np.ndarray]:
     """Resample (H, W) arrays at source positions ``ys``, ``xs`` (h, w), mirrored outside.
 
     One ``cv2.remap`` per array, reading only the pixels it needs. Beyond the image border
-    the arrays are mirrored as :func:`unet.mirror.crop_with_mirror` does. OpenCV's own
-    mirrored border (``BORDER_REFLECT_101``, the same reflection) is right up to one image
-    size out but wrong further out for cubic interpolation, which large rotated tiles of
-    small images reach: there the window the positions reach is cut out first.
+    the arrays are mirrored as :func:`unet.mirror.crop_with_mirror` does. Where the
+    positions (with the cubic kernel's reach) leave the image, the window they reach is
+    cut out with its mirrored context first, so that every remap reads inside its source:
+    OpenCV's own mirrored border is wrong beyond one image size for cubic interpolation,
+    and its per-tap border handling made remaps of tiles that overhang the image 2-3x
+    slower.
 
     Args:
         arrays: (H, W) arrays of the same shape.
         ys, xs: (h, w) source row and column of every output pixel.
         interpolations: ``"nearest"``, ``"linear"`` or ``"cubic"``, one per array.
+        overwrite_maps: ``ys`` and ``xs`` may be changed (saves two copies).
     """
     h, w = arrays[0].shape
+    map_y, map_x = np.asarray(ys, np.float32), np.asarray(xs, np.float32)
     # the window the positions reach, with the cubic kernel's reach (-1 .. +2) and a pixel
-    top, left = math.floor(ys.min()) - 2, math.floor(xs.min()) - 2
-    bottom, right = math.ceil(ys.max()) + 3, math.ceil(xs.max()) + 3
-    within_one_reflection = -h < top and bottom < 2 * (h - 1) and -w < left and right < 2 * (w - 1)
-    if within_one_reflection:
-        sources, map_y, map_x = arrays, np.asarray(ys, np.float32), np.asarray(xs, np.float32)
+    (y_min, y_max), (x_min, x_max) = cv2.minMaxLoc(map_y)[:2], cv2.minMaxLoc(map_x)[:2]
+    top, left = math.floor(y_min) - 2, math.floor(x_min) - 2
+    bottom, right = math.ceil(y_max) + 3, math.ceil(x_max) + 3
+    if 0 <= top and bottom <= h and 0 <= left and right <= w:
+        sources = arrays
     else:
-        rows = reflect_indices(top, bottom, h)
-        cols = reflect_indices(left, right, w)
-        # = crop_with_mirror(array, top, left, ...), by two takes (3x faster)
-        sources = [a.take(rows, axis=0).take(cols, axis=1) for a in arrays]
-        map_y, map_x = (ys - top).astype(np.float32), (xs - left).astype(np.float32)
+        sources = [crop_with_mirror(a, top, left, bottom - top, right - left) for a in arrays]
+        in_place = overwrite_maps or map_y is not ys
+        map_y = np.subtract(map_y, np.float32(top), out=map_y if in_place else None)
+        in_place = overwrite_maps or map_x is not xs
+        map_x = np.subtract(map_x, np.float32(left), out=map_x if in_place else None)
     out = []
     for source, how in zip(sources, interpolations, strict=True):
         dtype = source.dtype

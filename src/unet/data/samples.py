@@ -8,6 +8,8 @@ by the model, not here.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterator
 
 import cv2
@@ -100,9 +102,35 @@ class RandomTileDataset(Dataset):
         }
 
 
+def keep_freed_memory() -> bool:
+    """Let this process reuse freed tile-sized buffers instead of mapping fresh pages.
+
+    Every training sample allocates about 20 MB of 0.3-3 MB arrays (source windows, maps,
+    tiles). glibc serves such sizes with fresh ``mmap`` pages or trims them off the heap
+    once freed, so each sample paid for some 5,000 page faults: 5-7 ms of an 18-23 ms
+    sample on this project's 2-core test machine. Raising glibc's mmap and trim thresholds
+    keeps the memory in the heap for the next sample. Called in every data-loader worker;
+    returns False (and changes nothing) where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 256 << 20))
+
+
+def _init_worker(worker_id: int) -> None:
+    keep_freed_memory()
+
+
 def training_dataloader(dataset: RandomTileDataset, batch_size: int, num_workers: int):
     """Batches of random tiles, each keyed by (seed, epoch, index) whatever the workers."""
-    if num_workers > 0:
+    if num_workers == 0:
+        keep_freed_memory()  # the samples are made in this process
+    else:
         # One OpenCV thread per worker: the workers already run side by side. Set here, in
         # the parent: OpenCV's thread pool cannot be resized in a forked worker (it hangs).
         cv2.setNumThreads(1)
@@ -111,6 +139,7 @@ def training_dataloader(dataset: RandomTileDataset, batch_size: int, num_workers
         batch_size=batch_size,
         sampler=EpochIndexSampler(len(dataset)),
         num_workers=num_workers,
+        worker_init_fn=_init_worker if num_workers > 0 else None,
         persistent_workers=num_workers > 0,  # the epoch travels in the index
         drop_last=True,
     )
