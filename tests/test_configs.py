@@ -43,6 +43,8 @@ def test_every_group_has_options():
         "experiment",
         "debug",
         "hydra",
+        "hparams_search",
+        "cluster",
     ):
         assert options(group) or (CONFIGS / group / "default.yaml").exists(), group
 
@@ -54,7 +56,7 @@ def test_every_group_has_options():
         for g in ("data", "model", "logger", "callbacks", "experiment", "debug")
         for o in options(g)
     ]
-    + ["trainer=cpu", "trainer=gpu"],
+    + ["trainer=cpu", "trainer=gpu", "trainer=ddp", "hparams_search=isbi_optuna", "cluster=slurm"],
 )
 def test_option_composes_and_instantiates(override, tmp_path):
     cfg = compose_train([override], tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,7 +99,16 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def on_fit_start(self) -> None:
+        self._base_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Dropout's randomness keyed by (seed, step, rank), like the data's by (seed, epoch,
+        # sample): a run resumed from a checkpoint draws what the uninterrupted run drew.
+        key = [getattr(self, "_base_seed", 0), self.global_step, self.global_rank]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["image"])
         loss = self.loss(logits, batch["target"], batch["weight"])
         prob = logits.float().softmax(dim=1)  # (B, K, H, W)
@@ -112,6 +122,7 @@ class SegmentationModule(L.LightningModule):
                 if not (t == IGNORE).any():  # the ISBI definitions know no unlabelled pixels
                     self._challenge_inputs.append((p, t))
         self.log("val/loss", loss, batch_size=len(logits), sync_dist=True)
+        return {"prob": prob[:, 1]}  # for callbacks (unet.callbacks.ValidationImages)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
@@ -158,6 +169,12 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The architecture travels with the weights, so eval/predict can rebuild the network.
         checkpoint["net_config"] = getattr(self.net, "config", None)
+        # Each logger's run (W&B run id, ...), so that a resumed run continues it.
+        checkpoint["logger_versions"] = {
+            type(logger).__name__: logger.version
+            for logger in self.loggers
+            if isinstance(logger.version, str | int)
+        }
 
 
 class CheckpointError(UserError, ValueError):

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
+from unet.module import CheckpointError, CheckpointNotFoundError
 from unet.shapes import InvalidInputSizeError
 
 
@@ -50,32 +54,127 @@ def check_tile_size(module: L.LightningModule, datamodule: L.LightningDataModule
             ) from None
 
 
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """The checkpoint to resume from: a path as given, or for ``"last"`` this run folder's
+    ``checkpoints/last.ckpt`` if it exists (None, a fresh start, if not)."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(ckpt_path).is_file():
+        raise CheckpointNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return str(ckpt_path)
+
+
+def logger_versions(ckpt_path: str | None) -> dict:
+    """The loggers' runs recorded in a checkpoint (``SegmentationModule.on_save_checkpoint``)."""
+    if ckpt_path is None:
+        return {}
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"{ckpt_path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    return dict(checkpoint.get("logger_versions") or {})
+
+
+def sweep_group(cfg: DictConfig) -> str | None:
+    """A name shared by the jobs of one Hydra multirun (its folder), None in a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return f"{cfg.get('task_name', 'train')}-{Path(HydraConfig.get().sweep.dir).name}"
+
+
+def prepare_wandb(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """Fill in the W&B logger's run id (a resumed checkpoint's) and group (the sweep)."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg:
+        return
+    with open_dict(cfg):
+        if wandb_cfg.get("id") is None:
+            wandb_cfg.id = logger_versions(ckpt_path).get("WandbLogger")
+        if wandb_cfg.get("group") is None:
+            wandb_cfg.group = sweep_group(cfg)
+
+
+def prepare_csv(cfg: DictConfig) -> None:
+    """A resumed run's CSV metrics go to a new file: Lightning's CSV logger would replace the
+    killed run's ``metrics.csv`` otherwise. The first resume writes ``csv/resume-1/``."""
+    csv_cfg = (cfg.get("logger") or {}).get("csv")
+    if not csv_cfg or csv_cfg.get("version") not in ("", None):
+        return
+    folder = Path(csv_cfg.save_dir) / csv_cfg.get("name", "lightning_logs")
+    if not (folder / "metrics.csv").exists():
+        return
+    k = 1
+    while (folder / f"resume-{k}").exists():
+        k += 1
+    with open_dict(cfg):
+        csv_cfg.version = f"resume-{k}"
+
+
+def finish_loggers(loggers: list, failed: bool) -> None:
+    """End the W&B run (failed or not), so that the next job of a multirun starts its own."""
+    if is_rank_zero() and any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if failed else 0)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg``, then score its best checkpoint on the validation split.
 
     Returns the final validation metrics, also written to ``<output_dir>/metrics.json``.
+    Under DDP every rank runs this; only rank 0 writes files.
     """
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.get("ckpt_path") is None and (output_dir / "checkpoints").exists():
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    resuming = cfg.get("ckpt_path") is not None
+    if not resuming and (output_dir / "checkpoints").exists() and is_rank_zero():
         raise OutputExistsError(
             f"{output_dir / 'checkpoints'} already exists; "
-            "to continue that run pass ckpt_path=..., "
+            "to continue that run pass ckpt_path=last (or a checkpoint path), "
             "otherwise choose a new hydra.run.dir"
         )
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model)
     check_tile_size(module, datamodule)
+    prepare_wandb(cfg, ckpt_path)
+    if ckpt_path is not None:
+        prepare_csv(cfg)
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(resolved)
+        if isinstance(logger, WandbLogger) and is_rank_zero():
+            # also as a file of the run, readable before `wandb sync` (offline runs)
+            config_file = Path(logger.experiment.dir) / "config_resolved.yaml"
+            config_file.write_text(OmegaConf.to_yaml(resolved))
 
+    failed = True
+    try:
+        with relaunch_as_this_job():
+            metrics = fit_and_validate(cfg, trainer, module, datamodule, ckpt_path)
+        failed = False
+    finally:
+        finish_loggers(loggers, failed)
+    return metrics
+
+
+def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, float]:
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalars(trainer.callback_metrics)
     if cfg.get("validate", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -84,5 +183,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             module, datamodule=datamodule, ckpt_path=best or None, verbose=False
         )
         metrics = scalars(results[0]) | {"checkpoint": best}
-        write_json(output_dir / "metrics.json", metrics)
+        if trainer.is_global_zero:
+            write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics

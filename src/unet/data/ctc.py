@@ -28,7 +28,13 @@ from torch.utils.data import DataLoader
 
 from unet.augmentation import Augmentation
 from unet.data.readers import DataError, DataNotFoundError, instance_labels, read_tiff
-from unet.data.samples import RandomTileDataset, WholeImageDataset, standardize, training_dataloader
+from unet.data.samples import (
+    RandomTileDataset,
+    WholeImageDataset,
+    process_share,
+    standardize,
+    training_dataloader,
+)
 from unet.weight_maps import cached_instance_weight_map
 
 DOWNLOAD_HINT = (
@@ -275,8 +281,9 @@ class CellTrackingDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
+        rank, world_size = process_share(self)
         return training_dataloader(
-            self.train_set, self.hparams.batch_size, self.hparams.num_workers
+            self.train_set, self.hparams.batch_size, self.hparams.num_workers, rank, world_size
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -19,6 +19,7 @@ from unet.data.samples import (
     ImageDataset,
     RandomTileDataset,
     WholeImageDataset,
+    process_share,
     standardize,
     training_dataloader,
 )
@@ -169,8 +170,9 @@ class IsbiDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
+        rank, world_size = process_share(self)
         return training_dataloader(
-            self.train_set, self.hparams.batch_size, self.hparams.num_workers
+            self.train_set, self.hparams.batch_size, self.hparams.num_workers, rank, world_size
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -29,21 +29,38 @@ def standardize(image: np.ndarray) -> np.ndarray:
 
 
 class EpochIndexSampler(Sampler[int]):
-    """Yields ``epoch * n + i`` for i in 0..n-1, so that a sample's randomness is keyed by
-    (seed, epoch, i) whatever the number of data-loader workers. Lightning calls
-    ``set_epoch`` at the start of every epoch."""
+    """Yields ``epoch * n + i`` for the sample indices i in 0..n-1 that are this rank's.
 
-    def __init__(self, n: int):
-        self.n, self.epoch = n, 0
+    A sample's randomness is keyed by (seed, epoch, i), so a run's tiles do not depend on
+    the number of data-loader workers or processes. With ``world_size`` processes (DDP),
+    rank r takes i = r, r + world_size, ... and every rank the same count (n //
+    world_size; the remainder is left out), so that global step k of a run with W
+    processes and batch size B sees the same tiles as step k of one process with batch
+    size W * B. Lightning calls ``set_epoch`` at the start of every epoch (for this sampler
+    too, with ``use_distributed_sampler=False``, which the trainer configs set).
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
+        if n < world_size:
+            raise ValueError(
+                f"{n} samples per epoch cannot be shared by {world_size} processes; "
+                "raise data.samples_per_epoch"
+            )
+        self.n, self.rank, self.world_size, self.epoch = n, rank, world_size, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
+        stop = len(self) * self.world_size
+        return iter(
+            range(self.epoch * self.n + self.rank, self.epoch * self.n + stop, self.world_size)
+        )
 
 
 class RandomTileDataset(Dataset):
@@ -126,8 +143,23 @@ def _init_worker(worker_id: int) -> None:
     keep_freed_memory()
 
 
-def training_dataloader(dataset: RandomTileDataset, batch_size: int, num_workers: int):
-    """Batches of random tiles, each keyed by (seed, epoch, index) whatever the workers."""
+def process_share(datamodule) -> tuple[int, int]:
+    """(rank, world size) of the trainer a DataModule is attached to; (0, 1) without one."""
+    trainer = getattr(datamodule, "trainer", None)
+    if trainer is None:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size
+
+
+def training_dataloader(
+    dataset: RandomTileDataset,
+    batch_size: int,
+    num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+):
+    """Batches of random tiles, each keyed by (seed, epoch, index) whatever the workers;
+    this rank's share of them under DDP (:class:`EpochIndexSampler`)."""
     if num_workers == 0:
         keep_freed_memory()  # the samples are made in this process
     else:
@@ -137,7 +169,7 @@ def training_dataloader(dataset: RandomTileDataset, batch_size: int, num_workers
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochIndexSampler(len(dataset)),
+        sampler=EpochIndexSampler(len(dataset), rank, world_size),
         num_workers=num_workers,
         worker_init_fn=_init_worker if num_workers > 0 else None,
         persistent_workers=num_workers > 0,  # the epoch travels in the index
