@@ -179,6 +179,7 @@ def test_multirun_of_ddp_jobs_gives_one_folder_and_one_wandb_run_per_job(data_di
             "trainer.devices=2",
             "logger=[csv,wandb]",
             "callbacks.validation_images.every_n_epochs=1",
+            "logger.wandb.log_model=true",
             "model.optimizer.lr=0.01,0.02",
             f"hydra.sweep.dir={sweep}",
         ],
@@ -197,6 +198,7 @@ def test_multirun_of_ddp_jobs_gives_one_folder_and_one_wandb_run_per_job(data_di
         groups.add(config["logger"]["wandb"]["group"])
         log = next(run.glob("run-*.wandb")).read_bytes()
         assert b"val/pixel_error" in log and b"samples_per_epoch" in log  # metrics, config
+        assert f"model-{run_ids[-1]}".encode() in log  # the checkpoint artifact
         images = list((run / "files" / "media" / "images").rglob("*.png"))
         assert len(images) >= 2  # two validation images at each of 2 epochs (+ final)
     assert len(set(run_ids)) == 2
