@@ -185,8 +185,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path that does not exist."""
 
 
-def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
-    """Rebuild the trained U-Net from a checkpoint written by :class:`SegmentationModule`."""
+def read_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint's contents (tensors and plain values only: ``weights_only=True``)."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint not found: {path} is not a file")
@@ -196,7 +196,18 @@ def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
         ) from None
-    config = checkpoint.get("net_config") if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{path}: expected a checkpoint dict, found {type(checkpoint).__name__}"
+        )
+    return checkpoint
+
+
+def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
+    """Rebuild the trained U-Net from a checkpoint written by :class:`SegmentationModule`."""
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path, map_location)
+    config = checkpoint.get("net_config")
     if not config or "state_dict" not in checkpoint:
         raise CheckpointError(
             f"{path}: expected a checkpoint written by unet's training "

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
@@ -14,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
-from unet.module import CheckpointError, CheckpointNotFoundError
+from unet.module import CheckpointNotFoundError, read_checkpoint
 from unet.shapes import InvalidInputSizeError
 
 
@@ -71,13 +70,7 @@ def logger_versions(ckpt_path: str | None) -> dict:
     """The loggers' runs recorded in a checkpoint (``SegmentationModule.on_save_checkpoint``)."""
     if ckpt_path is None:
         return {}
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{ckpt_path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
-        ) from None
-    return dict(checkpoint.get("logger_versions") or {})
+    return dict(read_checkpoint(ckpt_path).get("logger_versions") or {})
 
 
 def sweep_group(cfg: DictConfig) -> str | None:
@@ -103,8 +96,9 @@ def prepare_wandb(cfg: DictConfig, ckpt_path: str | None) -> None:
 
 
 def prepare_csv(cfg: DictConfig) -> None:
-    """A resumed run's CSV metrics go to a new file: Lightning's CSV logger would replace the
-    killed run's ``metrics.csv`` otherwise. The first resume writes ``csv/resume-1/``."""
+    """A run continued in the folder of an earlier one (``ckpt_path=last``) writes its CSV
+    metrics to a new file: Lightning's CSV logger would replace the earlier ``metrics.csv``.
+    The first continuation writes ``csv/resume-1/``."""
     csv_cfg = (cfg.get("logger") or {}).get("csv")
     if not csv_cfg or csv_cfg.get("version") not in ("", None):
         return
@@ -147,8 +141,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model)
     check_tile_size(module, datamodule)
     prepare_wandb(cfg, ckpt_path)
-    if ckpt_path is not None:
-        prepare_csv(cfg)
+    prepare_csv(cfg)
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
@@ -173,6 +166,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, float]:
+    """Fit (unless ``train=false``), then validate the best checkpoint with the challenge
+    metrics (unless ``validate=false``); rank 0 writes ``metrics.json``."""
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalars(trainer.callback_metrics)
