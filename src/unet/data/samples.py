@@ -124,8 +124,9 @@ def keep_freed_memory() -> bool:
 
     Every training sample allocates about 20 MB of 0.3-3 MB arrays (source windows, maps,
     tiles). glibc serves such sizes with fresh ``mmap`` pages or trims them off the heap
-    once freed, so each sample paid for some 5,000 page faults: 5-7 ms of an 18-23 ms
-    sample on this project's 2-core test machine. Raising glibc's mmap and trim thresholds
+    once freed, so each sample paid for thousands of page faults: about 8 ms of a 19 ms
+    572x572 sample on this project's 2-core test machine (benchmarks/augmentation_speed.py,
+    with and without ``--default-malloc``). Raising glibc's mmap and trim thresholds
     keeps the memory in the heap for the next sample. Called in every data-loader worker;
     returns False (and changes nothing) where the C library is not glibc.
     """
