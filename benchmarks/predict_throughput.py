@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from unet import shapes
-from unet.network import UNet, forward_flops
+from unet.network import NetConfig, UNet, forward_flops
 from unet.tiler import Tiler, available_memory_bytes, predict_whole_image, tile_memory_bytes
 
 
@@ -113,9 +113,9 @@ def timed(fn, device: str):
     return out, time.perf_counter() - start
 
 
-def covering_flops(config: dict, size: tuple[int, int]) -> int:
+def covering_flops(config: NetConfig, size: tuple[int, int]) -> int:
     """FLOPs of one whole-image pass over the smallest valid input covering ``size``."""
-    depth, padding = config["depth"], config["padding"]
+    depth, padding = config.depth, config.padding
     step = 2**depth
     if padding == "valid":
         shape = tuple(shapes.smallest_input_covering(s, depth) for s in size)

@@ -140,7 +140,8 @@ def main() -> None:
     )
     for name in args.nets:
         cfg = experiment_config(name, args.data_dir)
-        net_config = UNet(**{k: v for k, v in cfg.model.net.items() if k != "_target_"}).config
+        net_config = UNet(**{k: v for k, v in cfg.model.net.items() if k != "_target_"})
+        net_config = net_config.config.to_dict()
         tile, batch = cfg.data.tile_size, cfg.data.batch_size
         flops = train_step_flops(net_config, tile, batch)
         for label, seconds in (

@@ -15,16 +15,18 @@ from PIL import Image
 from test_configs import CONFIGS, compose_train
 from test_train import SMALL
 
+from unet.checkpoint import CheckpointError, load_network, load_trained
 from unet.cli import run_or_exit
 from unet.data.readers import DataError
 from unet.errors import UserError
-from unet.module import CheckpointError
-from unet.network import UNet
+from unet.inference import InferenceSettingError
+from unet.network import NetConfig, UNet
+from unet.postprocess import PostProcessing
 from unet.prediction import (
     FrameSource,
     PredictionSettingError,
-    label_cells,
     mask_name,
+    postprocessing_for,
     predict,
     predict_path,
 )
@@ -40,10 +42,10 @@ def compose_predict(overrides: list[str]):
         return compose("predict", overrides=["progress=false", *overrides])
 
 
-def save_checkpoint(path: Path, net: UNet, config: dict | None = None) -> Path:
+def save_checkpoint(path: Path, net: UNet, config: NetConfig | None = None) -> Path:
     """A checkpoint as SegmentationModule writes it (weights under ``net.``, the config)."""
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "net_config": config or net.config}, path)
+    torch.save({"state_dict": state, "net_config": (config or net.config).to_dict()}, path)
     return path
 
 
@@ -157,8 +159,6 @@ def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(tiny_ckpt, tmp_p
 
 
 def test_bf16_autocast_and_tta_run_on_cpu(tiny_ckpt, tmp_path):
-    from unet.module import load_network
-
     frame = tmp_path / "image.tif"
     tifffile.imwrite(frame, np.random.default_rng(0).normal(size=(37, 45)).astype(np.float32))
     net = load_network(tiny_ckpt)
@@ -173,14 +173,14 @@ def test_bf16_autocast_and_tta_run_on_cpu(tiny_ckpt, tmp_path):
     np.testing.assert_allclose(results["bf16"], results["32"], atol=0.05)
 
 
-def test_label_cells_and_mask_names():
+def test_default_labels_and_mask_names():
     prob = np.zeros((10, 12), np.float32)
     prob[1:4, 1:4] = 0.9  # a cell
     prob[4:7, 4:7] = 0.8  # touches the first only at a corner: a second cell (4-connected)
     prob[8, 10] = 0.7  # a speck
-    labels = label_cells(prob, threshold=0.5)
+    labels = PostProcessing(threshold=0.5)(prob)
     assert labels.max() == 3 and labels[2, 2] != labels[5, 5]
-    kept = label_cells(prob, threshold=0.5, min_area=2)
+    kept = PostProcessing(threshold=0.5, min_area=2)(prob)
     assert kept.max() == 2 and kept[8, 10] == 0 and set(np.unique(kept)) == {0, 1, 2}
     assert mask_name("t013", 5) == "mask013.tif" and mask_name("frame", 7) == "mask007.tif"
 
@@ -205,7 +205,8 @@ def test_bad_inputs_give_one_clear_line(tiny_ckpt, tmp_path, capsys):
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "gray.png")
     gray = f"input={tmp_path / 'gray.png'}"
     fails([gray, f"output={tmp_path / 'x.tif'}"], PredictionSettingError, "expected a folder")
-    fails([gray, "precision=16"], PredictionSettingError, "expected 32 or bf16")
+    fails([gray, "precision=16"], InferenceSettingError, "expected 32 or bf16")
+    fails([gray, "postprocess.min_area=-3"], UserError, "postprocess.min_area=-3: expected")
     fails([gray, "tiler.tile_size=50"], UserError, "nearest valid sizes: 48, 52")
     if not torch.cuda.is_available():
         fails([gray, "device=cuda"], PredictionSettingError, "no GPU is visible")
@@ -262,3 +263,37 @@ def test_overlay_tints_objects_only():
     background = rgb[labels == 0]
     assert (background == background[:, :1]).all()  # gray
     assert (rgb[labels == 1].std(axis=-1) > 0).any()  # tinted
+
+
+def test_settings_stored_in_the_checkpoint_are_used_unless_overridden(tiny_ckpt, tmp_path):
+    from unet.checkpoint import store_postprocessing
+
+    ckpt = tmp_path / "validated.ckpt"
+    ckpt.write_bytes(tiny_ckpt.read_bytes())
+    assert load_trained(ckpt).postprocess is None  # nothing validated: the plain defaults
+    assert postprocessing_for(None, {"min_area": None}) == PostProcessing()
+    chosen = PostProcessing(threshold=0.7, min_area=5, regrow="probability", grow_threshold=0.3)
+    store_postprocessing(ckpt, chosen, {"split": "val", "score": "seg", "value": 0.8})
+    trained = load_trained(ckpt)
+    assert trained.postprocess == chosen and trained.chosen_on["score"] == "seg"
+    cfg = compose_predict([f"ckpt_path={ckpt}", "input=x", "output=y"])
+    assert postprocessing_for(trained.postprocess, cfg.postprocess) == chosen
+    cfg = compose_predict([f"ckpt_path={ckpt}", "input=x", "output=y", "postprocess.min_area=9"])
+    assert postprocessing_for(trained.postprocess, cfg.postprocess) == chosen.replace(min_area=9)
+
+    # predict.py writes the labels of the stored settings: a speck of 4 px is dropped
+    frame = np.zeros((40, 40), np.float32)
+    frame[10:12, 10:12] = 1.0
+    tifffile.imwrite(tmp_path / "frame.tif", frame)
+    seen = []
+
+    def spy(probability):
+        seen.append(probability)
+        return chosen(probability)
+
+    out = tmp_path / "out"
+    net = load_network(ckpt)
+    predict_path(net, tmp_path / "frame.tif", out, postprocess=spy, progress=False, overlays=False)
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "labels" / "frame.tif"), chosen(seen[0]).astype(np.uint16)
+    )

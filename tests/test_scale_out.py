@@ -373,7 +373,7 @@ def test_killed_run_resumes_to_the_same_weights_and_wandb_run(data_dir, tmp_path
 
 
 def test_ckpt_path_last_without_checkpoint_starts_fresh_and_bad_paths_are_named(data_dir, tmp_path):
-    from unet.module import CheckpointNotFoundError
+    from unet.checkpoint import CheckpointNotFoundError
 
     run = tmp_path / "run"
     cfg = compose_train(["debug=fast_dev_run", *TINY[:5], "ckpt_path=last"], run, data_dir)

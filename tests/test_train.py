@@ -15,9 +15,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from test_configs import CONFIGS, compose_train
 
+from unet.checkpoint import CheckpointError, load_network, load_trained
 from unet.data.readers import DataError
 from unet.evaluation import evaluate
-from unet.module import CheckpointError, load_network
 from unet.training import train
 
 ROOT = CONFIGS.parent
@@ -61,7 +61,7 @@ def test_train_checkpoint_then_eval(data_dir, tmp_path):
     assert last.is_file() and Path(written["checkpoint"]).is_file()
     assert (run / "csv" / "metrics.csv").is_file()
     net = load_network(last)
-    assert net.config["base_channels"] == 4 and net.config["depth"] == 3
+    assert net.config.base_channels == 4 and net.config.depth == 3
 
     # the run folder is never reused silently
     with pytest.raises(FileExistsError, match="already exists"):
@@ -85,6 +85,21 @@ def test_train_checkpoint_then_eval(data_dir, tmp_path):
         assert 0.0 <= scores[name] <= 1.0
     assert 0.0 <= scores["val/v_rand"] <= 1.0
     assert 0.0 <= written["val/rand_error"] <= 1.0  # training's final validation has them too
+
+    # the final validation chose the post-processing on the validation slices and stored it
+    # in the best checkpoint; eval of that checkpoint uses it and agrees exactly
+    best = load_trained(written["checkpoint"])
+    assert best.postprocess is not None and best.postprocess.to_dict() == written["postprocess"]
+    assert best.chosen_on["score"] == "labels_rand_error" and best.chosen_on["split"] == "val"
+    with open_dict(ecfg):
+        ecfg.ckpt_path = written["checkpoint"]
+        ecfg.paths.output_dir = str(tmp_path / "eval_best")
+    (tmp_path / "eval_best").mkdir()
+    again = evaluate(ecfg)
+    assert again["postprocess"] == written["postprocess"]
+    for name, value in written.items():
+        if name.startswith("val/"):
+            assert again[name] == value, name
 
     # scoring a written stack: the labels themselves score perfectly
     import tifffile

@@ -1,7 +1,28 @@
-"""Score a trained checkpoint, or predictions already written, on a dataset split."""
+"""Score a trained network, or predictions already written, on a dataset split.
+
+One route for every score. The split's whole images are predicted once
+(:func:`unet.inference.predict_image`: tiled, optionally with test-time augmentation), and
+the probabilities are scored with :mod:`unet.metrics` on NumPy arrays:
+
+- pixel metrics over the pixels with weight > 0 (unannotated cells are left out):
+  ``pixel_error``, ``pixel_error_t05``, ``iou``, ``dice`` and the weighted ``loss``;
+- the ISBI 2012 challenge metrics of the probability map (images without unlabelled
+  pixels): ``rand_error``, ``v_rand``, ``v_info``, ``warping_error``;
+- the metrics of the label images that ``src/predict.py`` writes, from the post-processing
+  (:mod:`unet.postprocess`): for cell data (instance masks) SEG and the object counts
+  (``seg``, ``misses``, ...; ``seg_plain`` for plain components of p > 0.5), for ISBI the
+  challenge metrics of the labels' boundary map (``labels_rand_error``, ...).
+
+With ``choose=True`` (the end of training) the post-processing is first chosen on the split
+itself, to maximise SEG (cell data) or minimise the labels' Rand error (ISBI): the scores of
+the labels are then optimistic for that split, and ``*_plain`` shows the untuned figure.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -10,37 +31,159 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
-from scipy import ndimage
 
+from unet.checkpoint import load_trained
 from unet.data.readers import DataError, read_tiff
 from unet.errors import UserError
-from unet.metrics import score_cell_frames, score_isbi_stack
-from unet.module import SegmentationModule, load_network
+from unet.inference import predict_image
+from unet.metrics import pixel_error, rand_error, score_cell_frames, score_isbi_stack
+from unet.outputs import write_json
+from unet.postprocess import PostProcessing, boundary_map, choose_postprocessing
 from unet.tiler import Tiler
-from unet.training import scalars, write_json
+
+CELL_CLASS = 1
 
 
-def score_checkpoint(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, float]:
-    """Predict the split's whole images with the checkpoint and compute every metric.
+@dataclass
+class SplitPredictions:
+    """The whole images of a split with their probabilities and ground truth.
 
-    Datasets with instance masks (Cell Tracking Challenge) also get SEG: predicted cells are
-    the 4-connected components of ``p > 0.5``, matched to the ground-truth objects.
+    Attributes:
+        probabilities: (H, W) probability of the cell class per image.
+        classes: (H, W) class index per pixel (1 = cell) per image.
+        weights: (H, W) loss weight per pixel per image (0 = not annotated).
+        instances: (H, W) ground-truth instance ids per image (cell data), or None.
     """
-    # tile by tile within a memory budget: any image size fits, the result is the same
-    module = SegmentationModule(net=load_network(cfg.ckpt_path), optimizer=None, tiler=Tiler())
-    module.challenge_metrics = True
-    trainer = instantiate(
-        cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
-    loader = datamodule.whole_image_dataloader(cfg.split)
-    metrics = scalars(trainer.validate(module, dataloaders=loader, verbose=False)[0])
-    truth = getattr(datamodule, "instances", {}).get(cfg.split)
-    if truth:
-        probabilities = [p[0].numpy() for p in trainer.predict(module, dataloaders=loader)]
-        predicted = [ndimage.label(p > 0.5)[0] for p in probabilities]
-        cells = score_cell_frames(predicted, truth)
-        metrics |= {f"val/{k}": float(v) for k, v in cells.items()}
-    return metrics
+
+    probabilities: list[np.ndarray]
+    classes: list[np.ndarray]
+    weights: list[np.ndarray]
+    instances: list[np.ndarray] | None = None
+
+
+def predict_split(
+    net, datamodule: L.LightningDataModule, split: str, tiler: Tiler | None, tta: str
+) -> SplitPredictions:
+    """Predict every whole image of ``split`` once."""
+    if split not in datamodule.whole_sets:
+        raise UserError(
+            f"split={split!r}: expected one of {', '.join(sorted(datamodule.whole_sets))}"
+        )
+    dataset = datamodule.whole_sets[split]
+    probabilities = [predict_image(net, image, tiler, tta)[CELL_CLASS] for image in dataset.images]
+    instances = getattr(datamodule, "instances", {}).get(split) or None
+    return SplitPredictions(probabilities, list(dataset.classes), list(dataset.weights), instances)
+
+
+def pixel_scores(split: SplitPredictions) -> dict[str, float]:
+    """Pixel metrics over the pixels with weight > 0, pooled over images."""
+    keep = [w > 0 for w in split.weights]
+    prob = np.concatenate([p[k] for p, k in zip(split.probabilities, keep, strict=True)])
+    cells = np.concatenate([c[k] == CELL_CLASS for c, k in zip(split.classes, keep, strict=True)])
+    predicted = prob > 0.5
+    tp = np.count_nonzero(predicted & cells)
+    fp = np.count_nonzero(predicted & ~cells)
+    fn = np.count_nonzero(~predicted & cells)
+    tn = predicted.size - tp - fp - fn
+    f1_cell = 2 * tp / max(2 * tp + fp + fn, 1)
+    f1_background = 2 * tn / max(2 * tn + fp + fn, 1)
+    # weighted cross-entropy (unet.loss): mean over all pixels of w * -log p(true class)
+    nll = [
+        w * -np.log(np.clip(np.where(c == CELL_CLASS, p, 1.0 - p), 1e-7, 1.0))
+        for p, c, w in zip(split.probabilities, split.classes, split.weights, strict=True)
+    ]
+    return {
+        "pixel_error": pixel_error(prob[None], cells[None]).value,
+        "pixel_error_t05": 1.0 - f1_cell,
+        "iou": tp / max(tp + fp + fn, 1),
+        "dice": (f1_cell + f1_background) / 2,
+        "loss": float(sum(x.sum() for x in nll) / sum(x.size for x in nll)),
+    }
+
+
+def _same_size_groups(indices: Sequence[int], shapes: Sequence[tuple]) -> list[list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for k in indices:
+        groups.setdefault(tuple(shapes[k]), []).append(k)
+    return list(groups.values())
+
+
+def challenge_scores(maps: Sequence[np.ndarray], split: SplitPredictions) -> dict[str, float]:
+    """ISBI 2012 challenge metrics of cell-probability (or boundary) maps, over the images
+    without unannotated pixels; images of several sizes are scored size by size and
+    averaged, weighted by image count. Empty if every image has unannotated pixels."""
+    complete = [k for k, w in enumerate(split.weights) if (w > 0).all()]
+    totals: dict[str, float] = {}
+    for group in _same_size_groups(complete, [m.shape for m in maps]):
+        scores = score_isbi_stack(
+            np.stack([maps[k] for k in group]),
+            np.stack([split.classes[k] == CELL_CLASS for k in group]).astype(np.uint8),
+        )
+        for name in ("rand_error", "v_rand", "v_info", "warping_error"):
+            totals[name] = totals.get(name, 0.0) + scores[name] * len(group)
+    return {name: value / len(complete) for name, value in totals.items()}
+
+
+def labels_rand_error(labels: Sequence[np.ndarray], split: SplitPredictions) -> float:
+    """ISBI Rand error of the boundary maps of instance labels (complete images only)."""
+    complete = [k for k, w in enumerate(split.weights) if (w > 0).all()]
+    errors = []
+    for group in _same_size_groups(complete, [x.shape for x in labels]):
+        maps = np.stack([boundary_map(labels[k]) for k in group])
+        cells = np.stack([split.classes[k] == CELL_CLASS for k in group]).astype(np.uint8)
+        errors.append((rand_error(maps, cells, thresholds=(0.5,)).value, len(group)))
+    return sum(e * n for e, n in errors) / sum(n for _, n in errors)
+
+
+def choose_for_split(split: SplitPredictions) -> tuple[PostProcessing, dict]:
+    """Post-processing chosen on the split: max SEG (cell data), else min labels' Rand error."""
+    if split.instances is not None:
+        name = "seg"
+
+        def score(labels):
+            return score_cell_frames(labels, split.instances)["seg"]
+    else:
+        name = "labels_rand_error"
+
+        def score(labels):
+            return -labels_rand_error(labels, split)
+
+    start = time.perf_counter()
+    chosen, value = choose_postprocessing(split.probabilities, score)
+    how = {"score": name, "value": abs(value), "seconds": round(time.perf_counter() - start, 1)}
+    return chosen, how
+
+
+def label_scores(split: SplitPredictions, postprocess: PostProcessing) -> dict[str, float]:
+    """Scores of the label images that ``postprocess`` makes of the probabilities."""
+    labels = [postprocess(p) for p in split.probabilities]
+    if split.instances is not None:
+        scores = score_cell_frames(labels, split.instances)
+        plain = [PostProcessing()(p) for p in split.probabilities]
+        return scores | {"seg_plain": score_cell_frames(plain, split.instances)["seg"]}
+    if not any((w > 0).all() for w in split.weights):
+        return {}
+    maps = [boundary_map(x) for x in labels]
+    return {f"labels_{k}": v for k, v in challenge_scores(maps, split).items()}
+
+
+def score_split(
+    split: SplitPredictions, postprocess: PostProcessing | None = None, choose: bool = False
+) -> tuple[dict[str, float], PostProcessing, dict]:
+    """Every metric of a predicted split (module docstring).
+
+    Returns:
+        The metrics (``val/`` names), the post-processing used, and how it was chosen
+        (empty unless ``choose``).
+    """
+    chosen_on: dict = {}
+    if choose:
+        postprocess, chosen_on = choose_for_split(split)
+    postprocess = postprocess or PostProcessing()
+    scores = pixel_scores(split)
+    scores |= challenge_scores(split.probabilities, split)
+    scores |= label_scores(split, postprocess)
+    return {f"val/{k}": float(v) for k, v in scores.items()}, postprocess, chosen_on
 
 
 def score_label_folder(
@@ -95,29 +238,44 @@ def score_prediction_file(
     return {f"val/{k}": float(v) for k, v in scores.items()}
 
 
+def print_table(metrics: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Score ``cfg.ckpt_path`` (or the stack ``cfg.predictions``) on ``cfg.split``.
+    """Score ``cfg.ckpt_path`` (or the written predictions ``cfg.predictions``) on
+    ``cfg.split``, with the post-processing stored in the checkpoint unless overridden.
 
     Writes ``<output_dir>/metrics.json`` and prints a table.
     """
     if not cfg.get("ckpt_path") and not cfg.get("predictions"):
         raise UserError("nothing to score: pass ckpt_path=<checkpoint> or predictions=<tif stack>")
     L.seed_everything(cfg.seed, workers=True)
+    trained = load_trained(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     datamodule = instantiate(cfg.data)
     datamodule.setup("validate")
     if cfg.get("predictions"):
         metrics = score_prediction_file(cfg.predictions, datamodule, cfg.split)
-        source = str(cfg.predictions)
+        metrics |= {"source": str(cfg.predictions)}
     else:
-        metrics = score_checkpoint(cfg, datamodule)
-        source = str(cfg.ckpt_path)
-    metrics = metrics | {"source": source, "split": cfg.split}
+        postprocess = (trained.postprocess or PostProcessing()).replace(
+            **dict(cfg.get("postprocess") or {})
+        )
+        split = predict_split(trained.net, datamodule, cfg.split, Tiler(), cfg.tta)
+        metrics, postprocess, chosen_on = score_split(split, postprocess, cfg.get("choose", False))
+        metrics |= {
+            "source": str(cfg.ckpt_path),
+            "tta": cfg.tta,
+            "postprocess": postprocess.to_dict(),
+        }
+        if chosen_on:
+            metrics["postprocess_chosen_on"] = chosen_on | {"split": cfg.split}
+    metrics |= {"split": cfg.split}
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-
-    table = Table(title=f"{cfg.split} split, {Path(source).name}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    print_table(metrics, f"{cfg.split} split, {Path(metrics['source']).name}")
     return metrics

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -18,10 +17,8 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from unet.errors import UserError
 from unet.loss import WeightedCrossEntropy
-from unet.metrics import score_isbi_stack
-from unet.network import UNet, center_crop
+from unet.network import center_crop
 from unet.tiler import Tiler, predict_whole_image
 
 IGNORE = -1  # target value of pixels the metrics skip
@@ -39,9 +36,9 @@ class SegmentationModule(L.LightningModule):
         cell class over the thresholds 0, 0.01, ..., 1 (pooled over all validation pixels);
         ``pixel_error_t05``: 1 - F1 at the fixed threshold 0.5; ``dice``: F1 averaged over
         both classes and ``iou``: IoU of the cell class, both at 0.5.
-    With ``challenge_metrics`` set (training sets it for its final validation, eval always),
-    validation also logs the ISBI 2012 challenge's Rand error, V_rand, V_info and warping
-    error (:func:`unet.metrics.score_isbi_stack`): too slow to compute every epoch.
+    The slower challenge metrics (Rand error, warping error, SEG of the post-processed
+    labels) are computed once, at the end of training and by ``src/eval.py``
+    (:mod:`unet.evaluation`).
 
     Args:
         net: the network (e.g. :class:`unet.network.UNet`).
@@ -80,8 +77,6 @@ class SegmentationModule(L.LightningModule):
             },
             prefix="val/",
         )
-        self.challenge_metrics = False
-        self._challenge_inputs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) for images of any size: tile by tile with ``tiler`` (same
@@ -117,10 +112,6 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics["pr_curve"].update(prob[:, 1], target)
         self.val_metrics["iou"].update(prob[:, 1], target)
         self.val_metrics["dice"].update(prob.argmax(dim=1), target)
-        if self.challenge_metrics:
-            for p, t in zip(prob[:, 1].cpu().numpy(), target.cpu().numpy(), strict=True):
-                if not (t == IGNORE).any():  # the ISBI definitions know no unlabelled pixels
-                    self._challenge_inputs.append((p, t))
         self.log("val/loss", loss, batch_size=len(logits), sync_dist=True)
         return {"prob": prob[:, 1]}  # for callbacks (unet.callbacks.ValidationImages)
 
@@ -133,24 +124,6 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(values, sync_dist=True)
         self.log("val/pixel_error_t05", 1.0 - values["val/f1_cell"], sync_dist=True)
         self.log("val/pixel_error", 1.0 - best_f1, prog_bar=True, sync_dist=True)
-        if self.challenge_metrics and self._challenge_inputs:
-            self.log_dict(self._score_challenge(), sync_dist=True)
-
-    def _score_challenge(self) -> dict[str, float]:
-        """The expensive ISBI metrics over the collected validation images (then cleared)."""
-        inputs, self._challenge_inputs = self._challenge_inputs, []
-        if len({p.shape for p, _ in inputs}) == 1:
-            groups = [inputs]
-        else:  # images of several sizes: score each size as its own stack, weigh by count
-            groups = [[x for x in inputs if x[0].shape == s] for s in {p.shape for p, _ in inputs}]
-        totals: dict[str, float] = {}
-        for group in groups:
-            scores = score_isbi_stack(
-                np.stack([p for p, _ in group]), np.stack([t for _, t in group])
-            )
-            for name in ("rand_error", "v_rand", "v_info", "warping_error"):
-                totals[f"val/{name}"] = totals.get(f"val/{name}", 0.0) + scores[name] * len(group)
-        return {name: value / len(inputs) for name, value in totals.items()}
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Probability of the cell class (B, H, W): 1 = cell interior, 0 = membrane/background."""
@@ -168,59 +141,10 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The architecture travels with the weights, so eval/predict can rebuild the network.
-        checkpoint["net_config"] = getattr(self.net, "config", None)
+        checkpoint["net_config"] = self.net.config.to_dict()
         # Each logger's run (W&B run id, ...), so that a resumed run continues it.
         checkpoint["logger_versions"] = {
             type(logger).__name__: logger.version
             for logger in self.loggers
             if isinstance(logger.version, str | int)
         }
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be loaded into the expected network."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """A checkpoint path that does not exist."""
-
-
-def read_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint's contents (tensors and plain values only: ``weights_only=True``)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint not found: {path} is not a file")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
-        ) from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(
-            f"{path}: expected a checkpoint dict, found {type(checkpoint).__name__}"
-        )
-    return checkpoint
-
-
-def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
-    """Rebuild the trained U-Net from a checkpoint written by :class:`SegmentationModule`."""
-    path = Path(ckpt_path)
-    checkpoint = read_checkpoint(path, map_location)
-    config = checkpoint.get("net_config")
-    if not config or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"{path}: expected a checkpoint written by unet's training "
-            "(with 'net_config'), found none"
-        )
-    net = UNet(**config)
-    state = {
-        k.removeprefix("net."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith("net.")
-    }
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the network {config}: {err}") from None
-    return net

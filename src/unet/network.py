@@ -12,7 +12,9 @@ This module imports neither Lightning nor Hydra so that it can be used on its ow
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -65,6 +67,53 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))  # (B, C/2, 2H-4, 2W-4) when valid
 
 
+@dataclass(frozen=True)
+class NetConfig:
+    """The architecture of a :class:`UNet`: its constructor arguments, as one typed record
+    (checkpoints store it, and the tiler and exporters read it).
+
+    Fields as in :class:`UNet`. Invalid values raise ``ValueError`` naming the field.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2
+    depth: int = 4
+    base_channels: int = 64
+    padding: str = "valid"
+    dropout: float = 0.5
+    batch_norm: bool = False
+    up_mode: str = "transpose"
+
+    def __post_init__(self) -> None:
+        if self.padding not in shapes.PADDINGS:
+            raise ValueError(f"padding must be one of {shapes.PADDINGS}, got {self.padding!r}")
+        if self.up_mode not in UP_MODES:
+            raise ValueError(f"up_mode must be one of {UP_MODES}, got {self.up_mode!r}")
+        for name in ("in_channels", "num_classes", "depth", "base_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> NetConfig:
+        """The record of a plain dict (a checkpoint's); every field must be there."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in values]
+        unknown = sorted(set(values) - set(names))
+        if missing or unknown:
+            raise ValueError(
+                f"architecture record: missing {missing or 'nothing'}, unknown "
+                f"{unknown or 'nothing'}; expected exactly the fields {', '.join(names)}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """Plain values (for checkpoints)."""
+        return dataclasses.asdict(self)
+
+
 class UNet(nn.Module):
     """U-Net for 2D segmentation, paper defaults.
 
@@ -94,23 +143,15 @@ class UNet(nn.Module):
         up_mode: str = "transpose",
     ):
         super().__init__()
-        if padding not in shapes.PADDINGS:
-            raise ValueError(f"padding must be one of {shapes.PADDINGS}, got {padding!r}")
-        if up_mode not in UP_MODES:
-            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
-        if depth < 1 or base_channels < 1 or in_channels < 1 or num_classes < 1:
-            raise ValueError("depth, base_channels, in_channels and num_classes must be positive")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         # Kept so that checkpoints can be checked against the architecture they need.
-        self.config = dict(
+        self.config = NetConfig(
             in_channels=in_channels,
             num_classes=num_classes,
             depth=depth,
             base_channels=base_channels,
             padding=padding,
-            dropout=dropout,
-            batch_norm=batch_norm,
+            dropout=float(dropout),
+            batch_norm=bool(batch_norm),
             up_mode=up_mode,
         )
         self.depth, self.padding = depth, padding
@@ -130,6 +171,11 @@ class UNet(nn.Module):
         )
         self.head = nn.Conv2d(channels[0], num_classes, kernel_size=1)
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config: NetConfig) -> UNet:
+        """The network of an architecture record."""
+        return cls(**config.to_dict())
 
     def reset_parameters(self) -> None:
         """Paper, Sec. 3: weights from N(0, sqrt(2/N)), N = number of inputs of one neuron."""
@@ -177,13 +223,13 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def forward_flops(config: dict, input_shape: tuple[int, int], batch: int = 1) -> int:
+def forward_flops(config: NetConfig, input_shape: tuple[int, int], batch: int = 1) -> int:
     """FLOPs (2 x multiply-adds) of one forward pass, counted on the meta device (no compute)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        net = UNet(**config)
-        x = torch.empty(batch, config.get("in_channels", 1), *input_shape)
+        net = UNet.from_config(config)
+        x = torch.empty(batch, config.in_channels, *input_shape)
     with FlopCounterMode(display=False) as counter:
         net(x)
     return counter.get_total_flops()

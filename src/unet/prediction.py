@@ -1,15 +1,15 @@
 """Predict files: a 2D image, a multi-page TIFF stack or a folder of frames.
 
-Data flow: files -> gray frames -> per-image standardisation (as in training) -> tiler
-(+ test-time augmentation) -> cell probabilities -> connected components -> writers.
+Data flow: files -> gray frames -> ``unet.inference.predict_image`` (standardisation as in
+training, tiler, test-time augmentation) -> cell probabilities -> ``unet.postprocess``
+(the settings validated at training, unless overridden) -> writers.
 The output folder holds
 
 - ``probabilities.tif``: float32 probability of the cell class (class 1), one page per
   frame in input order; 1 = cell interior, 0 = membrane/background (the ISBI 2012
   submission polarity);
-- ``labels/``: uint16 label images, the connected components of ``probability >
-  threshold`` (``maskNNN.tif`` with ``challenge_naming``, as the Cell Tracking Challenge
-  expects);
+- ``labels/``: uint16 instance-label images from the post-processing
+  (``maskNNN.tif`` with ``challenge_naming``, as the Cell Tracking Challenge expects);
 - ``overlays/``: PNGs of each frame with its labels tinted, for a quick look.
 """
 
@@ -28,20 +28,20 @@ from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from skimage.measure import label as connected_components
 from torch import nn
 
+from unet.checkpoint import load_trained
 from unet.data.readers import DataError, DataNotFoundError, read_tiff
-from unet.data.samples import standardize
 from unet.errors import OutputExistsError, UserError
-from unet.module import load_network
-from unet.tiler import Tiler, count_tiles, predict_probabilities
+from unet.inference import autocast_dtype, predict_image
+from unet.postprocess import PostProcessing
+from unet.tiler import Tiler
+from unet.tta import count_tiles
 from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png")
 CELL_CLASS = 1  # class 1 = cell interior, as in training (unet.data.readers.binary_labels)
-PRECISIONS = {"32": None, "bf16": torch.bfloat16}
 
 
 class PredictionSettingError(UserError, ValueError):
@@ -159,18 +159,6 @@ class FrameSource:
             yield from zip(self.names, frames, strict=True)
 
 
-def label_cells(probability: np.ndarray, threshold: float = 0.5, min_area: int = 0) -> np.ndarray:
-    """Instance labels (H, W): 4-connected components of ``probability > threshold``,
-    numbered 1..n; components smaller than ``min_area`` pixels are dropped."""
-    labels = connected_components(probability > threshold, connectivity=1)
-    if min_area > 1:
-        small = np.bincount(labels.ravel()) < min_area
-        small[0] = False
-        labels[small[labels]] = 0
-        labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)  # 1..n again
-    return labels
-
-
 def mask_name(frame_name: str, index: int) -> str:
     """Cell Tracking Challenge name of a frame's mask: ``t013`` -> ``mask013.tif``."""
     digits = re.search(r"(\d+)$", frame_name)
@@ -210,13 +198,6 @@ def resolve_device(device: str) -> torch.device:
         raise PredictionSettingError(f"device={device!r}: expected auto, cpu or cuda") from None
 
 
-def _autocast_dtype(precision) -> torch.dtype | None:
-    key = str(precision).removesuffix("-true").removesuffix("-mixed")
-    if key not in PRECISIONS:
-        raise PredictionSettingError(f"precision={precision!r}: expected 32 or bf16")
-    return PRECISIONS[key]
-
-
 def predict_path(
     net: nn.Module,
     source: FrameSource | str | Path,
@@ -226,8 +207,7 @@ def predict_path(
     tta: str = "none",
     device: str = "auto",
     precision: str | int = 32,
-    threshold: float = 0.5,
-    min_area: int = 0,
+    postprocess: PostProcessing | None = None,
     labels: bool = True,
     challenge_naming: bool = False,
     overlays: bool = True,
@@ -237,15 +217,15 @@ def predict_path(
     """Predict every frame of ``source`` and write the results to the folder ``output``.
 
     Args:
-        net: the trained network (e.g. from :func:`unet.module.load_network`).
+        net: the trained network (e.g. from :func:`unet.checkpoint.load_network`).
         source: a 2D image, a multi-page TIFF stack or a folder of frames.
         output: the output folder (see the module docstring for its contents).
         tiler: tile size, overlap and memory budget (default: automatic, exact stitching).
         tta: test-time augmentation: ``none``, ``flips8`` or ``paper7``.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``32`` or ``bf16`` (autocast; probabilities are float32 either way).
-        threshold, min_area: label images are the 4-connected components of ``probability >
-            threshold`` with at least ``min_area`` pixels.
+        postprocess: cell probability -> instance labels (default: the plain 4-connected
+            components of ``probability > 0.5``).
         labels, challenge_naming, overlays: what to write besides the probabilities.
         overwrite: write into an existing output folder, replacing its files.
         progress: show a progress bar over frames and tiles.
@@ -255,13 +235,14 @@ def predict_path(
     """
     source = source if isinstance(source, FrameSource) else FrameSource(source)
     tiler = tiler or Tiler()
+    postprocess = postprocess or PostProcessing()
     dev = resolve_device(device)
-    dtype = _autocast_dtype(precision)
-    config = getattr(net, "config", None) or {}
-    if config.get("in_channels", 1) != 1 or config.get("num_classes", 2) < 2:
+    autocast_dtype(precision)  # checks the setting before anything is written
+    config = net.config
+    if config.in_channels != 1 or config.num_classes < 2:
         raise PredictionSettingError(
-            f"the network takes {config.get('in_channels')} input channels and predicts "
-            f"{config.get('num_classes')} classes; prediction needs gray-value input (1 "
+            f"the network takes {config.in_channels} input channels and predicts "
+            f"{config.num_classes} classes; prediction needs gray-value input (1 "
             "channel) and a cell class (2 or more classes)"
         )
     net = net.to(dev).eval()
@@ -291,15 +272,13 @@ def predict_path(
                     f"{name}: expected a 2D gray-value frame, found shape {frame.shape}"
                 )
             bar.reset(tiles_task, total=count_tiles(net, frame.shape, tiler, tta))
-            image = torch.from_numpy(standardize(frame))[None, None].to(dev)  # (1, 1, H, W)
-            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                prob = predict_probabilities(
-                    net, image, tiler, tta, on_batch=lambda n: bar.advance(tiles_task, n)
-                )
-            cells = prob[0, CELL_CLASS].cpu().numpy()  # (H, W), float32
+            prob = predict_image(
+                net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
+            )
+            cells = prob[CELL_CLASS]  # (H, W), float32
             stack.write(cells)
             if labels or overlays:
-                objects = label_cells(cells, threshold, min_area)
+                objects = postprocess(cells)
                 if labels:
                     file = mask_name(name, index) if challenge_naming else f"{name}.tif"
                     write_label_image(output / "labels" / file, objects)
@@ -317,21 +296,28 @@ def predict_path(
     }
 
 
+def postprocessing_for(stored: PostProcessing | None, overrides: dict | None) -> PostProcessing:
+    """The post-processing to use: what validation chose and the checkpoint stores (the
+    plain defaults if it stores none), with the settings a user gave (non-null) replacing
+    those."""
+    return (stored or PostProcessing()).replace(**dict(overrides or {}))
+
+
 def predict(cfg: DictConfig) -> dict:
     """Predict ``cfg.input`` with the network of ``cfg.ckpt_path``; results go to ``cfg.output``."""
     source = FrameSource(cfg.input)  # input problems show before the checkpoint is loaded
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part, too
-    net = load_network(cfg.ckpt_path)
+    trained = load_trained(cfg.ckpt_path)
+    postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
     summary = predict_path(
-        net,
+        trained.net,
         source,
         cfg.output,
         tiler=instantiate(cfg.tiler),
         tta=cfg.tta,
         device=cfg.device,
         precision=cfg.precision,
-        threshold=cfg.threshold,
-        min_area=cfg.min_area,
+        postprocess=postprocess,
         labels=cfg.labels,
         challenge_naming=cfg.challenge_naming,
         overlays=cfg.overlays,

@@ -13,8 +13,7 @@
      clamped bilinear upsampling that the whole image does not, are not used: neighbouring
      tiles overlap by at least twice that reach (``edge_reach``) and those pixels get
      weight 0 (for the paper's valid network the reach is 0 and the windows just abut).
-- ``predict_probabilities``: softmax of the tiled logits, averaged over test-time flips and
-  rotations.
+Test-time augmentation (softmax averaged over flips and rotations) is ``unet.tta``.
 
 Nets in ``eval()`` mode only: dropout or batch statistics would differ from tile to tile.
 """
@@ -55,8 +54,8 @@ def predict_whole_image(net: nn.Module, image: torch.Tensor) -> torch.Tensor:
     Fig. 2: missing context is extrapolated by mirroring) and the output cropped to (H, W).
     """
     h, w = image.shape[-2:]
-    in_h, top, off_y = _axis_plan(h, net.depth, net.padding)
-    in_w, left, off_x = _axis_plan(w, net.depth, net.padding)
+    in_h, top, off_y = _axis_plan(h, net.config.depth, net.config.padding)
+    in_w, left, off_x = _axis_plan(w, net.config.depth, net.config.padding)
     padded = mirror_pad(image, top, in_h - h - top, left, in_w - w - left)
     logits = net(padded)
     return logits[..., off_y : off_y + h, off_x : off_x + w]
@@ -85,8 +84,9 @@ def edge_reach(depth: int, padding: str = "valid", up_mode: str = "transpose") -
 
 
 def _net_settings(net: nn.Module) -> tuple[int, str, str]:
-    config = getattr(net, "config", None) or {}
-    return net.depth, net.padding, config.get("up_mode", "transpose")
+    """(depth, padding, up_mode) from the network's architecture record (``UNet.config``)."""
+    config = net.config
+    return config.depth, config.padding, config.up_mode
 
 
 def _covering(size: int, depth: int, padding: str) -> int:
@@ -216,8 +216,8 @@ BYTES_PER_PIXEL_AND_CHANNEL = {"valid": 32, "same": 44}
 
 def tile_memory_bytes(net: nn.Module, height: int, width: int) -> int:
     """Estimated peak memory (bytes) of the forward pass of one tile of this size."""
-    config = getattr(net, "config", None) or {}
-    per_pixel = BYTES_PER_PIXEL_AND_CHANNEL[net.padding] * config.get("base_channels", 64)
+    config = net.config
+    per_pixel = BYTES_PER_PIXEL_AND_CHANNEL[config.padding] * config.base_channels
     return per_pixel * height * width
 
 
@@ -370,65 +370,3 @@ class Tiler:
                 if on_batch is not None:
                     on_batch(len(chunk))
         return logits / total
-
-
-# Test-time augmentation: the 8 symmetries of the square (dihedral group D4) as
-# (quarter turns, mirror first). The paper (Sec. 4, ISBI) averaged "7 rotated versions of
-# the input data" without saying which; "paper7" takes the 7 that are not the identity,
-# the only choice of 7 that needs no arbitrary pick and is closed under inversion.
-D4 = tuple((k, flip) for flip in (False, True) for k in range(4))
-TTA = {"none": D4[:1], "flips8": D4, "paper7": D4[1:]}
-
-
-def _transform(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    if flip:
-        x = x.flip(-1)
-    return torch.rot90(x, k, dims=(-2, -1))
-
-
-def _untransform(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.rot90(x, -k, dims=(-2, -1))
-    return x.flip(-1) if flip else x
-
-
-def _check_tta(tta: str) -> tuple[tuple[int, bool], ...]:
-    if tta not in TTA:
-        raise ValueError(f"tta must be one of {', '.join(TTA)}, got {tta!r}")
-    return TTA[tta]
-
-
-def count_tiles(net: nn.Module, size: tuple[int, int], tiler: Tiler, tta: str = "none") -> int:
-    """Number of tiles ``predict_probabilities`` runs for one image of ``size`` (H, W)."""
-    plans = {s: tiler.plan(net, s).num_tiles for s in (tuple(size), tuple(size)[::-1])}
-    return sum(plans[tuple(size)[::-1] if k % 2 else tuple(size)] for k, _ in _check_tta(tta))
-
-
-def predict_probabilities(
-    net: nn.Module,
-    image: torch.Tensor,
-    tiler: Tiler | None = None,
-    tta: str = "none",
-    on_batch: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Class probabilities (B, K, H, W) for images (B, C, H, W), tiled, with optional TTA.
-
-    ``tta``: ``"none"``, ``"flips8"`` (all 8 flips/rotations) or ``"paper7"`` (the 7 that
-    are not the identity). Each transformed copy is predicted, turned back, and the softmax
-    probabilities are averaged (not the logits: a copy that is confidently wrong should
-    count as one vote, not outweigh the others).
-    """
-    tiler = tiler or Tiler()
-    transforms = _check_tta(tta)
-    b = len(image)
-    # copies that share a shape (k even / k odd) go through the tiler as one batch
-    by_parity: dict[int, list[tuple[int, bool]]] = defaultdict(list)
-    for k, flip in transforms:
-        by_parity[k % 2].append((k, flip))
-    total = None
-    for group in by_parity.values():
-        x = torch.cat([_transform(image, k, flip) for k, flip in group])
-        prob = tiler(net, x, on_batch).softmax(dim=1)
-        for n, (k, flip) in enumerate(group):
-            back = _untransform(prob[n * b : (n + 1) * b], k, flip)
-            total = back if total is None else total + back
-    return total / len(transforms)

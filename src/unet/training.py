@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -11,10 +10,19 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from unet.checkpoint import (
+    CheckpointNotFoundError,
+    load_trained,
+    read_checkpoint,
+    store_postprocessing,
+)
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
-from unet.module import CheckpointNotFoundError, read_checkpoint
+from unet.evaluation import predict_split, score_split
+from unet.outputs import write_json
+from unet.precision import resolve_precision
 from unet.shapes import InvalidInputSizeError
+from unet.tiler import Tiler
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -29,15 +37,6 @@ def instantiate_all(group: DictConfig | None) -> list:
 def scalars(metrics: dict) -> dict[str, float]:
     """Plain floats from Lightning's metric dict (tensors), for JSON."""
     return {k: float(v) for k, v in sorted(metrics.items())}
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to a new file; an existing file is never overwritten."""
-    if path.exists():
-        raise OutputExistsError(f"{path} already exists; not overwriting it")
-    with open(path, "x") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
 
 
 def check_tile_size(module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
@@ -148,6 +147,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not cfg.trainer.get("enable_progress_bar", True):  # (Lightning refuses a bar then)
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    with open_dict(cfg):  # "auto": bf16 only where the device runs it natively
+        cfg.trainer.precision = resolve_precision(
+            cfg.trainer.precision, cfg.trainer.get("accelerator", "auto")
+        )
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
@@ -168,18 +171,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, float]:
-    """Fit (unless ``train=false``), then validate the best checkpoint with the challenge
-    metrics (unless ``validate=false``); rank 0 writes ``metrics.json``."""
+    """Fit (unless ``train=false``), then score the best checkpoint on the validation split
+    (unless ``validate=false``); rank 0 writes ``metrics.json``."""
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalars(trainer.callback_metrics)
-    if cfg.get("validate", True):
+    if cfg.get("validate", True) and trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        module.challenge_metrics = True  # the slow ISBI challenge metrics, once at the end
-        results = trainer.validate(
-            module, datamodule=datamodule, ckpt_path=best or None, verbose=False
-        )
-        metrics = scalars(results[0]) | {"checkpoint": best}
-        if trainer.is_global_zero:
-            write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        metrics = final_validation(cfg, module, datamodule, best)
+        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics
+
+
+def final_validation(cfg, module, datamodule, best: str) -> dict:
+    """Every metric of the best checkpoint on the validation split (``unet.evaluation``),
+    with the post-processing chosen there (``choose_postprocess``) and stored in the
+    checkpoint, so that ``src/predict.py`` and ``src/eval.py`` use it."""
+    net = load_trained(best).net if best else module.net.eval()
+    datamodule.setup("validate")
+    tta = cfg.get("tta", "none")
+    split = predict_split(net, datamodule, "val", Tiler(), tta)
+    choose = cfg.get("choose_postprocess", True)
+    metrics, postprocess, chosen_on = score_split(split, choose=choose)
+    if best and choose:
+        store_postprocessing(best, postprocess, chosen_on | {"split": "val", "tta": tta})
+    return metrics | {"checkpoint": best, "tta": tta, "postprocess": postprocess.to_dict()}

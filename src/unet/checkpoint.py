@@ -1,0 +1,143 @@
+"""Trained checkpoints without Lightning: the network and the settings stored beside it.
+
+A checkpoint written by training (:class:`unet.module.SegmentationModule`) holds, besides
+Lightning's own entries,
+
+- ``state_dict``: the weights, under ``net.``;
+- ``net_config``: the architecture (:class:`unet.network.NetConfig` as a dict);
+- ``postprocess``: the post-processing settings chosen on the validation split at the end
+  of training (:class:`unet.postprocess.PostProcessing` as a dict), with
+  ``postprocess_chosen_on``: the split, the score it maximised, and that score.
+
+Everything loads with ``torch.load(weights_only=True)``: plain values and tensors only.
+Imports torch and NumPy-level modules only (no Lightning, no torchmetrics), so that
+prediction and export can use it anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unet.errors import UserError
+from unet.network import NetConfig, UNet
+from unet.postprocess import PostProcessing, PostProcessingError
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be loaded into the expected network."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that does not exist."""
+
+
+def read_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint's contents (tensors and plain values only: ``weights_only=True``)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path} is not a file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for files that are not checkpoints
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{path}: expected a checkpoint dict, found {type(checkpoint).__name__}"
+        )
+    return checkpoint
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with what training stored beside it.
+
+    Attributes:
+        net: the network, in ``eval()`` mode, on the CPU (or ``map_location``).
+        config: its architecture.
+        postprocess: the settings chosen on the validation split, or None if the checkpoint
+            has none (training stopped before its final validation, or an older checkpoint):
+            then the plain defaults apply (:class:`PostProcessing`).
+        chosen_on: how ``postprocess`` was chosen (split, score name and value).
+        path: the checkpoint file.
+    """
+
+    net: UNet
+    config: NetConfig
+    postprocess: PostProcessing | None = None
+    chosen_on: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def net_config_of(checkpoint: dict, path: Path) -> NetConfig:
+    """The architecture record of a checkpoint; an error if it has none or a broken one."""
+    stored = checkpoint.get("net_config")
+    if not isinstance(stored, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path}: expected a checkpoint written by unet's training (with 'net_config' and "
+            "'state_dict'), found none"
+        )
+    try:
+        return NetConfig.from_dict(stored)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its architecture record cannot be used: {err}") from None
+
+
+def load_trained(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the trained U-Net of a checkpoint, with its stored settings."""
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path, map_location)
+    config = net_config_of(checkpoint, path)
+    net = UNet.from_config(config)
+    state = {
+        k.removeprefix("net."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("net.")
+    }
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[:3]
+        raise CheckpointError(
+            f"{path}: weights do not fit the network {config}: {' '.join(first)}"
+        ) from None
+    postprocess = None
+    if checkpoint.get("postprocess") is not None:
+        try:
+            postprocess = PostProcessing.from_dict(checkpoint["postprocess"])
+        except PostProcessingError as err:
+            raise CheckpointError(f"{path}: stored post-processing settings: {err}") from None
+    return TrainedModel(
+        net=net.to(map_location).eval(),
+        config=config,
+        postprocess=postprocess,
+        chosen_on=dict(checkpoint.get("postprocess_chosen_on") or {}),
+        path=path,
+    )
+
+
+def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
+    """The trained U-Net of a checkpoint (in ``eval()`` mode)."""
+    return load_trained(ckpt_path, map_location).net
+
+
+def store_postprocessing(
+    ckpt_path: str | Path, postprocess: PostProcessing, chosen_on: dict
+) -> None:
+    """Write validated post-processing settings into a checkpoint file, in place.
+
+    The new file is written beside the old one and renamed over it, so an interruption
+    leaves the old checkpoint whole.
+    """
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path)
+    checkpoint["postprocess"] = postprocess.to_dict()
+    checkpoint["postprocess_chosen_on"] = dict(chosen_on)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)

@@ -1,0 +1,77 @@
+"""One image in, class probabilities out: the inference step on plain NumPy arrays.
+
+    image (H, W) -> standardise (as in training) -> tiler (+ test-time augmentation)
+    -> softmax probabilities (K, H, W)
+
+Separate from file handling (``unet.prediction`` reads and writes files around it) and from
+training; imports neither Lightning nor torchmetrics, so a notebook or another program
+can use it with a network from :func:`unet.checkpoint.load_network`::
+
+    net = load_network("last.ckpt")
+    prob = predict_image(net, image, Tiler(memory_gb=4), tta="flips8")[1]  # cell class
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from unet.data.samples import standardize
+from unet.errors import UserError
+from unet.tiler import Tiler
+from unet.tta import predict_probabilities
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16}
+
+
+class InferenceSettingError(UserError, ValueError):
+    """An inference setting that cannot work (precision, image shape)."""
+
+
+def autocast_dtype(precision: str | int) -> torch.dtype | None:
+    """The autocast dtype of a precision setting (``32``, ``bf16``, ``bf16-mixed``...);
+    None for full precision."""
+    key = str(precision).removesuffix("-true").removesuffix("-mixed")
+    if key not in PRECISIONS:
+        raise InferenceSettingError(f"precision={precision!r}: expected 32 or bf16")
+    return PRECISIONS[key]
+
+
+def net_device(net: nn.Module) -> torch.device:
+    """The device of the network's parameters."""
+    return next(net.parameters()).device
+
+
+@torch.no_grad()
+def predict_image(
+    net: nn.Module,
+    image: np.ndarray,
+    tiler: Tiler | None = None,
+    tta: str = "none",
+    precision: str | int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Class probabilities (K, H, W), float32, of one gray-value image of any size.
+
+    Args:
+        net: the trained network, in ``eval()`` mode, on the device to use.
+        image: (H, W) gray values (any dtype); standardised per image as in training.
+        tiler: tile size and memory budget (default: automatic, exact stitching).
+        tta: test-time augmentation: ``none``, ``flips8`` or ``paper7`` (``unet.tta``).
+        precision: ``32`` or ``bf16`` (autocast; probabilities are float32 either way).
+        on_batch: called with the number of tiles after every forward pass.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InferenceSettingError(
+            f"predict_image takes one (height, width) gray-value image, found shape {image.shape}"
+        )
+    dtype = autocast_dtype(precision)
+    device = net_device(net)
+    x = torch.from_numpy(standardize(image))[None, None].to(device)  # (1, 1, H, W)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        prob = predict_probabilities(net, x, tiler or Tiler(), tta, on_batch=on_batch)
+    return prob[0].float().cpu().numpy()
