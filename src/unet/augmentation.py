@@ -67,17 +67,6 @@ def cubic_upsampling_matrix(n_out: int, n_in: int) -> np.ndarray:
     return matrix
 
 
-def elastic_field(rng: np.random.Generator, size: int, grid: int = 3, std: float = 10.0):
-    """Dense displacement field (2, size, size) of the paper's elastic deformation, in px.
-
-    Displacements (dy, dx) are drawn from N(0, std^2) on a ``grid`` x ``grid`` coarse grid
-    spanning the tile and upsampled by bicubic interpolation.
-    """
-    coarse = rng.standard_normal((2, grid, grid)) * std
-    up = cubic_upsampling_matrix(size, grid)  # (size, grid)
-    return (up @ coarse @ up.T).astype(np.float32)  # (2, size, size)
-
-
 @functools.lru_cache(maxsize=32)
 def _position_bases(size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
     """Left and right factors (size, grid + 2) of :meth:`Augmentation.source_positions`."""
@@ -154,7 +143,7 @@ class Augmentation:
         ``centre``.
         """
         g = self.elastic_grid
-        coarse = rng.standard_normal((2, g, g)) * self.elastic_std  # as elastic_field draws it
+        coarse = rng.standard_normal((2, g, g)) * self.elastic_std  # (dy, dx) at the nodes
         angle = math.radians(rng.uniform(-1.0, 1.0) * self.rotation)
         flips = rng.integers(2, size=2)
         shift = rng.uniform(-1.0, 1.0, size=2) * self.shift
