@@ -8,7 +8,7 @@ rotation by any angle, flips, gray values), applied to a HeLa frame with its wei
 (a random image when the data is not there). Printed per tile size, median over the tiles:
 - plain crop: the mirrored window without augmentation (the floor);
 - positions: elastic field + rotation + flips folded into one source map;
-- warp: cutting the window and the three remaps (image cubic, weights linear, labels
+- resample: cutting the window and the three remaps (image cubic, weights linear, labels
   nearest);
 - gray values: gamma, contrast, brightness;
 - dataset item: ``RandomTileDataset[i]``, all of the above plus tensors.
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from unet.augmentation import warp  # noqa: E402
+from unet.augmentation import resample  # noqa: E402
 from unet.data.samples import RandomTileDataset, keep_freed_memory, standardize  # noqa: E402
 from unet.mirror import crop_with_mirror  # noqa: E402
 from unet.weight_maps import instance_weight_map  # noqa: E402
@@ -92,7 +92,7 @@ def time_tile(size: int, augmentation, image, classes, weights, tiles: int) -> d
     stages = {
         "plain crop": lambda: [crop_with_mirror(a, 0, 0, size, size) for a in arrays],
         "positions": positions,
-        "warp": lambda: warp(arrays, *maps[next(seeds) % len(maps)], how),
+        "resample": lambda: resample(arrays, *maps[next(seeds) % len(maps)], how),
         "gray": lambda: augmentation.gray_values(image[:size, :size], rng()),
         "item": lambda: dataset[next(seeds)],
     }
@@ -118,13 +118,13 @@ def main() -> None:
     print(f"freed buffers kept for reuse (as in a worker): {'yes' if kept else 'no'}")
     print(f"frame: {name}; {augmentation}")
     print(
-        f"{'tile':>5} {'plain crop':>10} {'positions':>10} {'warp':>8} {'gray':>8} "
+        f"{'tile':>5} {'plain crop':>10} {'positions':>10} {'resample':>8} {'gray':>8} "
         f"{'item':>8}   (ms per tile, median of {args.tiles})"
     )
     for size in args.sizes:
         ms = time_tile(size, augmentation, image, classes, weights, args.tiles)
         print(
-            f"{size:>5} {ms['plain crop']:>10.2f} {ms['positions']:>10.2f} {ms['warp']:>8.2f} "
+            f"{size:>5} {ms['plain crop']:>10.2f} {ms['positions']:>10.2f} {ms['resample']:>8.2f} "
             f"{ms['gray']:>8.2f} {ms['item']:>8.2f}",
             flush=True,
         )

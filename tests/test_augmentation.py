@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from unet.augmentation import Augmentation, cubic_upsampling_matrix, warp
+from unet.augmentation import Augmentation, cubic_upsampling_matrix, resample
 from unet.mirror import crop_with_mirror
 
 NO_GRAY = {"brightness": 0.0, "contrast": 0.0, "gamma": 0.0}
@@ -148,7 +148,9 @@ def test_warp_mirrors_beyond_the_border(rows, cols):
     labels = rng.integers(0, 9, (9, 13)).astype(np.uint8)
     ys, xs = np.meshgrid(np.linspace(*rows, 31), np.linspace(*cols, 37), indexing="ij")
     ys, xs = ys.astype(np.float32), xs.astype(np.float32)
-    got, got_labels, smooth = warp([image, labels, image], ys, xs, ["linear", "nearest", "cubic"])
+    got, got_labels, smooth = resample(
+        [image, labels, image], ys, xs, ["linear", "nearest", "cubic"]
+    )
     big = np.pad(image, 100, mode="reflect")
     expected = ndimage.map_coordinates(big, [ys + 100, xs + 100], order=1)
     np.testing.assert_allclose(got, expected, atol=0.04)  # OpenCV: 1/32 px weights
@@ -158,7 +160,7 @@ def test_warp_mirrors_beyond_the_border(rows, cols):
     clear = (np.abs(ys % 1 - 0.5) > 0.05) & (np.abs(xs % 1 - 0.5) > 0.05)
     np.testing.assert_array_equal(got_labels[clear], nearest[clear])
     # cubic: the same as on a mirrored copy large enough for OpenCV's border to stay unused
-    (reference,) = warp([big], ys + 100, xs + 100, ["cubic"])
+    (reference,) = resample([big], ys + 100, xs + 100, ["cubic"])
     np.testing.assert_allclose(smooth, reference, atol=1e-4)
 
 
@@ -221,8 +223,8 @@ def test_warp_leaves_the_maps_alone_unless_allowed():
     ys, xs = np.meshgrid(np.arange(-5.5, 30.0), np.arange(-3.25, 40.0), indexing="ij")
     ys, xs = ys.astype(np.float32), xs.astype(np.float32)
     kept = ys.copy(), xs.copy()
-    (expected,) = warp([array], ys, xs, ["linear"])
+    (expected,) = resample([array], ys, xs, ["linear"])
     np.testing.assert_array_equal(ys, kept[0])
     np.testing.assert_array_equal(xs, kept[1])
-    (again,) = warp([array], ys, xs, ["linear"], overwrite_maps=True)
+    (again,) = resample([array], ys, xs, ["linear"], overwrite_maps=True)
     np.testing.assert_array_equal(again, expected)

@@ -203,7 +203,7 @@ class Augmentation:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The augmented (size, size) tiles of a (H, W) image, class map and weight map."""
         ys, xs = self.source_positions(rng, centre, size)
-        image, classes, weights = warp(
+        image, classes, weights = resample(
             (image, classes, weights), ys, xs, ("cubic", "nearest", "linear"), overwrite_maps=True
         )
         return self.gray_values(image, rng, in_place=True), classes, weights
@@ -220,7 +220,7 @@ _NATIVE = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 _NATIVE_NEAREST = (*_NATIVE, np.int32)
 
 
-def warp(
+def resample(
     arrays: Sequence[np.ndarray],
     ys: np.ndarray,
     xs: np.ndarray,

@@ -17,7 +17,7 @@ from unet.errors import UserError
 from unet.metrics import score_cell_frames, score_isbi_stack
 from unet.module import SegmentationModule, load_network
 from unet.tiler import Tiler
-from unet.training import scalars, write_json
+from unet.training import metrics_as_floats, write_json
 
 
 def score_checkpoint(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, float]:
@@ -33,7 +33,7 @@ def score_checkpoint(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict
         cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
     loader = datamodule.whole_image_dataloader(cfg.split)
-    metrics = scalars(trainer.validate(module, dataloaders=loader, verbose=False)[0])
+    metrics = metrics_as_floats(trainer.validate(module, dataloaders=loader, verbose=False)[0])
     truth = getattr(datamodule, "instances", {}).get(cfg.split)
     if truth:
         probabilities = [p[0].numpy() for p in trainer.predict(module, dataloaders=loader)]

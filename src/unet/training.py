@@ -26,7 +26,7 @@ def instantiate_all(group: DictConfig | None) -> list:
     ]
 
 
-def scalars(metrics: dict) -> dict[str, float]:
+def metrics_as_floats(metrics: dict) -> dict[str, float]:
     """Plain floats from Lightning's metric dict (tensors), for JSON."""
     return {k: float(v) for k, v in sorted(metrics.items())}
 
@@ -172,14 +172,14 @@ def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, f
     metrics (unless ``validate=false``); rank 0 writes ``metrics.json``."""
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = scalars(trainer.callback_metrics)
+    metrics = metrics_as_floats(trainer.callback_metrics)
     if cfg.validate:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         module.challenge_metrics = True  # the slow ISBI challenge metrics, once at the end
         results = trainer.validate(
             module, datamodule=datamodule, ckpt_path=best or None, verbose=False
         )
-        metrics = scalars(results[0]) | {"checkpoint": best}
+        metrics = metrics_as_floats(results[0]) | {"checkpoint": best}
         if trainer.is_global_zero:
             write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics
