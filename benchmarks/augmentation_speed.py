@@ -3,7 +3,7 @@
     python benchmarks/augmentation_speed.py [--tiles 200] [--sizes 572 508] [--data-dir DIR]
                                             [--default-malloc]
 
-The augmentation is the one of ``configs/data/hela.yaml`` (paper elastic deformation,
+The augmentation is ``configs/data/augmentation/paper.yaml`` (paper elastic deformation,
 rotation by any angle, flips, gray values), applied to a HeLa frame with its weight map
 (a random image when the data is not there). Printed per tile size, median over the tiles:
 - plain crop: the mirrored window without augmentation (the floor);
@@ -11,7 +11,10 @@ rotation by any angle, flips, gray values), applied to a HeLa frame with its wei
 - resample: cutting the window and the three remaps (image cubic, weights linear, labels
   nearest);
 - gray values: gamma, contrast, brightness;
-- dataset item: ``RandomTileDataset[i]``, all of the above plus tensors.
+- dataset item: ``RandomTileDataset[i]``, all of the above plus tensors;
+- extra []: the whole augmentation with an empty albumentations list (``extra: []``);
+- extra list: with the list of ``configs/data/augmentation/paper_extra.yaml`` (grid
+  distortion, blur, noise), each transform applied every time (p = 1) and as configured.
 OpenCV, torch and BLAS are held to one thread, and glibc keeps freed buffers for reuse
 (:func:`unet.data.samples.keep_freed_memory`), as in a data-loader worker;
 ``--default-malloc`` leaves glibc's defaults, to show what that setting saves.
@@ -66,6 +69,12 @@ def sample_frame(data_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
     return "random (512x512)", rng.integers(0, 255, (512, 512), np.uint8), instances
 
 
+def albumentations_version() -> str:
+    import albumentations
+
+    return albumentations.__version__
+
+
 def median_ms(fn, repeats: int) -> float:
     fn()  # warm-up (caches, first-call allocations)
     times = []
@@ -99,6 +108,26 @@ def time_tile(size: int, augmentation, image, classes, weights, tiles: int) -> d
     return {k: median_ms(f, tiles) for k, f in stages.items()}
 
 
+def time_extra(size: int, image, classes, weights, tiles: int) -> dict[str, float]:
+    """Median ms per tile of the whole augmentation with albumentations lists after it."""
+    seeds = iter(range(10**9))
+    paper = OmegaConf.load(CONFIGS / "data" / "augmentation" / "paper.yaml").augmentation
+    typical = OmegaConf.load(CONFIGS / "data" / "augmentation" / "paper_extra.yaml")
+    always = [dict(t, p=1.0) for t in typical.augmentation.extra]
+    variants = {
+        "extra []": instantiate(paper),
+        "extra list": instantiate(paper, extra=typical.augmentation.extra),
+        "extra list p=1": instantiate(paper, extra=always),
+    }
+
+    def make(augmentation):
+        return lambda: augmentation(
+            image, classes, weights, (256, 256), size, np.random.default_rng(next(seeds))
+        )
+
+    return {k: median_ms(make(a), tiles) for k, a in variants.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiles", type=int, default=200)
@@ -110,7 +139,9 @@ def main() -> None:
     cv2.setNumThreads(1)
     kept = False if args.default_malloc else keep_freed_memory()
 
-    augmentation = instantiate(OmegaConf.load(CONFIGS / "data" / "hela.yaml").augmentation)
+    augmentation = instantiate(
+        OmegaConf.load(CONFIGS / "data" / "augmentation" / "paper.yaml").augmentation
+    )
     name, raw, instances = sample_frame(args.data_dir)
     classes, weights = instance_weight_map(instances)
     image = standardize(raw)
@@ -128,6 +159,10 @@ def main() -> None:
             f"{ms['gray']:>8.2f} {ms['item']:>8.2f}",
             flush=True,
         )
+    print(f"with albumentations {albumentations_version()} after it (ms per tile, median):")
+    for size in args.sizes:
+        ms = time_extra(size, image, classes, weights, args.tiles)
+        print(f"{size:>5} " + " ".join(f"{k}: {v:.2f}" for k, v in ms.items()), flush=True)
 
 
 if __name__ == "__main__":
