@@ -11,7 +11,7 @@ from unet.training import train
 def main(cfg: DictConfig) -> float | None:
     metrics = run_or_exit(train, cfg)
     # A number for Hydra sweepers that optimise the validation metric.
-    return metrics.get(cfg.get("optimized_metric", "val/pixel_error"))
+    return metrics.get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,30 @@
-"""Shared fixtures: where the real data is, and small synthetic ISBI-like folders."""
+"""Shared fixtures: where the real data is, composed configs, small runs and their outputs.
+
+Test files take what they share from here (as the Lightning-Hydra template's ``cfg_train``
+fixture), never from each other.
+"""
 
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+# W&B writes runs locally, quietly, without network
+WANDB_OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}
 
 
 def _find_data_dir() -> Path | None:
@@ -32,6 +47,142 @@ def data_dir() -> Path:
             pytest.fail("real data not found: set UNET_DATA_DIR (CI must run these tests)")
         pytest.skip("real data not found: set UNET_DATA_DIR to run this test")
     return found
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (the entry points run from here)."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def configs_dir() -> Path:
+    """The Hydra config folder."""
+    return CONFIGS
+
+
+def _compose_train(
+    overrides: list[str], output_dir: Path, data_dir: Path | str = "data"
+) -> DictConfig:
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.data_dir = str(data_dir)
+        cfg.paths.cache_dir = str(Path(output_dir) / "cache")
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def compose_train() -> Callable[..., DictConfig]:
+    """``compose_train(overrides, output_dir, data_dir="data")``: the training config as
+    ``src/train.py`` composes it, writing to ``output_dir`` (the template's ``cfg_train``,
+    as a function of the overrides)."""
+    return _compose_train
+
+
+@pytest.fixture(scope="session")
+def small_overrides() -> list[str]:
+    """A 4-channel, depth-3 net on 124 px tiles of 96x96 crops, no loader workers."""
+    return [
+        "model.net.base_channels=4",
+        "model.net.depth=3",
+        "data.tile_size=124",
+        "data.crop=96",
+        "data.num_workers=0",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run_overrides(small_overrides) -> list[str]:
+    """``small_overrides`` for 2 epochs of 3 training and 2 validation batches, no bar."""
+    return [
+        *small_overrides,
+        "debug=limit",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch) -> None:
+    """W&B runs of this test write offline, in this process."""
+    for name, value in WANDB_OFFLINE.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def run_train(data_dir, tmp_path) -> Callable[[list[str]], subprocess.CompletedProcess]:
+    """``run_train(args)``: ``src/train.py`` as a subprocess on the real data, W&B offline;
+    fails the test with the output's tail if it fails."""
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        env = dict(os.environ, UNET_DATA_DIR=str(data_dir), UNET_CACHE_DIR=str(tmp_path / "cache"))
+        env.update(WANDB_OFFLINE)
+        result = subprocess.run(
+            [sys.executable, "src/train.py", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        return result
+
+    return run
+
+
+def read_net_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("net.")}
+
+
+@pytest.fixture(scope="session")
+def net_weights() -> Callable[[Path], dict[str, torch.Tensor]]:
+    """``net_weights(ckpt)``: the network's tensors (``net.*``) of a checkpoint."""
+    return read_net_weights
+
+
+def _wandb_records(path: Path) -> Iterator:
+    """The protobuf records of an offline run's ``.wandb`` log (LevelDB log framing: 32 KiB
+    blocks of records with a 7-byte header: checksum, length, type; after a 7-byte file
+    header)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    block, position, pending = 32768, 7, b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # too short for a header: padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk  # full / first piece
+        if kind in (1, 4):  # full / last piece
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def _offline_wandb_runs(run_dir: Path) -> list[tuple[Path, str]]:
+    runs = []
+    for folder in sorted((run_dir / "wandb").glob("offline-run-*")):
+        (log,) = folder.glob("*.wandb")
+        run = next(r.run for r in _wandb_records(log) if r.WhichOneof("record_type") == "run")
+        runs.append((folder, run.run_id))
+    return runs
+
+
+@pytest.fixture(scope="session")
+def offline_wandb_runs() -> Callable[[Path], list[tuple[Path, str]]]:
+    """``offline_wandb_runs(run_dir)``: (folder, run id) of each offline W&B run of a run
+    folder. The id is read from the run's own log, not from the folder's name, which W&B
+    suffixes (``-1``) when two runs start within the same second."""
+    return _offline_wandb_runs
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from unet.augmentation import Augmentation, cubic_upsampling_matrix, elastic_field, warp
+from unet.augmentation import Augmentation, cubic_upsampling_matrix, resample
 from unet.mirror import crop_with_mirror
 
 NO_GRAY = {"brightness": 0.0, "contrast": 0.0, "gamma": 0.0}
@@ -28,11 +28,21 @@ def test_cubic_upsampling_is_torch_bicubic_with_aligned_corners(n_out, n_in, see
     np.testing.assert_allclose(up @ coarse @ up.T, expected, atol=1e-10)
 
 
+def elastic_displacements(aug: Augmentation, rng, size: int) -> np.ndarray:
+    """(2, size, size) displacement (dy, dx) of each output pixel that ``aug`` draws: its
+    source positions minus the plain window's (no rotation, no flip)."""
+    centre = (50, 60)
+    ys, xs = aug.source_positions(rng, centre, size)
+    offsets = np.arange(size) - size // 2
+    return np.stack([ys - (centre[0] + offsets[:, None]), xs - (centre[1] + offsets[None, :])])
+
+
 @pytest.mark.parametrize(("grid", "std"), [(3, 10.0), (5, 4.0)])
 def test_elastic_field_statistics_match_grid_and_std(grid, std):
     size, n = 41, 3000
     rng = np.random.default_rng(0)
-    fields = np.stack([elastic_field(rng, size, grid, std) for _ in range(n)])  # (n, 2, s, s)
+    aug = Augmentation(elastic_std=std, elastic_grid=grid, rotation=0.0, flip=False, **NO_GRAY)
+    fields = np.stack([elastic_displacements(aug, rng, size) for _ in range(n)])  # (n, 2, s, s)
     nodes = np.linspace(0, size - 1, grid).astype(int)  # the coarse grid's pixels
     at_nodes = fields[:, :, nodes[:, None], nodes[None, :]]
     # at a node the displacement is the drawn N(0, std^2) value: mean 0, std `std`
@@ -50,15 +60,6 @@ def test_elastic_field_statistics_match_grid_and_std(grid, std):
     # smooth: neighbouring pixels move alike (white noise would give about 1.1 std)
     spacing = (size - 1) / (grid - 1)
     assert np.abs(np.diff(fields, axis=-1)).mean() < 1.5 * std / spacing
-
-
-def test_source_positions_carry_the_configured_field():
-    aug = Augmentation(elastic_std=7.0, elastic_grid=4, rotation=0.0, flip=False, **NO_GRAY)
-    ys, xs = aug.source_positions(np.random.default_rng(3), (50, 60), 33)
-    field = elastic_field(np.random.default_rng(3), 33, 4, 7.0)  # the first draw
-    offsets = np.arange(33) - 16
-    np.testing.assert_allclose(ys - (50 + offsets[:, None]), field[0], atol=1e-4)
-    np.testing.assert_allclose(xs - (60 + offsets[None, :]), field[1], atol=1e-4)
 
 
 def test_rotation_and_flip_are_rigid_and_reach_any_angle():
@@ -147,7 +148,9 @@ def test_warp_mirrors_beyond_the_border(rows, cols):
     labels = rng.integers(0, 9, (9, 13)).astype(np.uint8)
     ys, xs = np.meshgrid(np.linspace(*rows, 31), np.linspace(*cols, 37), indexing="ij")
     ys, xs = ys.astype(np.float32), xs.astype(np.float32)
-    got, got_labels, smooth = warp([image, labels, image], ys, xs, ["linear", "nearest", "cubic"])
+    got, got_labels, smooth = resample(
+        [image, labels, image], ys, xs, ["linear", "nearest", "cubic"]
+    )
     big = np.pad(image, 100, mode="reflect")
     expected = ndimage.map_coordinates(big, [ys + 100, xs + 100], order=1)
     np.testing.assert_allclose(got, expected, atol=0.04)  # OpenCV: 1/32 px weights
@@ -157,7 +160,7 @@ def test_warp_mirrors_beyond_the_border(rows, cols):
     clear = (np.abs(ys % 1 - 0.5) > 0.05) & (np.abs(xs % 1 - 0.5) > 0.05)
     np.testing.assert_array_equal(got_labels[clear], nearest[clear])
     # cubic: the same as on a mirrored copy large enough for OpenCV's border to stay unused
-    (reference,) = warp([big], ys + 100, xs + 100, ["cubic"])
+    (reference,) = resample([big], ys + 100, xs + 100, ["cubic"])
     np.testing.assert_allclose(smooth, reference, atol=1e-4)
 
 
@@ -220,8 +223,8 @@ def test_warp_leaves_the_maps_alone_unless_allowed():
     ys, xs = np.meshgrid(np.arange(-5.5, 30.0), np.arange(-3.25, 40.0), indexing="ij")
     ys, xs = ys.astype(np.float32), xs.astype(np.float32)
     kept = ys.copy(), xs.copy()
-    (expected,) = warp([array], ys, xs, ["linear"])
+    (expected,) = resample([array], ys, xs, ["linear"])
     np.testing.assert_array_equal(ys, kept[0])
     np.testing.assert_array_equal(xs, kept[1])
-    (again,) = warp([array], ys, xs, ["linear"], overwrite_maps=True)
+    (again,) = resample([array], ys, xs, ["linear"], overwrite_maps=True)
     np.testing.assert_array_equal(again, expected)

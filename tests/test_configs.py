@@ -7,10 +7,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
+from unet.augmentation import Augmentation
 from unet.training import instantiate_all
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,18 +17,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml") if p.stem != "default")
-
-
-def compose_train(overrides: list[str], tmp_path: Path, data_dir: Path | str = "data"):
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-        del cfg.hydra
-    return cfg
 
 
 def test_every_group_has_options():
@@ -56,9 +43,11 @@ def test_every_group_has_options():
         for g in ("data", "model", "logger", "callbacks", "experiment", "debug")
         for o in options(g)
     ]
+    + [f"data/augmentation={o}" for o in options("data/augmentation")]
+    + [f"model/{g}={o}" for g in ("optimizer", "scheduler") for o in options(f"model/{g}")]
     + ["trainer=cpu", "trainer=gpu", "trainer=ddp", "hparams_search=isbi_optuna", "cluster=slurm"],
 )
-def test_option_composes_and_instantiates(override, tmp_path):
+def test_option_composes_and_instantiates(override, tmp_path, compose_train):
     cfg = compose_train([override], tmp_path)
     datamodule = instantiate(cfg.data)
     assert isinstance(datamodule, L.LightningDataModule)
@@ -74,13 +63,28 @@ def test_option_composes_and_instantiates(override, tmp_path):
     assert isinstance(trainer, L.Trainer)
 
 
+@pytest.mark.parametrize("dataset", options("data"))
+def test_augmentation_group_serves_every_dataset(dataset, tmp_path, compose_train):
+    paper = instantiate(compose_train([f"data={dataset}"], tmp_path).data)
+    assert isinstance(paper.augmentation, Augmentation)
+    assert paper.augmentation.elastic_std == 10.0 and paper.augmentation.elastic_grid == 3
+    plain = compose_train([f"data={dataset}", "data/augmentation=none"], tmp_path)
+    assert instantiate(plain.data).augmentation is None
+
+
+def test_cell_datasets_share_their_base(tmp_path, compose_train):
+    hela, u373 = (compose_train([f"data={d}"], tmp_path).data for d in ("hela", "u373"))
+    differ = {k for k in hela if hela[k] != u373[k]}
+    assert differ == {"dataset", "unannotated_margin"}
+
+
 def test_eval_config_composes(tmp_path):
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("eval", overrides=["ckpt_path=x.ckpt"])
     assert cfg.split == "val" and cfg.data._target_.endswith("IsbiDataModule")
 
 
-def test_unknown_keys_fail_loudly(tmp_path):
+def test_unknown_keys_fail_loudly(tmp_path, compose_train):
     cfg = compose_train(["+model.net.channels=3"], tmp_path)
     with pytest.raises(Exception, match="channels"):
         instantiate(cfg.model)

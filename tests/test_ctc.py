@@ -212,9 +212,7 @@ def test_real_datamodules(data_dir, tmp_path, dataset, val, shape):
         assert 0.3 < (partial == 0).mean() < 0.95
 
 
-def test_hela_cpu_trains_and_validates_its_best_checkpoint(data_dir, tmp_path):
-    from test_configs import compose_train
-
+def test_hela_cpu_trains_and_validates_its_best_checkpoint(data_dir, tmp_path, compose_train):
     from unet.training import train
 
     overrides = [

@@ -49,7 +49,7 @@ def test_unexpected_label_values(fake_isbi):
     data = fake_isbi(np.zeros((2, 8, 8), np.uint8), labels)
     with pytest.raises(
         DataError,
-        match=r"train-labels.tif: expected a binary label image .* found 4 values: 0, 7, 128, 255",
+        match=r"train-labels.tif: found 4 distinct values \(0, 7, 128, 255\); expected a binary",
     ):
         read_isbi_training(data)
 
@@ -89,9 +89,15 @@ def test_datamodule_on_real_crops(data_dir, tmp_path):
     assert len(list(tmp_path.iterdir())) == 25  # one cached weight map per slice
 
 
-def test_predict_dataloader_reads_the_test_volume(data_dir):
-    dm = IsbiDataModule(str(data_dir), crop=64)
-    dm.setup("predict")
-    batches = list(dm.predict_dataloader())
-    assert len(batches) == 30 and batches[0]["image"].shape == (1, 1, 64, 64)
-    assert abs(float(batches[0]["image"].mean())) < 1e-4  # standardised like training images
+def test_datamodule_declares_what_evaluation_reads(data_dir):
+    dm = IsbiDataModule(str(data_dir), crop=64, val_slices=[3, 20])
+    assert dm.whole_sets == {} and dm.frame_ids == {} and dm.instances == {}  # until setup
+    dm.setup("validate")
+    assert dm.frame_ids["val"] == ["3", "20"] and len(dm.frame_ids["train"]) == 25 - 2
+    for split in ("train", "val"):
+        assert len(dm.whole_sets[split]) == len(dm.frame_ids[split])
+        batch = next(iter(dm.whole_image_dataloader(split)))
+        assert batch["image"].shape == (1, 1, 64, 64)
+    assert dm.instances == {}  # binary labels only: no instance masks
+    with pytest.raises(ValueError, match="split must be one of train, val"):
+        dm.whole_image_dataloader("test")

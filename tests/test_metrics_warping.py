@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from unet.metrics import MetricInputError, simple_pixels, topological_errors, warp
+from unet.metrics import MetricInputError, simple_pixels, topological_errors, warp_label
 from unet.metrics.warping import SIMPLE, T_CELLS, T_MEMBRANE
 
 FOUR = ndimage.generate_binary_structure(2, 1)
@@ -127,7 +127,7 @@ def test_a_boundary_moved_by_two_pixels_stays_an_error_for_the_greedy_warping():
 def test_warping_keeps_topology_and_only_moves_toward_the_prediction(seed_label, seed_target):
     label = random_cells(seed_label, (16, 15))
     target = random_cells(seed_target, (16, 15))
-    warped = warp(label, target)
+    warped = warp_label(label, target)
     assert topology(warped) == topology(label)
     changed = warped != label
     assert (warped[changed] == target[changed]).all()  # every flip agrees with the target
@@ -139,7 +139,7 @@ def test_warping_keeps_topology_and_only_moves_toward_the_prediction(seed_label,
 
 def test_bad_input_names_what_was_found():
     with pytest.raises(MetricInputError, match=r"\(4, 5\).*\(4, 6\).*same \(height, width\)"):
-        warp(np.zeros((4, 5)), np.zeros((4, 6)))
+        warp_label(np.zeros((4, 5)), np.zeros((4, 6)))
     with pytest.raises(MetricInputError, match=r"prediction has values \[0, 1, 2\].*binary"):
         topological_errors(np.zeros((3, 3), int), np.arange(9).reshape(3, 3) % 3)
     assert issubclass(MetricInputError, ValueError)

@@ -1,8 +1,13 @@
 from functools import partial
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from unet.data.samples import WholeImageDataset
+from unet.metrics import PixelCounts, pixel_scores, score_isbi_stack
 from unet.module import SegmentationModule
 from unet.network import UNet
 
@@ -107,3 +112,40 @@ def test_zero_weight_pixels_are_left_out_of_the_metrics():
     assert logged["val/iou"] == pytest.approx(1.0)
     unweighted = run_validation(module(), cells_only_in_rows_2_to_4, target)
     assert unweighted["val/iou"] == pytest.approx(0.5)
+
+
+def test_per_epoch_scores_equal_the_metrics_package_on_the_same_probabilities():
+    """One rule for the pixel scores: what training logs every epoch is, to the last bit
+    that Lightning keeps (float32), what unet.metrics gives for the probabilities that
+    predict_step returns for the same images."""
+    rng = np.random.default_rng(0)
+    shapes = [(40, 52), (40, 52), (36, 44)]  # two sizes, as cell frames may have
+    images = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    classes = [(rng.random(s) < 0.6).astype(np.uint8) for s in shapes]
+    weights = [np.ones(s, np.float32) for s in shapes]
+    weights[1][:10] = 0  # an unannotated region, left out by both routes
+    loader = DataLoader(WholeImageDataset(images, classes, weights), batch_size=1)
+    torch.manual_seed(0)
+    m = SegmentationModule(UNet(base_channels=4, depth=2, dropout=0.0), optimizer=None)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    logged = trainer.validate(m, dataloaders=loader, verbose=False)[0]
+    probabilities = [p[0].numpy() for p in trainer.predict(m, dataloaders=loader)]
+
+    counts = PixelCounts()
+    for p, c, w in zip(probabilities, classes, weights, strict=True):
+        counts.add(p, c, valid=w > 0)
+    expected = counts.scores()
+    assert 0 < expected["pixel_error"] < expected["pixel_error_t05"]  # a threshold other than 0.5
+    for name in ("pixel_error", "pixel_error_t05", "iou", "dice"):
+        assert logged[f"val/{name}"] == float(np.float32(expected[name])), name
+    # eval.py predictions=<stack>: the same pixel error through score_isbi_stack
+    stack, labels = np.stack(probabilities[:2]), np.stack(classes[:2])
+    assert (
+        score_isbi_stack(stack, labels)["pixel_error"] == pixel_scores(stack, labels)["pixel_error"]
+    )

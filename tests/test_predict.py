@@ -12,8 +12,6 @@ import tifffile
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
-from test_configs import CONFIGS, compose_train
-from test_train import SMALL
 
 from unet.checkpoint import CheckpointError, load_network, load_trained
 from unet.cli import run_or_exit
@@ -34,12 +32,16 @@ from unet.tiler import Tiler
 from unet.training import OutputExistsError, train
 from unet.writers import overlay
 
-ROOT = CONFIGS.parent
 
+@pytest.fixture(scope="session")
+def compose_predict(configs_dir):
+    """``compose_predict(overrides)``: the prediction config, without a progress bar."""
 
-def compose_predict(overrides: list[str]):
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        return compose("predict", overrides=["progress=false", *overrides])
+    def compose_with(overrides: list[str]):
+        with initialize_config_dir(str(configs_dir), version_base="1.3"):
+            return compose("predict", overrides=["progress=false", *overrides])
+
+    return compose_with
 
 
 def save_checkpoint(path: Path, net: UNet, config: NetConfig | None = None) -> Path:
@@ -57,7 +59,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained_ckpt(data_dir, tmp_path_factory) -> Path:
+def trained_ckpt(data_dir, tmp_path_factory, compose_train, small_overrides) -> Path:
     """A small U-Net trained for 20 steps on 96x96 crops of the real ISBI slices."""
     run = tmp_path_factory.mktemp("train")
     overrides = [
@@ -69,13 +71,13 @@ def trained_ckpt(data_dir, tmp_path_factory) -> Path:
         "trainer.enable_progress_bar=false",
         "model.net.dropout=0.0",
         "validate=false",
-        *SMALL,
+        *small_overrides,
     ]
     train(compose_train(overrides, run, data_dir))
     return run / "checkpoints" / "last.ckpt"
 
 
-def test_isbi_stack_end_to_end(trained_ckpt, data_dir, tmp_path):
+def test_isbi_stack_end_to_end(trained_ckpt, compose_predict, data_dir, tmp_path):
     isbi = data_dir / "isbi2012"
     # a test-volume.tif-shaped input: 3 slices of 96x96 from the real test volume
     test_stack = tmp_path / "test-volume.tif"
@@ -114,7 +116,7 @@ def test_isbi_stack_end_to_end(trained_ckpt, data_dir, tmp_path):
     assert prob[truth == 255].mean() > prob[truth == 0].mean() + 0.05
 
 
-def test_entry_point_runs(tiny_ckpt, tmp_path):
+def test_entry_point_runs(tiny_ckpt, repo_root, tmp_path):
     frame = tmp_path / "image.png"
     pixels = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
     Image.fromarray(pixels).save(frame)
@@ -127,7 +129,7 @@ def test_entry_point_runs(tiny_ckpt, tmp_path):
             f"output={tmp_path / 'out'}",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
-        cwd=ROOT,
+        cwd=repo_root,
         capture_output=True,
         text=True,
         timeout=300,
@@ -137,7 +139,9 @@ def test_entry_point_runs(tiny_ckpt, tmp_path):
     assert (tmp_path / "out" / "overlays" / "image.png").is_file()
 
 
-def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(tiny_ckpt, tmp_path):
+def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(
+    tiny_ckpt, compose_predict, tmp_path
+):
     frames = tmp_path / "01"
     frames.mkdir()
     rng = np.random.default_rng(0)
@@ -185,7 +189,7 @@ def test_default_labels_and_mask_names():
     assert mask_name("t013", 5) == "mask013.tif" and mask_name("frame", 7) == "mask007.tif"
 
 
-def test_bad_inputs_give_one_clear_line(tiny_ckpt, tmp_path, capsys):
+def test_bad_inputs_give_one_clear_line(tiny_ckpt, compose_predict, tmp_path, capsys):
     def fails(overrides, error, match):
         cfg = compose_predict([f"ckpt_path={tiny_ckpt}", f"output={tmp_path / 'out'}", *overrides])
         with pytest.raises(error, match=match):
@@ -265,7 +269,9 @@ def test_overlay_tints_objects_only():
     assert (rgb[labels == 1].std(axis=-1) > 0).any()  # tinted
 
 
-def test_settings_stored_in_the_checkpoint_are_used_unless_overridden(tiny_ckpt, tmp_path):
+def test_settings_stored_in_the_checkpoint_are_used_unless_overridden(
+    tiny_ckpt, compose_predict, tmp_path
+):
     from unet.checkpoint import store_postprocessing
 
     ckpt = tmp_path / "validated.ckpt"

@@ -7,6 +7,7 @@ from scipy import ndimage
 
 from unet.augmentation import Augmentation
 from unet.data.samples import (
+    EpochIndexSampler,
     RandomTileDataset,
     keep_freed_memory,
     standardize,
@@ -114,3 +115,32 @@ def test_workers_keep_freed_memory_on_glibc():
     )
     loader = training_dataloader(ds, batch_size=1, num_workers=1)
     assert loader.worker_init_fn is not None
+
+
+# ---------------------------------------------------------------- rank-aware sampler
+
+
+@pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 2), (11, 2), (12, 3), (5, 4)])
+def test_epoch_sampler_shards_without_overlap_and_keeps_step_order(n, world):
+    for epoch in (0, 3):
+        shards = []
+        for rank in range(world):
+            sampler = EpochIndexSampler(n, rank, world)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+            assert len(shards[-1]) == len(sampler) == n // world
+        flat = [i for shard in shards for i in shard]
+        assert len(set(flat)) == len(flat)  # no tile twice
+        assert all(epoch * n <= i < (epoch + 1) * n for i in flat)
+        # step k of W ranks with batch B covers what one process's step k covers with W * B
+        for step in range(n // world):
+            assert sorted(shard[step] for shard in shards) == list(
+                range(epoch * n + world * step, epoch * n + world * (step + 1))
+            )
+
+
+def test_epoch_sampler_rejects_bad_shares():
+    with pytest.raises(ValueError, match="rank"):
+        EpochIndexSampler(10, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        EpochIndexSampler(1, rank=0, world_size=2)

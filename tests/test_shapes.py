@@ -44,11 +44,12 @@ def test_invalid_size_names_nearest_valid_sizes():
         shapes.check_input_shape((512, 520), depth=4, padding="same")
 
 
-@given(st.integers(1, 2000), st.integers(1, 5))
-def test_smallest_covering_input_is_smallest(out, depth):
-    s = shapes.smallest_input_covering(out, depth)
-    assert shapes.output_size(s, depth) >= out
+@given(st.integers(1, 2000), st.integers(1, 5), st.sampled_from(shapes.PADDINGS))
+def test_smallest_covering_input_is_smallest(out, depth, padding):
+    s = shapes.smallest_input_covering(out, depth, padding)
+    assert shapes.output_size(s, depth, padding) >= out
     assert all(
-        shapes.output_size_or_none(t, depth) is None or shapes.output_size(t, depth) < out
+        shapes.output_size_or_none(t, depth, padding) is None
+        or shapes.output_size(t, depth, padding) < out
         for t in range(1, s)
     )

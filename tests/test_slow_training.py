@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from test_configs import compose_train
 
 from unet.training import train
 
-# On the 2-core development machine this test passed in 339 s: 3 epochs of isbi_cpu
-# (300 tiles of 508x508, about 5 minutes) reach a validation pixel error below this.
-PIXEL_ERROR_AFTER_3_EPOCHS = 0.10
+# Predicting "all cell" scores 0.113 on the validation slices, so the old bar of 0.10 passed
+# for a net that had learnt almost nothing. isbi_cpu's full run (README, Results) reached
+# 0.062 after epoch 0 and 0.055 after epoch 1 (0.051 by epoch 4); with max_epochs=3 the
+# cosine schedule anneals sooner, so 3 epochs reach about 0.055 or better. The bar leaves
+# 0.015 for run-to-run and machine-to-machine noise. (Estimated from those figures, not
+# re-measured with this bar: the test takes about 6 minutes on 2 cores.)
+PIXEL_ERROR_AFTER_3_EPOCHS = 0.07
 
 
 @pytest.mark.slow
-def test_short_isbi_training_learns(data_dir, tmp_path):
+def test_short_isbi_training_learns(compose_train, data_dir, tmp_path):
     cfg = compose_train(
         [
             "experiment=isbi_cpu",

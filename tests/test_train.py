@@ -13,26 +13,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
-from test_configs import CONFIGS, compose_train
 
 from unet.checkpoint import CheckpointError, load_network, load_trained
 from unet.data.readers import DataError
 from unet.evaluation import evaluate
 from unet.training import train
 
-ROOT = CONFIGS.parent
-SMALL = [
-    "model.net.base_channels=4",
-    "model.net.depth=3",
-    "data.tile_size=124",
-    "data.crop=96",
-    "data.num_workers=0",
-]
 
-
-def test_fast_dev_run_trains_and_validates(data_dir, tmp_path):
+def test_fast_dev_run_trains_and_validates(small_overrides, compose_train, data_dir, tmp_path):
     # (the default callbacks' progress bar is dropped when the trainer has none)
-    overrides = ["debug=fast_dev_run", "trainer.enable_progress_bar=false", *SMALL]
+    overrides = ["debug=fast_dev_run", "trainer.enable_progress_bar=false", *small_overrides]
     cfg = compose_train(overrides, tmp_path, data_dir)
     metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
@@ -40,7 +30,9 @@ def test_fast_dev_run_trains_and_validates(data_dir, tmp_path):
     assert 0.0 <= metrics["val/iou"] <= 1.0
 
 
-def test_train_checkpoint_then_eval(data_dir, tmp_path):
+def test_train_checkpoint_then_eval(
+    small_overrides, configs_dir, compose_train, data_dir, tmp_path
+):
     run = tmp_path / "train"
     cfg = compose_train(
         [
@@ -49,7 +41,7 @@ def test_train_checkpoint_then_eval(data_dir, tmp_path):
             "callbacks.progress_bar=null",
             "logger=csv",
             "trainer.enable_progress_bar=false",
-            *SMALL,
+            *small_overrides,
         ],
         run,
         data_dir,
@@ -67,7 +59,7 @@ def test_train_checkpoint_then_eval(data_dir, tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         train(cfg)
 
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(str(configs_dir), version_base="1.3"):
         ecfg = compose(
             "eval", overrides=[f"ckpt_path={last}", "data.crop=96", f"data.data_dir={data_dir}"]
         )
@@ -131,7 +123,7 @@ def test_load_network_rejects_other_files(tmp_path):
         load_network(tmp_path / "none.ckpt")
 
 
-def test_entry_point_runs(data_dir, tmp_path):
+def test_entry_point_runs(small_overrides, repo_root, data_dir, tmp_path):
     env = dict(os.environ, UNET_DATA_DIR=str(data_dir), UNET_CACHE_DIR=str(tmp_path / "cache"))
     result = subprocess.run(
         [
@@ -140,10 +132,10 @@ def test_entry_point_runs(data_dir, tmp_path):
             "model=unet",
             "data=isbi",
             "debug=fast_dev_run",
-            *SMALL,
+            *small_overrides,
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
-        cwd=ROOT,
+        cwd=repo_root,
         env=env,
         capture_output=True,
         text=True,
@@ -153,11 +145,11 @@ def test_entry_point_runs(data_dir, tmp_path):
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
 
 
-def test_missing_data_dir_message(tmp_path):
+def test_missing_data_dir_message(repo_root, tmp_path):
     env = dict(os.environ, UNET_DATA_DIR=str(tmp_path / "nowhere"))
     result = subprocess.run(
         [sys.executable, "src/train.py", "debug=fast_dev_run", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT,
+        cwd=repo_root,
         env=env,
         capture_output=True,
         text=True,
@@ -167,10 +159,14 @@ def test_missing_data_dir_message(tmp_path):
     assert "ISBI 2012 data folder not found" in result.stderr and "UNET_DATA_DIR" in result.stderr
 
 
-def test_tile_size_that_does_not_fit_the_network(data_dir, tmp_path):
+def test_tile_size_that_does_not_fit_the_network(
+    small_overrides, compose_train, data_dir, tmp_path
+):
     from unet.shapes import InvalidInputSizeError
 
-    cfg = compose_train(["debug=fast_dev_run", *SMALL, "data.tile_size=130"], tmp_path, data_dir)
+    cfg = compose_train(
+        ["debug=fast_dev_run", *small_overrides, "data.tile_size=130"], tmp_path, data_dir
+    )
     with pytest.raises(
         InvalidInputSizeError,
         match=r"data.tile_size=130 does not fit model.net: .*nearest valid sizes: 124, 132",
@@ -178,13 +174,20 @@ def test_tile_size_that_does_not_fit_the_network(data_dir, tmp_path):
         train(cfg)
 
 
-def test_eval_scores_seg_on_cell_data(data_dir, tmp_path):
+def test_eval_scores_seg_on_cell_data(
+    small_overrides, configs_dir, compose_train, data_dir, tmp_path
+):
     run = tmp_path / "train"
     overrides = ["data=hela", "debug=limit", "callbacks=default", "callbacks.progress_bar=null"]
-    overrides += ["logger=none", "trainer.enable_progress_bar=false", "validate=false", *SMALL]
+    overrides += [
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "validate=false",
+        *small_overrides,
+    ]
     train(compose_train(overrides, run, data_dir))
     last = run / "checkpoints" / "last.ckpt"
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(str(configs_dir), version_base="1.3"):
         ecfg = compose(
             "eval",
             overrides=[
@@ -203,7 +206,7 @@ def test_eval_scores_seg_on_cell_data(data_dir, tmp_path):
     assert scores["val/truth_objects"] >= 1
 
 
-def test_eval_scores_a_folder_of_label_images(data_dir, tmp_path):
+def test_eval_scores_a_folder_of_label_images(configs_dir, data_dir, tmp_path):
     from unet.data.ctc import CellTrackingDataModule
 
     dm = CellTrackingDataModule(
@@ -216,7 +219,7 @@ def test_eval_scores_a_folder_of_label_images(data_dir, tmp_path):
 
     for k, truth in enumerate(dm.instances["val"]):
         tifffile.imwrite(folder / f"mask{k:03d}.tif", truth.astype(np.uint16))
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(str(configs_dir), version_base="1.3"):
         ecfg = compose("eval", overrides=[f"predictions={folder}", "data=hela", "data.crop=96"])
     with open_dict(ecfg):
         ecfg.data.data_dir = str(data_dir)

@@ -67,27 +67,21 @@ def cubic_upsampling_matrix(n_out: int, n_in: int) -> np.ndarray:
     return matrix
 
 
-def elastic_field(rng: np.random.Generator, size: int, grid: int = 3, std: float = 10.0):
-    """Dense displacement field (2, size, size) of the paper's elastic deformation, in px.
-
-    Displacements (dy, dx) are drawn from N(0, std^2) on a ``grid`` x ``grid`` coarse grid
-    spanning the tile and upsampled by bicubic interpolation.
-    """
-    coarse = rng.standard_normal((2, grid, grid)) * std
-    up = cubic_upsampling_matrix(size, grid)  # (size, grid)
-    return (up @ coarse @ up.T).astype(np.float32)  # (2, size, size)
-
-
 @functools.lru_cache(maxsize=32)
-def _position_bases(size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right factors (size, grid + 2) of :meth:`Augmentation.source_positions`."""
-    up = cubic_upsampling_matrix(size, grid)
-    offsets = (np.arange(size) - size // 2)[:, None]  # pixel relative to the tile centre
-    ones = np.ones((size, 1))
-    left = np.hstack([up, offsets, ones]).astype(np.float32)
-    right = np.hstack([up, ones, offsets]).astype(np.float32)
-    left.flags.writeable = right.flags.writeable = False
-    return left, right
+def _position_bases(height: int, width: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left (height, grid + 2) and right (width, grid + 2) factors of
+    :meth:`Augmentation.source_positions`."""
+
+    def basis(size: int, offsets_last: bool) -> np.ndarray:
+        up = cubic_upsampling_matrix(size, grid)
+        offsets = (np.arange(size) - size // 2)[:, None]  # pixel relative to the tile centre
+        ones = np.ones((size, 1))
+        parts = [up, ones, offsets] if offsets_last else [up, offsets, ones]
+        matrix = np.hstack(parts).astype(np.float32)
+        matrix.flags.writeable = False  # shared by the cache
+        return matrix
+
+    return basis(height, offsets_last=False), basis(width, offsets_last=True)
 
 
 class Augmentation:
@@ -111,6 +105,10 @@ class Augmentation:
         brightness: largest offset added to the (standardised) gray values.
         contrast: gray values are multiplied by a factor uniform in [1 - c, 1 + c].
         gamma: gamma exponent uniform in [1 - g, 1 + g] (0 <= g < 1).
+        extra: albumentations transforms applied after all of the above, to the image and
+            (geometric ones) to the class and weight maps
+            (:class:`unet.augmentation_extra.ExtraTransforms`); None or empty: none, and
+            albumentations is not imported.
     """
 
     def __init__(
@@ -123,6 +121,7 @@ class Augmentation:
         brightness: float = 0.0,
         contrast: float = 0.0,
         gamma: float = 0.0,
+        extra: Sequence | None = None,
     ):
         if elastic_std < 0 or elastic_grid < 2:
             raise ValueError(
@@ -140,21 +139,27 @@ class Augmentation:
             float(contrast),
             float(gamma),
         )
+        self.extra = None
+        if extra:
+            from unet.augmentation_extra import ExtraTransforms  # imports albumentations
+
+            self.extra = ExtraTransforms(extra)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
         return f"Augmentation({fields})"
 
     def source_positions(
-        self, rng: np.random.Generator, centre: tuple[int, int], size: int
+        self, rng: np.random.Generator, centre: tuple[int, int], size: int | tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Where each output pixel of the tile reads from: (y, x) maps (size, size) in image px.
+        """Where each output pixel of the tile reads from: (y, x) maps (h, w) in image px.
 
-        Without any change this is the plain window whose pixel (size // 2, size // 2) is
-        ``centre``.
+        ``size`` is the tile's side, or its (h, w). Without any change this is the plain
+        window whose pixel (h // 2, w // 2) is ``centre``.
         """
+        height, width = (size, size) if isinstance(size, int) else size
         g = self.elastic_grid
-        coarse = rng.standard_normal((2, g, g)) * self.elastic_std  # as elastic_field draws it
+        coarse = rng.standard_normal((2, g, g)) * self.elastic_std  # (dy, dx) at the nodes
         angle = math.radians(rng.uniform(-1.0, 1.0) * self.rotation)
         flips = rng.integers(2, size=2)
         shift = rng.uniform(-1.0, 1.0, size=2) * self.shift
@@ -166,13 +171,13 @@ class Augmentation:
         mirror = [-1.0 if self.flip and f else 1.0 for f in flips]
         cos, sin = math.cos(angle), math.sin(angle)
         a = np.array([[cos, -sin], [sin, cos]]) * mirror  # (2, 2): rotation @ mirror
-        left, right = _position_bases(size, g)
+        left, right = _position_bases(height, width, g)
         maps = []
         for row, c in zip(a, centre + shift, strict=True):
             m = np.zeros((g + 2, g + 2))
             m[:g, :g] = row[0] * coarse[0] + row[1] * coarse[1]
             m[g, g], m[g + 1, g + 1], m[g + 1, g] = row[0], row[1], c
-            maps.append(left @ m.astype(np.float32) @ right.T)  # (size, size) float32
+            maps.append(left @ m.astype(np.float32) @ right.T)  # (h, w) float32
         return maps[0], maps[1]
 
     def gray_values(
@@ -214,10 +219,13 @@ class Augmentation:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The augmented (size, size) tiles of a (H, W) image, class map and weight map."""
         ys, xs = self.source_positions(rng, centre, size)
-        image, classes, weights = warp(
+        image, classes, weights = resample(
             (image, classes, weights), ys, xs, ("cubic", "nearest", "linear"), overwrite_maps=True
         )
-        return self.gray_values(image, rng, in_place=True), classes, weights
+        image = self.gray_values(image, rng, in_place=True)
+        if self.extra is not None:  # it draws after the paper's step, which stays as it was
+            image, classes, weights = self.extra(image, classes, weights, rng)
+        return image, classes, weights
 
 
 _INTERPOLATION = {
@@ -231,7 +239,7 @@ _NATIVE = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 _NATIVE_NEAREST = (*_NATIVE, np.int32)
 
 
-def warp(
+def resample(
     arrays: Sequence[np.ndarray],
     ys: np.ndarray,
     xs: np.ndarray,

@@ -36,7 +36,7 @@ from unet.checkpoint import load_trained
 from unet.data.readers import DataError, read_tiff
 from unet.errors import UserError
 from unet.inference import predict_image
-from unet.metrics import pixel_error, rand_error, score_cell_frames, score_isbi_stack
+from unet.metrics import PixelCounts, rand_error, score_cell_frames, score_isbi_stack
 from unet.outputs import write_json
 from unet.postprocess import PostProcessing, boundary_map, choose_postprocessing
 from unet.tiler import Tiler
@@ -71,34 +71,23 @@ def predict_split(
         )
     dataset = datamodule.whole_sets[split]
     probabilities = [predict_image(net, image, tiler, tta)[CELL_CLASS] for image in dataset.images]
-    instances = getattr(datamodule, "instances", {}).get(split) or None
+    instances = datamodule.instances.get(split)
     return SplitPredictions(probabilities, list(dataset.classes), list(dataset.weights), instances)
 
 
 def pixel_scores(split: SplitPredictions) -> dict[str, float]:
-    """Pixel metrics over the pixels with weight > 0, pooled over images."""
-    keep = [w > 0 for w in split.weights]
-    prob = np.concatenate([p[k] for p, k in zip(split.probabilities, keep, strict=True)])
-    cells = np.concatenate([c[k] == CELL_CLASS for c, k in zip(split.classes, keep, strict=True)])
-    predicted = prob > 0.5
-    tp = np.count_nonzero(predicted & cells)
-    fp = np.count_nonzero(predicted & ~cells)
-    fn = np.count_nonzero(~predicted & cells)
-    tn = predicted.size - tp - fp - fn
-    f1_cell = 2 * tp / max(2 * tp + fp + fn, 1)
-    f1_background = 2 * tn / max(2 * tn + fp + fn, 1)
+    """Pixel metrics over the pixels with weight > 0, pooled over images, by the one rule
+    of :mod:`unet.metrics.pixels` (the per-epoch validation's too)."""
+    counts = PixelCounts()
+    for p, c, w in zip(split.probabilities, split.classes, split.weights, strict=True):
+        counts.add(p[None], c[None], (w > 0)[None])
     # weighted cross-entropy (unet.loss): mean over all pixels of w * -log p(true class)
     nll = [
         w * -np.log(np.clip(np.where(c == CELL_CLASS, p, 1.0 - p), 1e-7, 1.0))
         for p, c, w in zip(split.probabilities, split.classes, split.weights, strict=True)
     ]
-    return {
-        "pixel_error": pixel_error(prob[None], cells[None]).value,
-        "pixel_error_t05": 1.0 - f1_cell,
-        "iou": tp / max(tp + fp + fn, 1),
-        "dice": (f1_cell + f1_background) / 2,
-        "loss": float(sum(x.sum() for x in nll) / sum(x.size for x in nll)),
-    }
+    loss = float(sum(x.sum() for x in nll) / sum(x.size for x in nll))
+    return counts.scores() | {"loss": loss}
 
 
 def _same_size_groups(indices: Sequence[int], shapes: Sequence[tuple]) -> list[list[int]]:
@@ -191,7 +180,7 @@ def score_label_folder(
 ) -> dict[str, float]:
     """Score a folder of predicted instance-label images (e.g. ``src/predict.py``'s
     ``labels/``), one per frame of the split in sorted name order, with SEG and object counts."""
-    truth = getattr(datamodule, "instances", {}).get(split)
+    truth = datamodule.instances.get(split)
     if not truth:
         raise DataError(
             f"{folder}: a folder of label images needs a dataset with instance masks "

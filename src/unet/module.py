@@ -9,19 +9,11 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryF1Score,
-    BinaryJaccardIndex,
-    BinaryPrecisionRecallCurve,
-    MulticlassF1Score,
-)
 
 from unet.loss import WeightedCrossEntropy
+from unet.metrics import PixelCounts
 from unet.network import center_crop
 from unet.tiler import Tiler, predict_whole_image
-
-IGNORE = -1  # target value of pixels the metrics skip
 
 
 class SegmentationModule(L.LightningModule):
@@ -31,11 +23,12 @@ class SegmentationModule(L.LightningModule):
     ``weight`` (B, H, W). Training tiles are fed as they are and the targets cropped to the
     network's output window; validation images of any size go through the tiler.
 
-    Validation metrics (class 1 = cell interior, p = its softmax probability):
-        ``pixel_error``: the ISBI 2012 challenge's pixel error, 1 - the maximal F1 of the
-        cell class over the thresholds 0, 0.01, ..., 1 (pooled over all validation pixels);
-        ``pixel_error_t05``: 1 - F1 at the fixed threshold 0.5; ``dice``: F1 averaged over
-        both classes and ``iou``: IoU of the cell class, both at 0.5.
+    Validation metrics (class 1 = cell interior, p = its softmax probability), by the rule
+    of :mod:`unet.metrics.pixels` (the one ``eval.py`` uses), pooled over all validation
+    pixels of weight > 0: ``pixel_error``, the ISBI 2012 challenge's pixel error, 1 - the
+    maximal F1 of the cell class over the thresholds 0.00, 0.01, ..., 0.99 (cells are
+    ``p > t``); ``pixel_error_t05``: 1 - F1 at p > 0.5; ``dice``: F1 averaged over both
+    classes and ``iou``: IoU of the cell class, both at p > 0.5.
     The slower challenge metrics (Rand error, warping error, SEG of the post-processed
     labels) are computed once, at the end of training and by ``src/eval.py``
     (:mod:`unet.evaluation`).
@@ -67,16 +60,9 @@ class SegmentationModule(L.LightningModule):
         self.loss = loss if loss is not None else WeightedCrossEntropy()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tiler = tiler
-        self.val_metrics = MetricCollection(
-            {
-                # pixels of weight 0 (unannotated cells) are left out of every metric
-                "f1_cell": BinaryF1Score(ignore_index=IGNORE),
-                "pr_curve": BinaryPrecisionRecallCurve(thresholds=101, ignore_index=IGNORE),
-                "iou": BinaryJaccardIndex(ignore_index=IGNORE),
-                "dice": MulticlassF1Score(num_classes=2, average="macro", ignore_index=IGNORE),
-            },
-            prefix="val/",
-        )
+        # Validation runs whole on every rank (no distributed sampler), so each rank counts
+        # every pixel and no counts need to be gathered across ranks.
+        self.pixel_counts = PixelCounts()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) for images of any size: tile by tile with ``tiler`` (same
@@ -107,23 +93,22 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["target"], batch["weight"])
         prob = logits.float().softmax(dim=1)  # (B, K, H, W)
-        target = batch["target"].masked_fill(batch["weight"] == 0, IGNORE)
-        self.val_metrics["f1_cell"].update(prob[:, 1], target)
-        self.val_metrics["pr_curve"].update(prob[:, 1], target)
-        self.val_metrics["iou"].update(prob[:, 1], target)
-        self.val_metrics["dice"].update(prob.argmax(dim=1), target)
+        cell_prob = prob[:, 1].cpu().numpy()  # (B, H, W)
+        target = batch["target"].cpu().numpy()  # (B, H, W) class indices
+        valid = (batch["weight"] > 0).cpu().numpy()  # weight 0: unannotated cells, not scored
+        self.pixel_counts.add(cell_prob, target, valid)
         self.log("val/loss", loss, batch_size=len(logits), sync_dist=True)
         return {"prob": prob[:, 1]}  # for callbacks (unet.callbacks.ValidationImages)
 
+    def on_validation_epoch_start(self) -> None:
+        self.pixel_counts.reset()  # also after a validation that ended in an error
+
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.val_metrics.reset()
-        precision, recall, _ = values.pop("val/pr_curve")
-        f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-        best_f1 = torch.nan_to_num(f1, nan=0.0).max()  # thresholds with no positive: F1 = 0
-        self.log_dict(values, sync_dist=True)
-        self.log("val/pixel_error_t05", 1.0 - values["val/f1_cell"], sync_dist=True)
-        self.log("val/pixel_error", 1.0 - best_f1, prog_bar=True, sync_dist=True)
+        scores = self.pixel_counts.scores()
+        self.pixel_counts.reset()
+        for name in ("pixel_error_t05", "iou", "dice"):
+            self.log(f"val/{name}", scores[name], sync_dist=True)
+        self.log("val/pixel_error", scores["pixel_error"], prog_bar=True, sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Probability of the cell class (B, H, W): 1 = cell interior, 0 = membrane/background."""

@@ -105,6 +105,10 @@ def halo(depth: int = 4, padding: str = "valid") -> int:
 
 
 def smallest_input_covering(out: int, depth: int = 4, padding: str = "valid") -> int:
-    """The smallest valid input length whose output is at least ``out`` long."""
+    """The smallest valid input length whose output is at least ``out`` long.
+
+    ``valid``: ``out`` + the halo, rounded up to a valid size (512 -> 700 for depth 4);
+    ``same``: ``out`` rounded up to a multiple of ``2**depth``.
+    """
     start = out + halo(depth, padding)
     return next(s for s in itertools.count(start) if is_valid_input_size(s, depth, padding))

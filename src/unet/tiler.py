@@ -35,11 +35,7 @@ from unet.mirror import crop_with_mirror, mirror_pad
 
 def _axis_plan(size: int, depth: int, padding: str) -> tuple[int, int, int]:
     """(input length, pad before, output offset) to predict ``size`` pixels in one pass."""
-    if padding == "valid":
-        in_size = shapes.smallest_input_covering(size, depth, padding)
-    else:
-        step = 2**depth
-        in_size = -(-size // step) * step
+    in_size = shapes.smallest_input_covering(size, depth, padding)
     out_size = shapes.output_size(in_size, depth, padding)
     before = (in_size - out_size) // 2 if padding == "valid" else (in_size - size) // 2
     # Output pixel j sees input pixel j + (in - out) / 2; image pixel y is input y + before.
@@ -87,13 +83,6 @@ def _net_settings(net: nn.Module) -> tuple[int, str, str]:
     """(depth, padding, up_mode) from the network's architecture record (``UNet.config``)."""
     config = net.config
     return config.depth, config.padding, config.up_mode
-
-
-def _covering(size: int, depth: int, padding: str) -> int:
-    """Smallest valid input length whose output covers ``size`` pixels."""
-    if padding == "same":
-        return -(-size // 2**depth) * 2**depth
-    return shapes.smallest_input_covering(size, depth, padding)
 
 
 @dataclass(frozen=True)
@@ -144,7 +133,7 @@ def plan_axis(size: int, tile: int, overlap: int, net_settings: tuple[int, str, 
     if padding == "valid":
         extent, shift = size, 0  # output space = image coordinates
     else:  # output space = the whole-image input: mirrored to a multiple of 2**depth, centred
-        extent = _covering(size, depth, padding)
+        extent = shapes.smallest_input_covering(size, depth, padding)
         shift = (extent - size) // 2
     out = shapes.output_size(tile, depth, padding)
     if out >= extent:
@@ -152,14 +141,16 @@ def plan_axis(size: int, tile: int, overlap: int, net_settings: tuple[int, str, 
     else:
         stride = (out - overlap) // step * step
         if stride <= 0:
-            smallest = _covering(overlap + step, depth, padding)
+            smallest = shapes.smallest_input_covering(overlap + step, depth, padding)
             raise shapes.InvalidInputSizeError(
                 f"tile size {tile} leaves no stride after an overlap of {overlap} px "
                 f"(2**depth = {step}); use a tile size of at least {smallest}"
             )
         n = 1 + math.ceil((extent - out) / stride)
     out_starts = [k * stride for k in range(n)]
-    in_sizes = [tile] * (n - 1) + [_covering(extent - out_starts[-1], depth, padding)]
+    in_sizes = [tile] * (n - 1) + [
+        shapes.smallest_input_covering(extent - out_starts[-1], depth, padding)
+    ]
     weights = []
     for k, in_size in enumerate(in_sizes):
         length = in_size - halo
@@ -276,7 +267,9 @@ class Tiler:
         """Largest tile within the budget, no larger than one tile covering the image."""
         depth, padding, _ = _net_settings(net)
         step = 2**depth
-        smallest = _covering(overlap + step, depth, padding)  # leaves a stride >= 2**depth
+        smallest = shapes.smallest_input_covering(
+            overlap + step, depth, padding
+        )  # leaves a stride >= 2**depth
 
         def largest(other: int) -> int:  # largest valid side t with t x other in the budget
             t = smallest  # valid sizes recur every 2**depth
@@ -284,7 +277,7 @@ class Tiler:
                 t += step
             return t
 
-        cover = [_covering(s, depth, padding) for s in size]
+        cover = [shapes.smallest_input_covering(s, depth, padding) for s in size]
         side = smallest  # the largest square tile in the budget
         while tile_memory_bytes(net, side + step, side + step) <= budget:
             side += step

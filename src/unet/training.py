@@ -34,7 +34,7 @@ def instantiate_all(group: DictConfig | None) -> list:
     ]
 
 
-def scalars(metrics: dict) -> dict[str, float]:
+def metrics_as_floats(metrics: dict) -> dict[str, float]:
     """Plain floats from Lightning's metric dict (tensors), for JSON."""
     return {k: float(v) for k, v in sorted(metrics.items())}
 
@@ -79,7 +79,7 @@ def sweep_group(cfg: DictConfig) -> str | None:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    return f"{cfg.get('task_name', 'train')}-{Path(HydraConfig.get().sweep.dir).name}"
+    return f"{cfg.task_name}-{Path(HydraConfig.get().sweep.dir).name}"
 
 
 def prepare_wandb(cfg: DictConfig, ckpt_path: str | None) -> None:
@@ -88,9 +88,9 @@ def prepare_wandb(cfg: DictConfig, ckpt_path: str | None) -> None:
     if not wandb_cfg:
         return
     with open_dict(cfg):
-        if wandb_cfg.get("id") is None:
+        if wandb_cfg.id is None:
             wandb_cfg.id = logger_versions(ckpt_path).get("WandbLogger")
-        if wandb_cfg.get("group") is None:
+        if wandb_cfg.group is None:
             wandb_cfg.group = sweep_group(cfg)
 
 
@@ -99,9 +99,9 @@ def prepare_csv(cfg: DictConfig) -> None:
     metrics to a new file: Lightning's CSV logger would replace the earlier ``metrics.csv``.
     The first continuation writes ``csv/resume-1/``."""
     csv_cfg = (cfg.get("logger") or {}).get("csv")
-    if not csv_cfg or csv_cfg.get("version") not in ("", None):
+    if not csv_cfg or csv_cfg.version not in ("", None):
         return
-    folder = Path(csv_cfg.save_dir) / csv_cfg.get("name", "lightning_logs")
+    folder = Path(csv_cfg.save_dir) / csv_cfg.name
     if not (folder / "metrics.csv").exists():
         return
     k = 1
@@ -127,8 +127,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Under DDP every rank runs this; only rank 0 writes files.
     """
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    resuming = cfg.get("ckpt_path") is not None
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    resuming = cfg.ckpt_path is not None
     if not resuming and (output_dir / "checkpoints").exists() and is_rank_zero():
         raise OutputExistsError(
             f"{output_dir / 'checkpoints'} already exists; "
@@ -145,7 +145,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if not cfg.trainer.get("enable_progress_bar", True):  # (Lightning refuses a bar then)
+    if not cfg.trainer.enable_progress_bar:  # (Lightning refuses a bar then)
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     with open_dict(cfg):  # "auto": bf16 only where the device runs it natively
         cfg.trainer.precision = resolve_precision(
@@ -173,10 +173,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, float]:
     """Fit (unless ``train=false``), then score the best checkpoint on the validation split
     (unless ``validate=false``); rank 0 writes ``metrics.json``."""
-    if cfg.get("train", True):
+    if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = scalars(trainer.callback_metrics)
-    if cfg.get("validate", True) and trainer.is_global_zero:
+    metrics = metrics_as_floats(trainer.callback_metrics)
+    if cfg.validate and trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         metrics = final_validation(cfg, module, datamodule, best)
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
@@ -189,9 +189,9 @@ def final_validation(cfg, module, datamodule, best: str) -> dict:
     checkpoint, so that ``src/predict.py`` and ``src/eval.py`` use it."""
     net = load_trained(best).net if best else module.net.eval()
     datamodule.setup("validate")
-    tta = cfg.get("tta", "none")
+    tta = cfg.tta
     split = predict_split(net, datamodule, "val", Tiler(), tta)
-    choose = cfg.get("choose_postprocess", True)
+    choose = cfg.choose_postprocess
     metrics, postprocess, chosen_on = score_split(split, choose=choose)
     if best and choose:
         store_postprocessing(best, postprocess, chosen_on | {"split": "val", "tta": tta})

@@ -21,20 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 from scipy import ndimage
-from torch.utils.data import DataLoader
 
 from unet.augmentation import Augmentation
+from unet.data.base import SegmentationDataModule, Split
 from unet.data.readers import DataError, DataNotFoundError, instance_labels, read_tiff
-from unet.data.samples import (
-    RandomTileDataset,
-    WholeImageDataset,
-    process_share,
-    standardize,
-    training_dataloader,
-)
+from unet.data.samples import standardize
 from unet.weight_maps import cached_instance_weight_map
 
 DOWNLOAD_HINT = (
@@ -175,8 +168,10 @@ def split_frames(
     return train, sorted(val)
 
 
-class CellTrackingDataModule(L.LightningDataModule):
+class CellTrackingDataModule(SegmentationDataModule):
     """A Cell Tracking Challenge 2D dataset: random training tiles, whole validation frames.
+
+    Frame ids are "<sequence>/<number>" ("01/054"); ``instances`` holds the SEG masks.
 
     Args:
         data_dir: folder that holds the dataset folder.
@@ -218,18 +213,13 @@ class CellTrackingDataModule(L.LightningDataModule):
         crop: int | None = None,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(augmentation)
         # plain lists, not Hydra's ListConfig: checkpoints must load with weights_only=True
         sequences = [str(s) for s in sequences]
         val_frames = val_frames if isinstance(val_frames, int) else [str(v) for v in val_frames]
         self.save_hyperparameters(ignore=["augmentation"])  # an object, not a setting to log
-        self.augmentation = augmentation
-        self.train_set = self.val_set = None
-        self.frame_ids: dict[str, list[str]] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def read_splits(self) -> dict[str, Split]:
         hp = self.hparams
         margin = hp.unannotated_margin
         frames = read_annotated_frames(
@@ -251,46 +241,13 @@ class CellTrackingDataModule(L.LightningDataModule):
             weights.append(w)
             complete.append(ignore is None or not ignore.any())
         train, val = split_frames(frames, hp.val_frames, complete)
-        self.frame_ids = {
-            "train": [frames[k].id for k in train],
-            "val": [frames[k].id for k in val],
-        }
-
-        def whole(indices: list[int]) -> WholeImageDataset:
-            return WholeImageDataset(
-                [images[k] for k in indices],
-                [classes[k] for k in indices],
-                [weights[k] for k in indices],
+        return {
+            name: Split(
+                ids=[frames[k].id for k in indices],
+                images=[images[k] for k in indices],
+                classes=[classes[k] for k in indices],
+                weights=[weights[k] for k in indices],
+                instances=[all_instances[k] for k in indices],  # for the challenge's SEG
             )
-
-        self.train_set = RandomTileDataset(
-            [images[k] for k in train],
-            [classes[k] for k in train],
-            [weights[k] for k in train],
-            tile_size=hp.tile_size,
-            samples_per_epoch=hp.samples_per_epoch,
-            augmentation=self.augmentation,
-            seed=hp.seed,
-        )
-        self.val_set = whole(val)
-        self.whole_sets = {"train": whole(train), "val": self.val_set}
-        # ground-truth instance masks of each split, for the challenge's SEG measure
-        self.instances = {
-            "train": [all_instances[k] for k in train],
-            "val": [all_instances[k] for k in val],
+            for name, indices in (("train", train), ("val", val))
         }
-
-    def train_dataloader(self) -> DataLoader:
-        rank, world_size = process_share(self)
-        return training_dataloader(
-            self.train_set, self.hparams.batch_size, self.hparams.num_workers, rank, world_size
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=1, num_workers=0)
-
-    def whole_image_dataloader(self, split: str) -> DataLoader:
-        """Whole frames of ``split`` ("train" or "val"), one per batch, for scoring."""
-        if split not in self.whole_sets:
-            raise ValueError(f"split must be one of {sorted(self.whole_sets)}, got {split!r}")
-        return DataLoader(self.whole_sets[split], batch_size=1, num_workers=0)

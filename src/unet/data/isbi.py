@@ -2,27 +2,19 @@
 
 Files, as in the public download: ``train-volume.tif`` and ``train-labels.tif`` (multi-page
 TIFFs, any slice count, compressed or not; labels 255 = cell interior, 0 = membrane) and
-``test-volume.tif`` (no labels; for prediction).
+``test-volume.tif`` (no labels; ``src/predict.py`` reads it like any other input).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
 
 from unet.augmentation import Augmentation
+from unet.data.base import SegmentationDataModule, Split
 from unet.data.readers import DataError, binary_labels, read_tiff, require_file
-from unet.data.samples import (
-    ImageDataset,
-    RandomTileDataset,
-    WholeImageDataset,
-    process_share,
-    standardize,
-    training_dataloader,
-)
+from unet.data.samples import standardize
 from unet.weight_maps import cached_binary_weight_map
 
 DOWNLOAD_HINT = (
@@ -63,14 +55,6 @@ def read_isbi_training(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return volume, binary_labels(labels, labels_path)
 
 
-def read_isbi_test(data_dir: str | Path) -> np.ndarray:
-    """(N, H, W) raw slices of ``test-volume.tif``."""
-    path = require_file(
-        Path(data_dir) / "isbi2012" / "test-volume.tif", "ISBI test volume", DOWNLOAD_HINT
-    )
-    return as_stack(read_tiff(path), path)
-
-
 def split_slices(num_slices: int, val_slices: int | list[int]) -> tuple[list[int], list[int]]:
     """Training and validation slice indices; an int n means the last n slices (a contiguous
     block: neighbouring slices are 50 nm apart and look alike, so interleaving would leak)."""
@@ -92,8 +76,11 @@ def split_slices(num_slices: int, val_slices: int | list[int]) -> tuple[list[int
     return train, val
 
 
-class IsbiDataModule(L.LightningDataModule):
-    """ISBI 2012: random training tiles, whole validation slices, the test volume for prediction.
+class IsbiDataModule(SegmentationDataModule):
+    """ISBI 2012: random training tiles and whole validation slices of ``train-volume.tif``.
+
+    Frame ids are the slice indices ("20"); there are no instance masks (the ISBI
+    metrics score the binary labels).
 
     Args:
         data_dir: folder that holds ``isbi2012/``.
@@ -126,23 +113,12 @@ class IsbiDataModule(L.LightningDataModule):
         crop: int | None = None,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(augmentation)
         # a plain list, not Hydra's ListConfig: checkpoints must load with weights_only=True
         val_slices = val_slices if isinstance(val_slices, int) else [int(i) for i in val_slices]
         self.save_hyperparameters(ignore=["augmentation"])  # an object, not a setting to log
-        self.augmentation = augmentation
-        self.train_set = self.val_set = self.predict_set = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if stage == "predict":
-            if self.predict_set is None:
-                volume = read_isbi_test(self.hparams.data_dir)
-                if self.hparams.crop:
-                    volume = volume[:, : self.hparams.crop, : self.hparams.crop]
-                self.predict_set = ImageDataset([standardize(s) for s in volume])
-            return
-        if self.train_set is not None:
-            return
+    def read_splits(self) -> dict[str, Split]:
         hp = self.hparams
         volume, classes = read_isbi_training(hp.data_dir)
         if hp.crop:
@@ -150,40 +126,12 @@ class IsbiDataModule(L.LightningDataModule):
         images = [standardize(s) for s in volume]
         weights = [cached_binary_weight_map(c, hp.w0, hp.sigma, hp.cache_dir) for c in classes]
         train, val = split_slices(len(volume), hp.val_slices)
-        self.train_set = RandomTileDataset(
-            [images[i] for i in train],
-            [classes[i] for i in train],
-            [weights[i] for i in train],
-            tile_size=hp.tile_size,
-            samples_per_epoch=hp.samples_per_epoch,
-            augmentation=self.augmentation,
-            seed=hp.seed,
-        )
-        self.val_set = WholeImageDataset(
-            [images[i] for i in val], [classes[i] for i in val], [weights[i] for i in val]
-        )
-        self.whole_sets = {
-            "train": WholeImageDataset(
-                [images[i] for i in train], [classes[i] for i in train], [weights[i] for i in train]
-            ),
-            "val": self.val_set,
+        return {
+            name: Split(
+                ids=[str(i) for i in indices],
+                images=[images[i] for i in indices],
+                classes=[classes[i] for i in indices],
+                weights=[weights[i] for i in indices],
+            )
+            for name, indices in (("train", train), ("val", val))
         }
-
-    def train_dataloader(self) -> DataLoader:
-        rank, world_size = process_share(self)
-        return training_dataloader(
-            self.train_set, self.hparams.batch_size, self.hparams.num_workers, rank, world_size
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=1, num_workers=0)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The slices of ``test-volume.tif`` (no labels)."""
-        return DataLoader(self.predict_set, batch_size=1, num_workers=0)
-
-    def whole_image_dataloader(self, split: str) -> DataLoader:
-        """Whole images of ``split`` ("train" or "val"), one per batch, for scoring."""
-        if split not in self.whole_sets:
-            raise ValueError(f"split must be one of {sorted(self.whole_sets)}, got {split!r}")
-        return DataLoader(self.whole_sets[split], batch_size=1, num_workers=0)

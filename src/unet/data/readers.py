@@ -8,6 +8,7 @@ import numpy as np
 import tifffile
 
 from unet.errors import UserError
+from unet.labels import binary_cells
 
 
 class DataError(UserError, ValueError):
@@ -44,19 +45,12 @@ def read_tiff(path: str | Path) -> np.ndarray:
 
 
 def binary_labels(labels: np.ndarray, path: str | Path) -> np.ndarray:
-    """Map a two-valued label image (0 = background/membrane, max = cell) to class indices 0/1.
+    """Class indices (uint8: 0 = membrane/background, 1 = cell) of a two-valued label image.
 
-    Accepts {0, 1} or {0, 255} (either may be missing from a given image).
+    Accepts {0, 1} or {0, 255} (either may be missing from a given image); anything else is
+    a DataError naming ``path`` (:func:`unet.labels.binary_cells`).
     """
-    values = np.unique(labels)
-    for high in (255, 1):
-        if set(values.tolist()) <= {0, high}:
-            return (labels == high).astype(np.uint8)
-    shown = ", ".join(map(str, values[:10].tolist())) + (" ..." if len(values) > 10 else "")
-    raise DataError(
-        f"{path}: expected a binary label image with values {{0, 255}} or {{0, 1}} "
-        f"(0 = membrane/background, 255 or 1 = cell interior), found {len(values)} values: {shown}"
-    )
+    return binary_cells(labels, str(path), DataError).astype(np.uint8)
 
 
 def instance_labels(labels: np.ndarray, path: str | Path, shape: tuple[int, ...]) -> np.ndarray:

@@ -144,14 +144,6 @@ def _init_worker(worker_id: int) -> None:
     keep_freed_memory()
 
 
-def process_share(datamodule) -> tuple[int, int]:
-    """(rank, world size) of the trainer a DataModule is attached to; (0, 1) without one."""
-    trainer = getattr(datamodule, "trainer", None)
-    if trainer is None:
-        return 0, 1
-    return trainer.global_rank, trainer.world_size
-
-
 def training_dataloader(
     dataset: RandomTileDataset,
     batch_size: int,
@@ -193,16 +185,3 @@ class WholeImageDataset(Dataset):
             "target": torch.from_numpy(self.classes[k].astype(np.int64)),
             "weight": torch.from_numpy(self.weights[k]),
         }
-
-
-class ImageDataset(Dataset):
-    """Whole images without labels, for prediction."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        return {"image": torch.from_numpy(self.images[k])[None]}

@@ -195,8 +195,9 @@ def _warp(label: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return current, flat, np.flatnonzero(pending)
 
 
-def warp(label: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Warp a binary ``label`` toward ``target`` by simple-pixel flips; (H, W) bool."""
+def warp_label(label: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Warp a binary ``label`` toward ``target`` by simple-pixel flips, keeping its topology;
+    (H, W) bool."""
     label, target = _check_pair(label, target)
     current, _, _ = _warp(label, target)
     return current[1:-1, 1:-1].astype(bool)
