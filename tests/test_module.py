@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from unet.data.samples import WholeImageDataset
 from unet.metrics import PixelCounts, pixel_scores, score_isbi_stack
 from unet.module import SegmentationModule
-from unet.network import UNet
+from unet.network import NetConfig, UNet
 
 
 def module():
@@ -36,7 +36,7 @@ def run_validation(m, logits_fn, target, weight=None):
 class _Fixed(torch.nn.Module):
     """Stands in for the network: returns given logits, cropped to the tiler's request."""
 
-    depth, padding = 2, "same"
+    config = NetConfig(depth=2, padding="same")
 
     def __init__(self, logits_fn):
         super().__init__()

@@ -108,7 +108,10 @@ def test_plain_settings_are_connected_components_of_the_threshold(probability, t
     keep = sizes >= min_area
     keep[0] = False
     expected = np.where(keep[expected], expected, 0)
-    expected = np.unique(expected, return_inverse=True)[1].reshape(expected.shape)
+    renumber = np.zeros(len(sizes), np.int64)  # kept ids -> 1..n in scan order
+    kept = np.flatnonzero(keep)
+    renumber[kept] = np.arange(1, len(kept) + 1)
+    expected = renumber[expected]
     labels = PostProcessing(threshold=threshold, min_area=min_area)(probability)
     np.testing.assert_array_equal(labels, expected)
 

@@ -22,19 +22,13 @@ def test_auto_falls_back_to_fp32_on_cpus_without_bf16():
     assert resolve_precision("bf16-mixed", "cpu", AVX2_ONLY) == "bf16-mixed"
 
 
-def test_training_with_auto_precision_runs_here(data_dir, tmp_path):
-    from test_configs import compose_train
-    from test_train import SMALL
-
-    from unet.precision import cpu_has_native_bf16
+def test_training_with_auto_precision_runs_here(compose_train, small_overrides, data_dir, tmp_path):
     from unet.training import train
 
-    overrides = [
-        "debug=fast_dev_run",
-        "trainer.enable_progress_bar=false",
-        "trainer.precision=auto",
-    ]
-    cfg = compose_train([*overrides, *SMALL], tmp_path, data_dir)
+    overrides = ["debug=fast_dev_run", "trainer.enable_progress_bar=false"]
+    cfg = compose_train(
+        [*overrides, "trainer.precision=auto", *small_overrides], tmp_path, data_dir
+    )
     metrics = train(cfg)
     expected = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     assert cfg.trainer.precision == expected and 0.0 <= metrics["val/pixel_error"] <= 1.0
