@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -72,6 +73,22 @@ def test_option_composes_and_instantiates(override, tmp_path):
         return  # composing is all that can be checked without a GPU
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     assert isinstance(trainer, L.Trainer)
+
+
+def test_default_trainer_picks_the_accelerator(tmp_path):
+    # the paper's command (`model=unet data=isbi`, no trainer) uses a GPU where there is one
+    cfg = compose_train(["model=unet", "data=isbi"], tmp_path)
+    assert cfg.trainer.accelerator == "auto" and cfg.trainer.devices == 1
+    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert trainer.strategy.root_device.type == expected
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_choose_their_device(experiment, tmp_path):
+    # the CPU recipes stay on the CPU even on a GPU machine; the paper's settings ask for one
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    assert cfg.trainer.accelerator == ("cpu" if experiment.endswith("_cpu") else "gpu")
 
 
 def test_eval_config_composes(tmp_path):
