@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -38,6 +36,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from unet import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("isbi_cpu", "hela_cpu", "u373_cpu")
@@ -120,53 +120,6 @@ def train_command(experiment: str, seed: int, folder: Path, overrides=()) -> lis
     ]
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor name elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def memory_gib() -> float | None:
-    """Total memory (GiB) from /proc/meminfo; None where there is none."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def hardware() -> dict:
-    """What the runs ran on (the load average is recorded per attempt)."""
-    import torch  # here, so that --dry-run and --table-only do not pay for the import
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "memory_gib": memory_gib(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-    }
-
-
-def load_average() -> list[float] | None:
-    """1-, 5- and 15-minute load averages; None where the system has none."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -181,8 +134,8 @@ def run_one(experiment: str, seed: int, root: Path, overrides=()) -> dict:
         "overrides": list(overrides),
         "resumed": (folder / "checkpoints" / "last.ckpt").is_file(),
         "started": utc_now(),
-        "load_average_start": load_average(),
-        "hardware": hardware(),
+        "load_average_start": machine.load_average(),
+        "hardware": machine.describe(),
     }
     start = time.perf_counter()
     with open(folder / LOG_FILE, "a") as log:
@@ -190,7 +143,7 @@ def run_one(experiment: str, seed: int, root: Path, overrides=()) -> dict:
     attempt |= {
         "wall_seconds": round(time.perf_counter() - start, 1),
         "finished": utc_now(),
-        "load_average_end": load_average(),
+        "load_average_end": machine.load_average(),
         "returncode": result.returncode,
     }
     info = read_info(folder) or {"experiment": experiment, "seed": seed, "attempts": []}
