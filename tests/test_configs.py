@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -76,6 +77,22 @@ def test_cell_datasets_share_their_base(tmp_path, compose_train):
     hela, u373 = (compose_train([f"data={d}"], tmp_path).data for d in ("hela", "u373"))
     differ = {k for k in hela if hela[k] != u373[k]}
     assert differ == {"dataset", "unannotated_margin"}
+
+
+def test_default_trainer_picks_the_accelerator(tmp_path, compose_train):
+    # the paper's command (`model=unet data=isbi`, no trainer) uses a GPU where there is one
+    cfg = compose_train(["model=unet", "data=isbi"], tmp_path)
+    assert cfg.trainer.accelerator == "auto" and cfg.trainer.devices == 1
+    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert trainer.strategy.root_device.type == expected
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_choose_their_device(experiment, tmp_path, compose_train):
+    # the CPU recipes stay on the CPU even on a GPU machine; the paper's settings ask for one
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    assert cfg.trainer.accelerator == ("cpu" if experiment.endswith("_cpu") else "gpu")
 
 
 def test_eval_config_composes(tmp_path):
