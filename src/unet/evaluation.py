@@ -15,7 +15,9 @@ the probabilities are scored with :mod:`unet.metrics` on NumPy arrays:
 
 With ``choose=True`` (the end of training) the post-processing is first chosen on the split
 itself, to maximise SEG (cell data) or minimise the labels' Rand error (ISBI): the scores of
-the labels are then optimistic for that split, and ``*_plain`` shows the untuned figure.
+the labels are then optimistic for that split. ``seg_plain`` shows the untuned figure, and
+``seg_heldout`` / ``labels_rand_error_heldout`` an honest one: settings chosen on one half
+of the images, scored on the other (:func:`heldout_score`).
 """
 
 from __future__ import annotations
@@ -143,6 +145,31 @@ def choose_for_split(split: SplitPredictions) -> tuple[PostProcessing, dict]:
     return chosen, how
 
 
+def subset(split: SplitPredictions, indices: Sequence[int]) -> SplitPredictions:
+    """The images ``indices`` of a split."""
+    pick = [split.probabilities, split.classes, split.weights, split.instances]
+    return SplitPredictions(*[None if x is None else [x[k] for k in indices] for x in pick])
+
+
+def heldout_score(split: SplitPredictions) -> dict[str, float]:
+    """The chosen post-processing's score on images it was not chosen on: the images are
+    split in two halves (alternating), settings are chosen on each half and applied to the
+    other, and the pooled labels are scored as ``choose_for_split`` scores them. Empty for a
+    split of one image."""
+    n = len(split.probabilities)
+    if n < 2:
+        return {}
+    halves = [list(range(0, n, 2)), list(range(1, n, 2))]
+    labels: list[np.ndarray | None] = [None] * n
+    for chosen_on, applied_to in (halves, halves[::-1]):
+        chosen, _ = choose_for_split(subset(split, chosen_on))
+        for k in applied_to:
+            labels[k] = chosen(split.probabilities[k])
+    if split.instances is not None:
+        return {"seg_heldout": score_cell_frames(labels, split.instances)["seg"]}
+    return {"labels_rand_error_heldout": labels_rand_error(labels, split)}
+
+
 def label_scores(split: SplitPredictions, postprocess: PostProcessing) -> dict[str, float]:
     """Scores of the label images that ``postprocess`` makes of the probabilities."""
     labels = [postprocess(p) for p in split.probabilities]
@@ -172,6 +199,8 @@ def score_split(
     scores = pixel_scores(split)
     scores |= challenge_scores(split.probabilities, split)
     scores |= label_scores(split, postprocess)
+    if choose:
+        scores |= heldout_score(split)
     return {f"val/{k}": float(v) for k, v in scores.items()}, postprocess, chosen_on
 
 
