@@ -151,12 +151,14 @@ class FrameSource:
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         """(name, (H, W) array) per frame, read when needed (one file at a time)."""
         if self.path.is_dir():
-            for name, f in zip(self.names, self.files, strict=True):
-                yield name, read_image(f)
+            frames = (read_image(f) for f in self.files)
         else:
             frames = read_image(self.path)
             frames = frames[None] if frames.ndim == 2 else frames
-            yield from zip(self.names, frames, strict=True)
+        for name, frame in zip(self.names, frames, strict=True):
+            if frame.size and frame.min() == frame.max():  # not an error: blank frames happen
+                print(f"warning: {name}: every pixel is {frame.flat[0]}; nothing to segment")
+            yield name, frame
 
 
 def label_cells(probability: np.ndarray, threshold: float = 0.5, min_area: int = 0) -> np.ndarray:
