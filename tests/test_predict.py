@@ -30,6 +30,7 @@ from unet.prediction import (
 )
 from unet.tiler import Tiler
 from unet.training import OutputExistsError, train
+from unet.validation import ConfigError
 from unet.writers import overlay
 
 ROOT = CONFIGS.parent
@@ -205,7 +206,7 @@ def test_bad_inputs_give_one_clear_line(tiny_ckpt, tmp_path, capsys):
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "gray.png")
     gray = f"input={tmp_path / 'gray.png'}"
     fails([gray, f"output={tmp_path / 'x.tif'}"], PredictionSettingError, "expected a folder")
-    fails([gray, "precision=16"], PredictionSettingError, "expected 32 or bf16")
+    fails([gray, "precision=16"], ConfigError, "precision=16: expected 32 or bf16")
     fails([gray, "tiler.tile_size=50"], UserError, "nearest valid sizes: 48, 52")
     if not torch.cuda.is_available():
         fails([gray, "device=cuda"], PredictionSettingError, "no GPU is visible")

@@ -18,6 +18,7 @@ from unet.metrics import score_cell_frames, score_isbi_stack
 from unet.module import SegmentationModule, load_network
 from unet.tiler import Tiler
 from unet.training import scalars, write_json
+from unet.validation import build, check_config
 
 
 def score_checkpoint(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, float]:
@@ -100,10 +101,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     Writes ``<output_dir>/metrics.json`` and prints a table.
     """
+    check_config(cfg)  # types and ranges of every setting, before anything is read
     if not cfg.get("ckpt_path") and not cfg.get("predictions"):
         raise UserError("nothing to score: pass ckpt_path=<checkpoint> or predictions=<tif stack>")
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg, "data")
     datamodule.setup("validate")
     if cfg.get("predictions"):
         metrics = score_prediction_file(cfg.predictions, datamodule, cfg.split)

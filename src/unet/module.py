@@ -19,6 +19,7 @@ from torchmetrics.classification import (
 )
 
 from unet.errors import UserError
+from unet.fingerprint import probe_mismatch, record_probe
 from unet.loss import WeightedCrossEntropy
 from unet.metrics import score_isbi_stack
 from unet.network import UNet, center_crop
@@ -169,6 +170,7 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The architecture travels with the weights, so eval/predict can rebuild the network.
         checkpoint["net_config"] = getattr(self.net, "config", None)
+        checkpoint["net_probe"] = record_probe(self.net)  # ties net_config to the weights
         # Each logger's run (W&B run id, ...), so that a resumed run continues it.
         checkpoint["logger_versions"] = {
             type(logger).__name__: logger.version
@@ -223,4 +225,9 @@ def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
         net.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the network {config}: {err}") from None
+    if mismatch := probe_mismatch(net, checkpoint.get("net_probe")):
+        raise CheckpointError(
+            f"{path}: its stored architecture {config} does not fit its weights ({mismatch}); "
+            "the checkpoint was edited or damaged: use the one training wrote"
+        )
     return net

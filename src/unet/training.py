@@ -11,10 +11,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from unet.atomic import write_text
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
-from unet.module import CheckpointNotFoundError, read_checkpoint
+from unet.guard import NumericGuard
+from unet.module import CheckpointError, CheckpointNotFoundError, read_checkpoint
 from unet.shapes import InvalidInputSizeError
+from unet.validation import build, check_config
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -32,12 +35,13 @@ def scalars(metrics: dict) -> dict[str, float]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to a new file; an existing file is never overwritten."""
+    """Write ``data`` to a new file, atomically; an existing file is never overwritten."""
     if path.exists():
         raise OutputExistsError(f"{path} already exists; not overwriting it")
-    with open(path, "x") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+    try:
+        write_text(path, json.dumps(data, indent=2) + "\n", replace=False)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} already exists; not overwriting it") from None
 
 
 def check_tile_size(module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
@@ -64,6 +68,39 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not Path(ckpt_path).is_file():
         raise CheckpointNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return str(ckpt_path)
+
+
+def check_resumable(ckpt_path: str, module: L.LightningModule) -> None:
+    """Refuse to resume from a checkpoint of another architecture, naming what differs."""
+    checkpoint = read_checkpoint(ckpt_path)
+    stored = checkpoint.get("net_config")
+    current = getattr(module.net, "config", None)
+    if stored and current and stored != current:
+        differ = ", ".join(
+            f"{k}: {stored.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+            for k in sorted(set(stored) | set(current))
+            if stored.get(k) != current.get(k)
+        )
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: cannot resume, the checkpoint's network differs from "
+            f"model.net ({differ}); resume with the run's own settings or start a new run"
+        )
+    weights = checkpoint.get("state_dict") or {}
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items() if hasattr(v, "shape")}
+    if found and found != expected:
+        extra, lacking = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+        shapes = [k for k in set(found) & set(expected) if found[k] != expected[k]]
+        detail = (
+            f"{len(shapes)} tensors of other shapes, e.g. {sorted(shapes)[0]}: "
+            f"{found[sorted(shapes)[0]]} vs {expected[sorted(shapes)[0]]}"
+            if shapes
+            else f"tensors only in the checkpoint: {extra[:3]}, only in the model: {lacking[:3]}"
+        )
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: cannot resume, its weights do not fit model.net "
+            f"({detail}); resume with the run's own settings or start a new run"
+        )
 
 
 def logger_versions(ckpt_path: str | None) -> dict:
@@ -127,6 +164,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns the final validation metrics, also written to ``<output_dir>/metrics.json``.
     Under DDP every rank runs this; only rank 0 writes files.
     """
+    check_config(cfg)  # types and ranges of every setting, before anything is read
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     resuming = cfg.get("ckpt_path") is not None
@@ -137,9 +175,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "otherwise choose a new hydra.run.dir"
         )
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.model)
+    datamodule = build(cfg, "data")
+    module = build(cfg, "model")
     check_tile_size(module, datamodule)
+    if ckpt_path is not None:  # before any logger makes a folder for a run that cannot resume
+        check_resumable(ckpt_path, module)
+    if cfg.get("train", True):
+        # read and check the data now (Lightning would do it inside fit, after the loggers
+        # made their folders); DataModule.setup does the work once
+        datamodule.setup("fit")
     prepare_wandb(cfg, ckpt_path)
     prepare_csv(cfg)
     loggers = instantiate_all(cfg.get("logger"))
@@ -148,7 +192,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not cfg.trainer.get("enable_progress_bar", True):  # (Lightning refuses a bar then)
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks.append(NumericGuard())  # always: a non-finite loss must never train on
+    trainer = build(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(resolved)

@@ -294,6 +294,7 @@ class CellTrackingDataModule(L.LightningDataModule):
             samples_per_epoch=hp.samples_per_epoch,
             augmentation=self.augmentation,
             seed=hp.seed,
+            names=[f"{hp.dataset} frame {frames[k].id}" for k in train],
         )
         self.val_set = whole(val)
         self.whole_sets = {"train": whole(train), "val": self.val_set}

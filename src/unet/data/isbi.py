@@ -173,6 +173,7 @@ class IsbiDataModule(L.LightningDataModule):
             samples_per_epoch=hp.samples_per_epoch,
             augmentation=self.augmentation,
             seed=hp.seed,
+            names=[f"train-volume.tif slice {i}" for i in train],
         )
         self.val_set = WholeImageDataset(
             [images[i] for i in val], [classes[i] for i in val], [weights[i] for i in val]
