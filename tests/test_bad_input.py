@@ -687,3 +687,22 @@ class HoldAtStep(Callback):
         if trainer.global_step == self.step:
             Path(self.signal_file).write_text("ready")
             time.sleep(600)
+
+
+def test_checkpoints_are_written_atomically_in_their_own_folder(tmp_path, monkeypatch):
+    from unet.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+    good = path.read_bytes()
+
+    def killed_midway(obj, f):  # the write dies after some bytes
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    assert path.read_bytes() == good  # the earlier checkpoint is whole
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unet.atomic import write_text
+from unet.checkpoint_io import AtomicCheckpointIO
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
 from unet.guard import NumericGuard
@@ -193,7 +194,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.trainer.get("enable_progress_bar", True):  # (Lightning refuses a bar then)
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(NumericGuard())  # always: a non-finite loss must never train on
-    trainer = build(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer = build(
+        cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(resolved)
