@@ -119,7 +119,8 @@ def test_split_frames_rules():
     complete = [True, True, False, True, True]
     assert split_frames(frames, 1, complete) == ([0, 2, 3], [1, 4])
     assert split_frames(frames, 2, complete) == ([2], [0, 1, 3, 4])
-    assert split_frames(frames, 0, complete) == ([0, 1, 2, 3, 4], [])
+    with pytest.raises(DataError, match=r"val_frames=0: expected at least 1 validation frame"):
+        split_frames(frames, 0, complete)  # the best checkpoint is chosen on validation frames
     assert split_frames(frames, ["02/001"], complete) == ([0, 1, 2, 4], [3])
     with pytest.raises(DataError, match=r"\['01/099'\] are not annotated frames"):
         split_frames(frames, ["01/099"], complete)

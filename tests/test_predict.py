@@ -17,7 +17,6 @@ from unet.checkpoint import CheckpointError, load_network, load_trained
 from unet.cli import run_or_exit
 from unet.data.readers import DataError
 from unet.errors import UserError
-from unet.inference import InferenceSettingError
 from unet.network import NetConfig, UNet
 from unet.postprocess import PostProcessing
 from unet.prediction import (
@@ -30,6 +29,7 @@ from unet.prediction import (
 )
 from unet.tiler import Tiler
 from unet.training import OutputExistsError, train
+from unet.validation import ConfigError
 from unet.writers import overlay
 
 
@@ -209,7 +209,7 @@ def test_bad_inputs_give_one_clear_line(tiny_ckpt, compose_predict, tmp_path, ca
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "gray.png")
     gray = f"input={tmp_path / 'gray.png'}"
     fails([gray, f"output={tmp_path / 'x.tif'}"], PredictionSettingError, "expected a folder")
-    fails([gray, "precision=16"], InferenceSettingError, "expected 32 or bf16")
+    fails([gray, "precision=16"], ConfigError, "precision=16: expected 32 or bf16")
     fails([gray, "postprocess.min_area=-3"], UserError, "postprocess.min_area=-3: expected")
     fails([gray, "tiler.tile_size=50"], UserError, "nearest valid sizes: 48, 52")
     if not torch.cuda.is_available():

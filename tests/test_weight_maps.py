@@ -69,16 +69,21 @@ def test_d1_d2_match_brute_force(seed, count):
     np.testing.assert_allclose(fast, exact, atol=1e-6)
 
 
+def plant(file, weights):
+    """Store ``weights`` in a cache file with the checksum the cache would have written."""
+    wm._write_cache(file, file.stem.removeprefix("weights-"), weights)
+
+
 def test_cache_reuses_and_invalidates(tmp_path):
     classes = two_cells()
     first = wm.cached_binary_weight_map(classes, cache_dir=tmp_path)
     files = list(tmp_path.iterdir())
     assert len(files) == 1
-    np.testing.assert_array_equal(np.load(files[0]), first)
-    # a second call reads the file (prove it by planting a marker value in it)
+    np.testing.assert_array_equal(np.load(files[0])["weights"], first)
+    # a second call reads the file (prove it by planting a marker value, with its checksum)
     planted = first.copy()
     planted[0, 0] = 123.0
-    np.save(files[0], planted)
+    plant(files[0], planted)
     assert wm.cached_binary_weight_map(classes, cache_dir=tmp_path)[0, 0] == 123.0
     # other parameters or other labels: a new file
     wm.cached_binary_weight_map(classes, sigma=3.0, cache_dir=tmp_path)
@@ -89,3 +94,35 @@ def test_cache_reuses_and_invalidates(tmp_path):
     # a corrupt file is recomputed
     files[0].write_bytes(b"garbage")
     np.testing.assert_array_equal(wm.cached_binary_weight_map(classes, cache_dir=tmp_path), first)
+
+
+@pytest.mark.parametrize("damage", ["values", "checksum", "truncate"])
+def test_damaged_cache_file_is_recomputed(tmp_path, damage):
+    classes = two_cells()
+    first = wm.cached_binary_weight_map(classes, cache_dir=tmp_path)
+    [file] = tmp_path.iterdir()
+    if damage == "values":  # a well-formed file whose values are not the ones checksummed
+        with np.load(file) as stored:
+            checksum = stored["checksum"]
+        garbage = np.random.default_rng(0).normal(size=first.shape).astype(np.float32)
+        np.savez(file, weights=garbage, checksum=checksum)
+    elif damage == "checksum":  # the right values under another file's checksum
+        np.savez(file, weights=first, checksum=np.array("0" * 40))
+    else:
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    np.testing.assert_array_equal(wm.cached_binary_weight_map(classes, cache_dir=tmp_path), first)
+    with np.load(file) as stored:  # and the file was replaced by a good one
+        np.testing.assert_array_equal(stored["weights"], first)
+
+
+def test_unwritable_cache_folder_computes_in_memory_with_one_warning(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cache_dir = blocker / "cache"  # cannot be created, even by root
+    classes = two_cells()
+    with pytest.warns(wm.CacheWarning, match="cannot be written") as caught:
+        first = wm.cached_binary_weight_map(classes, cache_dir=cache_dir)
+        second = wm.cached_binary_weight_map(classes, sigma=3.0, cache_dir=cache_dir)
+    assert len([w for w in caught if issubclass(w.category, wm.CacheWarning)]) == 1
+    np.testing.assert_array_equal(first, wm.cached_binary_weight_map(classes, cache_dir=None))
+    assert second.shape == classes.shape

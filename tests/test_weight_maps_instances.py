@@ -128,7 +128,7 @@ def test_instance_cache_reuses_and_invalidates(tmp_path):
     assert len(files) == 1
     planted = first.copy()
     planted[0, 0] = 123.0
-    np.save(files[0], planted)
+    wm._write_cache(files[0], files[0].stem.removeprefix("weights-"), planted)
     again_classes, again = wm.cached_instance_weight_map(inst, cache_dir=tmp_path)
     assert again[0, 0] == 123.0
     np.testing.assert_array_equal(again_classes, classes)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -103,3 +107,54 @@ class ValidationImages(Callback):
                         torch.from_numpy(panel)[None],
                         global_step=trainer.global_step,
                     )
+
+
+class EpochLog(Callback):
+    """One plain line per training epoch: epoch, step, losses, validation metrics, time.
+
+    Appended to ``path`` (the run folder's ``train.log``), and printed to standard output
+    when that is not a terminal (a cluster job's log file), where a progress bar shows
+    nothing readable. Only rank 0 writes.
+
+    Args:
+        path: the log file (appended to, so a resumed run keeps the earlier lines).
+        console: ``auto`` (print when stdout is not a terminal), ``always`` or ``never``.
+    """
+
+    def __init__(self, path: str | None = None, console: str = "auto"):
+        if console not in ("auto", "always", "never"):
+            raise ValueError(f"console={console!r}: expected auto, always or never")
+        self.path, self.console = path, console
+        self._start = 0.0
+        self._losses: list[float] = []
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start, self._losses = time.perf_counter(), []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._losses.append(float(loss.detach()))
+
+    def line(self, trainer: Trainer) -> str:
+        """The epoch's line, e.g. ``epoch 3/100 step 300 train/loss 0.4120 ... time 41.2 s``."""
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        parts.append(f"step {trainer.global_step}")
+        if self._losses:
+            parts.append(f"train/loss {np.mean(self._losses):.4f}")
+        for name, value in sorted(trainer.callback_metrics.items()):
+            if name.startswith("val/") and isinstance(value, torch.Tensor) and value.numel() == 1:
+                parts.append(f"{name} {float(value):.4f}")
+        parts.append(f"time {time.perf_counter() - self._start:.1f} s")
+        return " ".join(parts)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        text = self.line(trainer)
+        if self.path:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(text + "\n")
+        if self.console == "always" or (self.console == "auto" and not sys.stdout.isatty()):
+            print(text, flush=True)

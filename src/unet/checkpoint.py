@@ -16,13 +16,14 @@ prediction and export can use it anywhere.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from unet.atomic import atomic_file
 from unet.errors import UserError
+from unet.fingerprint import probe_mismatch
 from unet.network import NetConfig, UNet
 from unet.postprocess import PostProcessing, PostProcessingError
 
@@ -106,6 +107,11 @@ def load_trained(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(
             f"{path}: weights do not fit the network {config}: {' '.join(first)}"
         ) from None
+    if mismatch := probe_mismatch(net, checkpoint.get("net_probe")):
+        raise CheckpointError(
+            f"{path}: its stored architecture {config} does not fit its weights ({mismatch}); "
+            "the checkpoint was edited or damaged: use the one training wrote"
+        )
     postprocess = None
     if checkpoint.get("postprocess") is not None:
         try:
@@ -138,6 +144,5 @@ def store_postprocessing(
     checkpoint = read_checkpoint(path)
     checkpoint["postprocess"] = postprocess.to_dict()
     checkpoint["postprocess_chosen_on"] = dict(chosen_on)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
+    with atomic_file(path, replace=True) as partial:
+        torch.save(checkpoint, partial)

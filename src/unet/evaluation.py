@@ -29,19 +29,19 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from unet.atomic import write_json
 from unet.checkpoint import load_trained
 from unet.data.readers import DataError, read_tiff
 from unet.errors import UserError
 from unet.inference import predict_image
 from unet.metrics import PixelCounts, rand_error, score_cell_frames, score_isbi_stack
-from unet.outputs import write_json
 from unet.postprocess import PostProcessing, boundary_map, choose_postprocessing
 from unet.tiler import Tiler
+from unet.validation import build, check_config
 
 CELL_CLASS = 1
 
@@ -271,11 +271,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     Writes ``<output_dir>/metrics.json`` and prints a table.
     """
+    check_config(cfg)  # types and ranges of every setting, before anything is read
     if not cfg.get("ckpt_path") and not cfg.get("predictions"):
         raise UserError("nothing to score: pass ckpt_path=<checkpoint> or predictions=<tif stack>")
     L.seed_everything(cfg.seed, workers=True)
     trained = load_trained(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg, "data")
     datamodule.setup("validate")
     if cfg.get("predictions"):
         metrics = score_prediction_file(cfg.predictions, datamodule, cfg.split)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unet.fingerprint import record_probe
 from unet.loss import WeightedCrossEntropy
 from unet.metrics import PixelCounts
 from unet.network import center_crop
@@ -127,6 +128,7 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The architecture travels with the weights, so eval/predict can rebuild the network.
         checkpoint["net_config"] = self.net.config.to_dict()
+        checkpoint["net_probe"] = record_probe(self.net)  # ties net_config to the weights
         # Each logger's run (W&B run id, ...), so that a resumed run continues it.
         checkpoint["logger_versions"] = {
             type(logger).__name__: logger.version

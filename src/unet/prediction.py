@@ -15,6 +15,7 @@ The output folder holds
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -23,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from unet.atomic import StagedFolder, partial_path
 from unet.checkpoint import load_trained
 from unet.data.readers import DataError, DataNotFoundError, read_tiff
 from unet.errors import OutputExistsError, UserError
@@ -37,6 +38,7 @@ from unet.inference import autocast_dtype, predict_image
 from unet.postprocess import PostProcessing
 from unet.tiler import Tiler
 from unet.tta import count_tiles
+from unet.validation import build, check_config
 from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -151,12 +153,14 @@ class FrameSource:
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         """(name, (H, W) array) per frame, read when needed (one file at a time)."""
         if self.path.is_dir():
-            for name, f in zip(self.names, self.files, strict=True):
-                yield name, read_image(f)
+            frames = (read_image(f) for f in self.files)
         else:
             frames = read_image(self.path)
             frames = frames[None] if frames.ndim == 2 else frames
-            yield from zip(self.names, frames, strict=True)
+        for name, frame in zip(self.names, frames, strict=True):
+            if frame.size and frame.min() == frame.max():  # not an error: blank frames happen
+                print(f"warning: {name}: every pixel is {frame.flat[0]}; nothing to segment")
+            yield name, frame
 
 
 def mask_name(frame_name: str, index: int) -> str:
@@ -166,7 +170,8 @@ def mask_name(frame_name: str, index: int) -> str:
 
 
 def prepare_output(output: str | Path, overwrite: bool, create: bool = True) -> Path:
-    """The output folder (created); an existing one is used only with ``overwrite``."""
+    """Check the output folder: new, or existing and ``overwrite``; writable; no partial
+    folder of an interrupted run beside it unless ``overwrite``. ``create`` makes it."""
     output = Path(output)
     if output.suffix.lower() in IMAGE_SUFFIXES:
         raise PredictionSettingError(
@@ -178,9 +183,22 @@ def prepare_output(output: str | Path, overwrite: bool, create: bool = True) -> 
             raise OutputExistsError(f"output={output} exists and is a file; expected a folder")
         if not overwrite:
             raise OutputExistsError(
-                f"output folder {output} already exists; pass overwrite=true to replace the "
-                "files in it, or choose a new output folder"
+                f"output folder {output} already exists; pass overwrite=true to replace it "
+                "(the whole folder), or choose a new output folder"
             )
+    partial = partial_path(output)
+    if partial.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{partial} holds the incomplete output of an interrupted prediction (or of one "
+            "still running); pass overwrite=true to start over and replace it, or delete it"
+        )
+    parent = next(p for p in (output.absolute(), *output.absolute().parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PredictionSettingError(
+            f"output={output}: cannot write there ({parent} is "
+            f"{'not a folder' if not parent.is_dir() else 'not writable'}); choose a "
+            "writable folder"
+        )
     if create:
         output.mkdir(parents=True, exist_ok=True)
     return output
@@ -227,7 +245,8 @@ def predict_path(
         postprocess: cell probability -> instance labels (default: the plain 4-connected
             components of ``probability > 0.5``).
         labels, challenge_naming, overlays: what to write besides the probabilities.
-        overwrite: write into an existing output folder, replacing its files.
+        overwrite: replace an existing output folder (all of it, once the new one is
+            complete).
         progress: show a progress bar over frames and tiles.
 
     Returns:
@@ -247,7 +266,12 @@ def predict_path(
         )
     net = net.to(dev).eval()
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
-    output = prepare_output(output, overwrite)
+    # filled as <output>.partial, renamed when complete: no half-written folder looks done
+    try:
+        staged = StagedFolder(prepare_output(output, overwrite, create=False), overwrite)
+    except OSError as err:
+        raise PredictionSettingError(f"output={output}: cannot be written ({err})") from None
+    output = staged.path
     for sub, wanted in (("labels", labels), ("overlays", overlays)):
         if wanted:
             (output / sub).mkdir(exist_ok=True)
@@ -262,6 +286,7 @@ def predict_path(
     start = time.perf_counter()
     with (
         Progress(*columns, disable=not progress, transient=True) as bar,
+        staged,
         ProbabilityStackWriter(stack_path, bigtiff=4 * pixels > 2**32 - 2**25) as stack,
     ):
         frames_task = bar.add_task("frames", total=len(source))
@@ -289,7 +314,7 @@ def predict_path(
     return {
         "frames": len(source),
         "sizes": sorted(set(source.shapes)),
-        "probabilities": str(stack_path),
+        "probabilities": str(staged.final / stack_path.name),
         "series": stack.num_series,
         "seconds": seconds,
         "megapixels_per_second": pixels / 1e6 / seconds,
@@ -305,6 +330,7 @@ def postprocessing_for(stored: PostProcessing | None, overrides: dict | None) ->
 
 def predict(cfg: DictConfig) -> dict:
     """Predict ``cfg.input`` with the network of ``cfg.ckpt_path``; results go to ``cfg.output``."""
+    check_config(cfg)  # types and ranges of every setting, before anything is read
     source = FrameSource(cfg.input)  # input problems show before the checkpoint is loaded
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part, too
     trained = load_trained(cfg.ckpt_path)
@@ -313,7 +339,7 @@ def predict(cfg: DictConfig) -> dict:
         trained.net,
         source,
         cfg.output,
-        tiler=instantiate(cfg.tiler),
+        tiler=build(cfg, "tiler"),
         tta=cfg.tta,
         device=cfg.device,
         precision=cfg.precision,

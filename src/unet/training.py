@@ -10,19 +10,23 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from unet.atomic import write_json
 from unet.checkpoint import (
+    CheckpointError,
     CheckpointNotFoundError,
     load_trained,
     read_checkpoint,
     store_postprocessing,
 )
+from unet.checkpoint_io import AtomicCheckpointIO
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
 from unet.evaluation import predict_split, score_split
-from unet.outputs import write_json
+from unet.guard import NumericGuard
 from unet.precision import resolve_precision
 from unet.shapes import InvalidInputSizeError
 from unet.tiler import Tiler
+from unet.validation import build, check_config
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -63,6 +67,39 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not Path(ckpt_path).is_file():
         raise CheckpointNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return str(ckpt_path)
+
+
+def check_resumable(ckpt_path: str, module: L.LightningModule) -> None:
+    """Refuse to resume from a checkpoint of another architecture, naming what differs."""
+    checkpoint = read_checkpoint(ckpt_path)
+    stored = checkpoint.get("net_config")
+    current = module.net.config.to_dict()
+    if stored and stored != current:
+        differ = ", ".join(
+            f"{k}: {stored.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+            for k in sorted(set(stored) | set(current))
+            if stored.get(k) != current.get(k)
+        )
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: cannot resume, the checkpoint's network differs from "
+            f"model.net ({differ}); resume with the run's own settings or start a new run"
+        )
+    weights = checkpoint.get("state_dict") or {}
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items() if hasattr(v, "shape")}
+    if found and found != expected:
+        extra, lacking = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+        shapes = [k for k in set(found) & set(expected) if found[k] != expected[k]]
+        detail = (
+            f"{len(shapes)} tensors of other shapes, e.g. {sorted(shapes)[0]}: "
+            f"{found[sorted(shapes)[0]]} vs {expected[sorted(shapes)[0]]}"
+            if shapes
+            else f"tensors only in the checkpoint: {extra[:3]}, only in the model: {lacking[:3]}"
+        )
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: cannot resume, its weights do not fit model.net "
+            f"({detail}); resume with the run's own settings or start a new run"
+        )
 
 
 def logger_versions(ckpt_path: str | None) -> dict:
@@ -126,6 +163,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns the final validation metrics, also written to ``<output_dir>/metrics.json``.
     Under DDP every rank runs this; only rank 0 writes files.
     """
+    check_config(cfg)  # types and ranges of every setting, before anything is read
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
     resuming = cfg.ckpt_path is not None
@@ -136,9 +174,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "otherwise choose a new hydra.run.dir"
         )
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.model)
+    datamodule = build(cfg, "data")
+    module = build(cfg, "model")
     check_tile_size(module, datamodule)
+    if ckpt_path is not None:  # before any logger makes a folder for a run that cannot resume
+        check_resumable(ckpt_path, module)
+    if cfg.get("train", True):
+        # read and check the data now (Lightning would do it inside fit, after the loggers
+        # made their folders); DataModule.setup does the work once
+        datamodule.setup("fit")
     prepare_wandb(cfg, ckpt_path)
     prepare_csv(cfg)
     loggers = instantiate_all(cfg.get("logger"))
@@ -151,7 +195,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer.precision = resolve_precision(
             cfg.trainer.precision, cfg.trainer.get("accelerator", "auto")
         )
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks.append(NumericGuard())  # always: a non-finite loss must never train on
+    trainer = build(
+        cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(resolved)

@@ -30,7 +30,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,8 +39,10 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from unet.atomic import atomic_file
+
 # Bump when the computation changes so that stale cache files are not reused.
-_CACHE_VERSION = "2"
+_CACHE_VERSION = "3"
 
 
 def class_balance_weights(
@@ -209,6 +212,13 @@ def instance_weight_map(
     return classes, weights
 
 
+class CacheWarning(UserWarning):
+    """The weight-map cache could not be used; maps are computed (correctly) without it."""
+
+
+_unwritable: set[str] = set()  # cache folders already warned about: one warning each
+
+
 def _cache_key(arrays: Sequence[np.ndarray], params: dict) -> str:
     digest = hashlib.sha1()
     for array in arrays:
@@ -218,30 +228,67 @@ def _cache_key(arrays: Sequence[np.ndarray], params: dict) -> str:
     return digest.hexdigest()
 
 
+def _checksum(weights: np.ndarray, key: str) -> str:
+    """Ties a cached map's values to the inputs and parameters it was computed from."""
+    digest = hashlib.sha1(key.encode())
+    digest.update(str((weights.shape, str(weights.dtype))).encode())
+    digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()
+
+
+def _write_cache(path: Path, key: str, weights: np.ndarray) -> None:
+    # written under a temporary name and renamed: concurrent workers never read half a file
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, weights=weights, checksum=np.array(_checksum(weights, key)))
+
+
+def _read_cache(path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached map if the file is whole and its checksum matches, else None."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            weights, checksum = stored["weights"], str(stored["checksum"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # a truncated or foreign file: recomputed and replaced
+    if weights.shape != shape or checksum != _checksum(weights, key):
+        return None  # damaged contents (or a file copied under another name)
+    return weights
+
+
 def _cached(
     inputs: Sequence[np.ndarray],
     params: dict,
     compute: Callable[[], np.ndarray],
     cache_dir: str | os.PathLike | None,
 ) -> np.ndarray:
-    """``compute()``, stored in ``cache_dir`` under a hash of the inputs and parameters."""
+    """``compute()``, stored in ``cache_dir`` under a hash of the inputs and parameters.
+
+    Each file holds the map and a checksum of its values together with that hash; a file
+    whose checksum does not match is recomputed and replaced. A folder that cannot be
+    written to gives one :class:`CacheWarning` and the maps are computed in memory.
+    """
     if cache_dir is None:
         return compute()
     key = _cache_key(inputs, {**params, "v": _CACHE_VERSION})
-    path = Path(cache_dir) / f"weights-{key}.npy"
+    path = Path(cache_dir) / f"weights-{key}.npz"
     if path.is_file():
-        try:
-            cached = np.load(path)
-            if cached.shape == inputs[0].shape:
-                return cached
-        except (OSError, ValueError):
-            pass  # a truncated or foreign file: recompute and replace it
+        cached = _read_cache(path, key, inputs[0].shape)
+        if cached is not None:
+            return cached
     result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary file and rename, so that concurrent workers never read half a file.
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        np.save(tmp, result)
-    os.replace(tmp.name, path)
+    if str(cache_dir) in _unwritable:
+        return result
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_cache(path, key, result)
+    except OSError as err:
+        _unwritable.add(str(cache_dir))
+        warnings.warn(
+            f"weight-map cache folder {cache_dir} cannot be written ({type(err).__name__}: "
+            f"{err.strerror or err}); computing weight maps in memory. Set paths.cache_dir "
+            "(or $UNET_CACHE_DIR) to a writable folder to reuse them between runs",
+            CacheWarning,
+            stacklevel=2,
+        )
     return result
 
 
@@ -254,7 +301,8 @@ def cached_binary_weight_map(
     """Weight map of a binary class map (cells = its connected components), cached on disk.
 
     The cache file is named by a hash of the labels and the parameters, so a change to
-    either (or to this module's computation version) computes a new map.
+    either (or to this module's computation version) computes a new map; it also holds a
+    checksum of the map's values, so a damaged file is recomputed.
     """
     return _cached(
         [classes],

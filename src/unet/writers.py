@@ -6,18 +6,23 @@ writer); nothing here knows about networks.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
 
+from unet.atomic import atomic_file, temporary_name
+
 
 class ProbabilityStackWriter:
     """Appends 2D float32 maps to a multi-page TIFF as they are predicted (one page each).
 
     Pages of one size form one (N, H, W) series, which ``tifffile.imread`` returns; a page
-    of another size starts a new series (``tifffile.TiffFile(path).series``).
+    of another size starts a new series (``tifffile.TiffFile(path).series``). The pages go
+    to a temporary file that becomes ``path`` only when the writer is closed without an
+    error: an interrupted prediction leaves no stack that looks complete.
 
     Args:
         path: the TIFF file to write (replaced if it exists).
@@ -26,7 +31,8 @@ class ProbabilityStackWriter:
 
     def __init__(self, path: str | Path, bigtiff: bool = False):
         self.path = Path(path)
-        self._tiff = tifffile.TiffWriter(self.path, bigtiff=bigtiff)
+        self._tmp = temporary_name(self.path)
+        self._tiff = tifffile.TiffWriter(self._tmp, bigtiff=bigtiff)
         self.shapes: list[tuple[int, int]] = []
         self.num_series = 0
 
@@ -37,21 +43,27 @@ class ProbabilityStackWriter:
         self.shapes.append(page.shape)
         self.num_series += not contiguous
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """Finish the file and give it its name (with ``error``: delete it instead)."""
         self._tiff.close()
+        if error is None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ProbabilityStackWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(exc)
 
 
 def write_label_image(path: str | Path, labels: np.ndarray) -> None:
     """An instance label image (0 = background), uncompressed uint16 as the Cell Tracking
     Challenge expects (uint32 if there are more than 65535 objects)."""
     dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
-    tifffile.imwrite(path, labels.astype(dtype), photometric="minisblack")
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(dtype), photometric="minisblack")
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -68,4 +80,5 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.nda
 
 def write_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray) -> None:
     """A PNG of :func:`overlay`, for a quick look."""
-    Image.fromarray(overlay(image, labels)).save(path)
+    with atomic_file(path) as tmp:
+        Image.fromarray(overlay(image, labels)).save(tmp, format="PNG")

@@ -40,6 +40,7 @@ class Split:
     classes: list[np.ndarray]  # (H, W) class indices, 1 = cell interior
     weights: list[np.ndarray]  # (H, W) float32 loss weights, 0 = not scored
     instances: list[np.ndarray] | None = None  # (H, W) instance ids, 0 = background
+    names: list[str] | None = None  # for messages, e.g. "train-volume.tif slice 3"
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -82,6 +83,7 @@ class SegmentationDataModule(L.LightningDataModule):
             samples_per_epoch=hp.samples_per_epoch,
             augmentation=self.augmentation,
             seed=hp.seed,
+            names=train.names,
         )
         self.whole_sets = {
             name: WholeImageDataset(s.images, s.classes, s.weights) for name, s in splits.items()

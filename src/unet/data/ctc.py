@@ -26,7 +26,13 @@ from scipy import ndimage
 
 from unet.augmentation import Augmentation
 from unet.data.base import SegmentationDataModule, Split
-from unet.data.readers import DataError, DataNotFoundError, instance_labels, read_tiff
+from unet.data.readers import (
+    DataError,
+    DataNotFoundError,
+    instance_labels,
+    read_tiff,
+    require_contrast,
+)
 from unet.data.samples import standardize
 from unet.weight_maps import cached_instance_weight_map
 
@@ -81,6 +87,7 @@ def read_frame(folder: Path, sequence: str, number: str, markers: bool = True) -
     image = read_tiff(frame_path)
     if image.ndim != 2:
         raise DataError(f"{frame_path}: expected a 2D gray-value frame, found shape {image.shape}")
+    require_contrast(image, str(frame_path))
     instances = instance_labels(read_tiff(seg_path), seg_path, image.shape)
     tra = None
     if markers:
@@ -105,11 +112,17 @@ def read_annotated_frames(
             f"Cell Tracking Challenge data folder not found: {folder.resolve()} does not "
             f"exist. {DOWNLOAD_HINT}"
         )
-    return [
+    frames = [
         read_frame(folder, seq, number, markers)
         for seq in sequences
         for number in annotated_frame_numbers(folder, seq)
     ]
+    if not any(f.instances.any() for f in frames):
+        raise DataError(
+            f"{folder}: no SEG mask of sequences {list(sequences)} outlines a single cell (all "
+            "are 0); expected instance masks with cell ids > 0"
+        )
+    return frames
 
 
 def unannotated_markers(instances: np.ndarray, markers: np.ndarray) -> np.ndarray:
@@ -145,6 +158,12 @@ def split_frames(
     """
     ids = [f.id for f in frames]
     if isinstance(val_frames, int):
+        if val_frames < 1:
+            raise DataError(
+                f"data.val_frames={val_frames}: expected at least 1 validation frame per "
+                "sequence (the best checkpoint is chosen on them), or a list of ids like "
+                "['01/054']"
+            )
         val = []
         for seq in dict.fromkeys(i.split("/")[0] for i in ids):
             candidates = [k for k, i in enumerate(ids) if i.startswith(seq + "/") and complete[k]]
@@ -155,6 +174,10 @@ def split_frames(
                 "name the validation frames instead, e.g. val_frames=['01/054']"
             )
     else:
+        if not val_frames:
+            raise DataError(
+                f"data.val_frames=[]: expected at least one validation frame id among {ids}"
+            )
         unknown = [v for v in val_frames if v not in ids]
         if unknown:
             raise DataError(
@@ -248,6 +271,7 @@ class CellTrackingDataModule(SegmentationDataModule):
                 classes=[classes[k] for k in indices],
                 weights=[weights[k] for k in indices],
                 instances=[all_instances[k] for k in indices],  # for the challenge's SEG
+                names=[f"{hp.dataset} frame {frames[k].id}" for k in indices],
             )
             for name, indices in (("train", train), ("val", val))
         }

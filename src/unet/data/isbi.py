@@ -13,7 +13,14 @@ import numpy as np
 
 from unet.augmentation import Augmentation
 from unet.data.base import SegmentationDataModule, Split
-from unet.data.readers import DataError, binary_labels, read_tiff, require_file
+from unet.data.readers import (
+    DataError,
+    binary_labels,
+    read_tiff,
+    require_contrast,
+    require_file,
+    require_two_classes,
+)
 from unet.data.samples import standardize
 from unet.weight_maps import cached_binary_weight_map
 
@@ -52,25 +59,33 @@ def read_isbi_training(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
             f"{labels_path}: label stack shape {labels.shape} does not match the volume "
             f"{volume_path.name} shape {volume.shape}; expected one label slice per image slice"
         )
-    return volume, binary_labels(labels, labels_path)
+    classes = require_two_classes(binary_labels(labels, labels_path), labels_path)
+    for k, image in enumerate(volume):
+        require_contrast(image, f"{volume_path} slice {k}")
+    return volume, classes
 
 
 def split_slices(num_slices: int, val_slices: int | list[int]) -> tuple[list[int], list[int]]:
     """Training and validation slice indices; an int n means the last n slices (a contiguous
-    block: neighbouring slices are 50 nm apart and look alike, so interleaving would leak)."""
+    block: neighbouring slices are 50 nm apart and look alike, so interleaving would leak).
+
+    Both parts must be non-empty: the best checkpoint is chosen on the validation slices.
+    """
     if isinstance(val_slices, int):
-        if not 0 <= val_slices < num_slices:
-            raise ValueError(
-                f"val_slices={val_slices}: need 0 <= val_slices < {num_slices} (the slice count)"
+        if not 1 <= val_slices < num_slices:
+            raise DataError(
+                f"data.val_slices={val_slices}: expected 1 <= val_slices < {num_slices} (the "
+                f"volume has {num_slices} slices; at least one must validate and one train)"
             )
         val = list(range(num_slices - val_slices, num_slices))
     else:
         val = sorted({int(i) for i in val_slices})
         bad = [i for i in val if not 0 <= i < num_slices]
-        if bad or len(val) >= num_slices:
-            raise ValueError(
-                f"val_slices={list(val_slices)}: indices must lie in [0, {num_slices}) "
-                "and leave training slices"
+        if bad or not val or len(val) >= num_slices:
+            raise DataError(
+                f"data.val_slices={list(val_slices)}: expected slice indices in "
+                f"[0, {num_slices - 1}] (the volume has {num_slices} slices) that leave "
+                f"training slices{f'; out of range: {bad}' if bad else ''}"
             )
     train = [i for i in range(num_slices) if i not in val]
     return train, val
@@ -132,6 +147,7 @@ class IsbiDataModule(SegmentationDataModule):
                 images=[images[i] for i in indices],
                 classes=[classes[i] for i in indices],
                 weights=[weights[i] for i in indices],
+                names=[f"train-volume.tif slice {i}" for i in indices],
             )
             for name, indices in (("train", train), ("val", val))
         }

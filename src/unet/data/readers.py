@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +31,122 @@ def require_file(path: str | Path, what: str, hint: str = "") -> Path:
     return path
 
 
+class _Collect(logging.Handler):
+    """Keeps the error records tifffile logs (it logs damage instead of raising)."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _promised_pages(tif: tifffile.TiffFile) -> int | None:
+    """The page count that the file's own metadata announces (ImageJ's ``images=`` or
+    tifffile's shaped description of a single series), or None when it announces none."""
+    if tif.is_imagej and tif.imagej_metadata and "images" in tif.imagej_metadata:
+        return int(tif.imagej_metadata["images"])
+    shaped = tif.shaped_metadata
+    if shaped and len(shaped) == 1 and "shape" in shaped[0]:
+        values = int(np.prod(shaped[0]["shape"], dtype=np.int64))
+        per_page = int(np.prod(tif.pages.first.shape, dtype=np.int64))
+        return values // per_page if per_page else None
+    return None
+
+
+def _check_complete(tif: tifffile.TiffFile, path: Path, errors: list[str]) -> None:
+    """Raise DataError if the file holds fewer pages or bytes than it promises, or if
+    tifffile reported damage while reading it."""
+    pages = len(tif.pages)  # walks every page header (IFD) of the file
+    size = tif.filehandle.size
+    promised = _promised_pages(tif)
+    short = None  # index of the first page whose pixel data lies beyond the end of the file
+    for index, page in enumerate(tif.pages):
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+        if ends and max(ends) > size:
+            short = index
+            break
+    complete = pages if short is None else short
+    if pages == 0:  # e.g. a copy cut before the page header at the end of the file
+        raise DataError(
+            f"{path}: truncated or damaged TIFF: no image page could be read "
+            f"({size} bytes on disk). Expected a complete file: copy or download it again"
+        )
+    if (promised is not None and complete != promised) or short is not None or errors:
+        expected = f"{promised} pages" if promised is not None else f"{pages} pages"
+        detail = f"; tifffile reported: {errors[0]}" if errors else ""
+        raise DataError(
+            f"{path}: truncated or damaged TIFF: the file promises {expected}, "
+            f"{complete} could be read completely ({size} bytes on disk){detail}. "
+            "Expected a complete file: copy or download it again"
+        )
+
+
 def read_tiff(path: str | Path) -> np.ndarray:
-    """Read a (multi-page) TIFF into an array; any decoding failure names the file."""
+    """Read a (multi-page) TIFF into an array, checking that it is complete and finite.
+
+    Checked against the file itself: every page the header chain or the metadata promises
+    is present and its pixel data lies inside the file (a truncated copy is refused, not
+    read as its first pages); the data type is numeric; float data holds no NaN or
+    infinity. Any decoding failure names the file.
+    """
     path = Path(path)
+    collect = _Collect()
+    log = logging.getLogger("tifffile")
+    log.addHandler(collect)
+    propagate, log.propagate = log.propagate, False  # the message below says it once
     try:
-        return tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            _check_complete(tif, path, collect.messages)
+            array = tif.asarray()
+            if collect.messages:
+                _check_complete(tif, path, collect.messages)
     except FileNotFoundError:
         raise DataNotFoundError(f"{path}: no such file") from None
+    except DataError:
+        raise
     except Exception as err:  # tifffile raises many types (TiffFileError, ValueError, KeyError...)
         raise DataError(
             f"{path}: cannot be read as a TIFF image ({type(err).__name__}: {err}). "
             "Expected a TIFF file (LZW-compressed files need the 'imagecodecs' package)."
         ) from None
+    finally:
+        log.removeHandler(collect)
+        log.propagate = propagate
+    if array.dtype.kind not in "biuf":
+        raise DataError(
+            f"{path}: pixel data type {array.dtype} is not supported; expected integer or "
+            "float gray values"
+        )
+    require_finite(array, path)
+    return array
+
+
+def require_finite(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """Refuse NaN or infinite values: one would make every prediction of its image NaN."""
+    if array.dtype.kind != "f":
+        return array
+    bad = ~np.isfinite(array)
+    count = int(bad.sum())
+    if count:
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{path}: {count} of {array.size} pixels are NaN or infinite (the first at index "
+            f"{first}); expected finite gray values. Replace them (e.g. with the image's "
+            "median) and save the file again"
+        )
+    return array
+
+
+def require_contrast(image: np.ndarray, where: str) -> np.ndarray:
+    """Refuse an image with one gray value everywhere: it holds nothing to learn."""
+    if image.size and image.min() == image.max():
+        raise DataError(
+            f"{where}: every pixel has the value {image.flat[0]}; expected an image with "
+            "gray-value contrast (an empty or blank frame?)"
+        )
+    return image
 
 
 def binary_labels(labels: np.ndarray, path: str | Path) -> np.ndarray:
@@ -51,6 +156,20 @@ def binary_labels(labels: np.ndarray, path: str | Path) -> np.ndarray:
     a DataError naming ``path`` (:func:`unet.labels.binary_cells`).
     """
     return binary_cells(labels, str(path), DataError).astype(np.uint8)
+
+
+def require_two_classes(classes: np.ndarray, path: str | Path) -> np.ndarray:
+    """Refuse a training label set in which one class is missing everywhere: the network
+    would learn to answer that class alone, and every metric would look perfect."""
+    present = np.unique(classes)
+    if len(present) < 2:
+        name = {0: "membrane/background (0)", 1: "cell interior (255 or 1)"}
+        raise DataError(
+            f"{path}: every label pixel is {name.get(int(present[0]), present[0])}; expected "
+            "both classes, 0 = membrane/background and 255 (or 1) = cell interior, in the "
+            "training labels"
+        )
+    return classes
 
 
 def instance_labels(labels: np.ndarray, path: str | Path, shape: tuple[int, ...]) -> np.ndarray:

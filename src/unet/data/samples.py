@@ -78,6 +78,8 @@ class RandomTileDataset(Dataset):
         samples_per_epoch: dataset length (one epoch).
         augmentation: moves image, classes and weights together (None: plain windows).
         seed: with the epoch and the sample index, determines every random choice.
+        names: a name per image for messages (e.g. "train-volume.tif slice 3"); a sample's
+            ``source`` (image index, centre row, centre column) points into them.
     """
 
     def __init__(
@@ -89,12 +91,14 @@ class RandomTileDataset(Dataset):
         samples_per_epoch: int,
         augmentation: Augmentation | None = None,
         seed: int = 0,
+        names: list[str] | None = None,
     ):
         if not (len(images) == len(classes) == len(weights)) or not images:
             raise ValueError("images, classes and weights must be non-empty lists of equal length")
         self.images, self.classes, self.weights = images, classes, weights
         self.tile_size, self.samples_per_epoch = tile_size, samples_per_epoch
         self.augmentation, self.seed = augmentation, seed
+        self.names = names or [f"training image {k}" for k in range(len(images))]
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -116,6 +120,7 @@ class RandomTileDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(image))[None],  # (1, T, T)
             "target": torch.from_numpy(classes.astype(np.int64)),  # (T, T)
             "weight": torch.from_numpy(np.ascontiguousarray(weights)),  # (T, T)
+            "source": torch.tensor([k, *centre]),  # (3,): which image, where; for messages
         }
 
 

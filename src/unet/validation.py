@@ -1,0 +1,305 @@
+"""Check a composed config before any data is read or any object is built.
+
+Hydra composes whatever it is given: ``trainer.max_epochs=abc`` becomes the string
+``"abc"``, which fails (if at all) deep inside Lightning after the data has been loaded.
+:func:`check_config` compares every setting a user is likely to change with what it must
+be, and raises :class:`ConfigError` (a :class:`unet.errors.UserError`: one line, exit code
+2) naming the key, the value found and what is expected. Keys a config does not have are
+skipped, so one table serves training, evaluation and prediction.
+
+:func:`build` instantiates one part of the config and turns a constructor's refusal (a
+``ValueError``/``TypeError`` such as an unknown key, or Lightning's misconfiguration
+error) into the same kind of one-line error naming the config key; anything else, such
+as a failing import, propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from unet.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A setting of the wrong type or out of range; the message names the key."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def integer(low: int | None = None, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high)
+
+
+def number(low: float | None = None, high: float | None = None, open_high: bool = False):
+    def ok(v: Any) -> bool:
+        if not _is_number(v) or v != v:  # v != v: NaN
+            return False
+        return (low is None or v >= low) and (
+            high is None or (v < high if open_high else v <= high)
+        )
+
+    return ok
+
+
+def boolean(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def string(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: not isinstance(v, bool) and v in choices
+
+
+def either(*checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: any(check(v) for check in checks)
+
+
+def list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list | tuple | ListConfig) and len(v) > 0 and all(map(check, v))
+
+
+def fraction_or_count(v: Any) -> bool:
+    """Lightning's ``limit_*_batches``/``overfit_batches``: a count, or a fraction in [0, 1]."""
+    return (_is_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0)
+
+
+def max_time(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None
+
+
+def devices(v: Any) -> bool:
+    if _is_int(v):
+        return v >= 1 or v == -1
+    if isinstance(v, str):
+        return v == "auto" or re.fullmatch(r"-?\d+(,\s*\d+)*,?", v) is not None
+    return list_of(integer(0))(v)
+
+
+def device(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None
+
+
+LIGHTNING_PRECISIONS = (
+    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
+    "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16", 64, 32, 16,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A config key, the test its value must pass and, in words, what that means."""
+
+    key: str
+    ok: Callable[[Any], bool]
+    expected: str
+    nullable: bool = False
+
+
+SETTINGS = [
+    Setting("seed", integer(0), "a non-negative integer"),
+    Setting("ckpt_path", string, '"last" or a checkpoint file path', nullable=True),
+    Setting("train", boolean, "true or false"),
+    Setting("validate", boolean, "true or false"),
+    # the Lightning Trainer
+    Setting("trainer.max_epochs", integer(-1), "an integer >= -1 (-1: no limit)", nullable=True),
+    Setting("trainer.min_epochs", integer(0), "an integer >= 0", nullable=True),
+    Setting("trainer.max_steps", integer(-1), "an integer >= -1 (-1: no limit)"),
+    Setting("trainer.max_time", max_time, 'a duration "DD:HH:MM:SS"', nullable=True),
+    Setting(
+        "trainer.accelerator",
+        one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+        "one of auto, cpu, gpu, cuda, mps, tpu",
+    ),
+    Setting("trainer.devices", devices, 'a device count >= 1, -1, "auto" or a list of ids'),
+    Setting("trainer.num_nodes", integer(1), "an integer >= 1"),
+    Setting(
+        "trainer.precision",
+        one_of(*LIGHTNING_PRECISIONS, "auto"),
+        "one of auto, 32-true, bf16-mixed, 16-mixed, bf16-true, 16-true, 64-true",
+    ),
+    Setting("trainer.check_val_every_n_epoch", integer(1), "an integer >= 1", nullable=True),
+    Setting("trainer.log_every_n_steps", integer(1), "an integer >= 1", nullable=True),
+    Setting("trainer.gradient_clip_val", number(0), "a number >= 0", nullable=True),
+    Setting("trainer.accumulate_grad_batches", integer(1), "an integer >= 1"),
+    Setting(
+        "trainer.limit_train_batches",
+        fraction_or_count,
+        "a count or a fraction in [0, 1]",
+        nullable=True,
+    ),
+    Setting(
+        "trainer.limit_val_batches",
+        fraction_or_count,
+        "a count or a fraction in [0, 1]",
+        nullable=True,
+    ),
+    Setting("trainer.overfit_batches", fraction_or_count, "a count or a fraction in [0, 1]"),
+    Setting("trainer.fast_dev_run", either(boolean, integer(0)), "true, false or a count"),
+    Setting(
+        "trainer.deterministic",
+        either(boolean, one_of("warn")),
+        'true, false or "warn"',
+        nullable=True,
+    ),
+    Setting("trainer.enable_progress_bar", boolean, "true or false", nullable=True),
+    Setting("trainer.enable_checkpointing", boolean, "true or false", nullable=True),
+    Setting("trainer.detect_anomaly", boolean, "true or false"),
+    # the data
+    Setting("data.data_dir", string, "a folder path"),
+    Setting("data.cache_dir", string, "a folder path (null: no cache)", nullable=True),
+    Setting("data.tile_size", integer(1), "an integer tile side in pixels, e.g. 572"),
+    Setting(
+        "data.val_slices",
+        either(integer(1), list_of(integer(0))),
+        "a count >= 1 of final slices, or a list of slice indices",
+    ),
+    Setting(
+        "data.val_frames",
+        either(integer(1), list_of(string)),
+        "a count >= 1 per sequence, or a list of frame ids like ['01/054']",
+    ),
+    Setting("data.sequences", list_of(string), 'a list of sequence names, e.g. ["01", "02"]'),
+    Setting("data.samples_per_epoch", integer(1), "an integer >= 1"),
+    Setting("data.batch_size", integer(1), "an integer >= 1"),
+    Setting("data.num_workers", integer(0), "an integer >= 0"),
+    Setting("data.w0", number(0), "a number >= 0 (paper: 10)"),
+    Setting("data.sigma", number(1e-6), "a number > 0 (paper: 5)"),
+    Setting("data.border_size", lambda v: integer(1)(v) and v % 2 == 1, "an odd integer >= 1"),
+    Setting(
+        "data.unannotated_margin", number(0), "a number >= 0 (null: no markers)", nullable=True
+    ),
+    Setting("data.crop", integer(1), "an integer >= 1", nullable=True),
+    Setting("data.seed", integer(0), "a non-negative integer"),
+    Setting("data.augmentation.elastic_std", number(0), "a number >= 0 (paper: 10 px)"),
+    Setting("data.augmentation.elastic_grid", integer(2), "an integer >= 2 (paper: 3)"),
+    Setting("data.augmentation.rotation", number(0, 180), "an angle in [0, 180] degrees"),
+    Setting("data.augmentation.flip", boolean, "true or false"),
+    Setting("data.augmentation.shift", number(0), "a number >= 0"),
+    Setting("data.augmentation.brightness", number(0), "a number >= 0"),
+    Setting("data.augmentation.contrast", number(0, 1, open_high=True), "a number in [0, 1)"),
+    Setting("data.augmentation.gamma", number(0, 1, open_high=True), "a number in [0, 1)"),
+    # the model
+    Setting("model.net.in_channels", integer(1), "an integer >= 1"),
+    Setting("model.net.num_classes", integer(2), "an integer >= 2"),
+    Setting("model.net.depth", integer(1), "an integer >= 1 (paper: 4)"),
+    Setting("model.net.base_channels", integer(1), "an integer >= 1 (paper: 64)"),
+    Setting("model.net.padding", one_of("valid", "same"), "valid or same"),
+    Setting("model.net.dropout", number(0, 1, open_high=True), "a number in [0, 1)"),
+    Setting("model.net.batch_norm", boolean, "true or false"),
+    Setting("model.net.up_mode", one_of("transpose", "bilinear"), "transpose or bilinear"),
+    Setting("model.optimizer.lr", number(1e-30), "a number > 0, e.g. 0.001"),
+    Setting("model.optimizer.momentum", number(0, 1), "a number in [0, 1]"),
+    Setting("model.optimizer.weight_decay", number(0), "a number >= 0"),
+    Setting("model.scheduler_interval", one_of("epoch", "step"), "epoch or step"),
+    Setting("model.scheduler.T_max", integer(1), "an integer >= 1"),
+    Setting("model.scheduler.eta_min", number(0), "a number >= 0"),
+    Setting("callbacks.early_stopping.patience", integer(0), "an integer >= 0"),
+    Setting("callbacks.validation_images.every_n_epochs", integer(1), "an integer >= 1"),
+    Setting("callbacks.precise_bn.tiles", integer(0), "an integer >= 0 (0: off)"),
+    Setting(
+        "callbacks.epoch_log.console", one_of("auto", "always", "never"), "auto, always or never"
+    ),
+    # prediction and evaluation
+    Setting("input", string, "an image, a TIFF stack or a folder of frames"),
+    Setting("output", string, "a folder path"),
+    Setting("overwrite", boolean, "true or false"),
+    Setting("device", device, "auto, cpu, cuda or cuda:<n>"),
+    Setting(
+        "precision", one_of(32, "32", "32-true", "bf16", "bf16-mixed", "bf16-true"), "32 or bf16"
+    ),
+    Setting("tta", one_of("none", "flips8", "paper7"), "none, flips8 or paper7"),
+    Setting("postprocess.threshold", number(0, 1), "a number in (0, 1)", nullable=True),
+    Setting("postprocess.min_area", integer(0), "an integer >= 0", nullable=True),
+    Setting("postprocess.fill_holes", boolean, "true or false", nullable=True),
+    Setting(
+        "postprocess.regrow",
+        one_of("none", "probability", "distance"),
+        "none, probability or distance",
+        nullable=True,
+    ),
+    Setting("postprocess.grow_threshold", number(0, 1), "a number in [0, 1]", nullable=True),
+    Setting("postprocess.border_min_area", integer(0), "an integer >= 0", nullable=True),
+    Setting("choose", boolean, "true or false"),
+    Setting("choose_postprocess", boolean, "true or false"),
+    Setting("labels", boolean, "true or false"),
+    Setting("challenge_naming", boolean, "true or false"),
+    Setting("overlays", boolean, "true or false"),
+    Setting("progress", boolean, "true or false"),
+    Setting("tiler.tile_size", integer(1), "a valid input size, e.g. 572", nullable=True),
+    Setting("tiler.overlap", integer(0), "an integer >= 0", nullable=True),
+    Setting("tiler.batch_size", integer(1), "an integer >= 1", nullable=True),
+    Setting("tiler.memory_gb", number(1e-9), "a number of GB > 0", nullable=True),
+    Setting("split", one_of("val", "train"), "val or train"),
+    Setting("predictions", string, "a TIFF stack or a folder of label images", nullable=True),
+]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value)
+    return repr(value)
+
+
+def check_config(cfg: DictConfig, settings: list[Setting] = SETTINGS) -> None:
+    """Raise :class:`ConfigError` for the first setting that is missing, of the wrong type or
+    out of range; keys the config does not have are skipped."""
+    missing = [k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra.")]
+    if missing:
+        shown = ", ".join(f"{k}=..." for k in sorted(missing))
+        raise ConfigError(f"missing required setting(s): pass {shown} on the command line")
+    for setting in settings:
+        try:
+            value = OmegaConf.select(cfg, setting.key, default="__absent__")
+        except InterpolationResolutionError as err:
+            raise ConfigError(f"{setting.key}: cannot be resolved ({err})") from None
+        if isinstance(value, str) and value == "__absent__":
+            continue
+        if value is None and setting.nullable:
+            continue
+        if value is None or not setting.ok(value):
+            raise ConfigError(f"{setting.key}={_show(value)}: expected {setting.expected}")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def build(cfg: DictConfig, key: str, **kwargs) -> Any:
+    """``instantiate(cfg.<key>, **kwargs)``; a constructor's refusal becomes a ConfigError.
+
+    Errors that are already user errors pass through as they are; errors of other kinds
+    (an import that fails, a bug) propagate unchanged, with their traceback.
+    """
+    node = OmegaConf.select(cfg, key)
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if not isinstance(cause, TypeError | ValueError | MisconfigurationException):
+            raise
+        where = re.search(r"full_key: (\S+)", str(err))
+        raise ConfigError(f"{where.group(1) if where else key}: {_one_line(cause)}") from None
+    except MisconfigurationException as err:
+        raise ConfigError(f"{key}: {_one_line(err)}") from None
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{key}: {_one_line(err)}") from None
