@@ -216,7 +216,7 @@ DATA_CASES = {  # damage -> (file the message must name, words it must contain)
     "infinite pixel": (_inf_volume, "train-volume.tif", "1 of 16384 pixels are NaN or infinite"),
     "labels all 255": (_single_value_labels, "train-labels.tif", "every label pixel is cell"),
     "labels all 0": (_all_membrane_labels, "train-labels.tif", "every label pixel is membrane"),
-    "three label values": (_three_valued_labels, "train-labels.tif", "found 3 values"),
+    "three label values": (_three_valued_labels, "train-labels.tif", "found 3 distinct values"),
     "constant slice": (_constant_slice, "train-volume.tif slice 2", "every pixel has the value 7"),
     "label slices missing": (_fewer_label_slices, "train-labels.tif", "does not match"),
     "complex pixels": (_complex_volume, "train-volume.tif", "not supported"),

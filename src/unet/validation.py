@@ -22,7 +22,6 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -288,6 +287,9 @@ def build(cfg: DictConfig, key: str, **kwargs) -> Any:
     Errors that are already user errors pass through as they are; errors of other kinds
     (an import that fails, a bug) propagate unchanged, with their traceback.
     """
+    # imported here: prediction checks its settings too and must not import Lightning
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     node = OmegaConf.select(cfg, key)
     try:
         return instantiate(node, **kwargs)

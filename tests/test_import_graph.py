@@ -1,0 +1,24 @@
+"""Inference imports neither Lightning nor torchmetrics (a fresh interpreter checks it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+INFERENCE = ["unet.prediction", "unet.inference", "unet.checkpoint", "unet.postprocess", "unet.tta"]
+TRAINING_ONLY = ("lightning", "pytorch_lightning", "torchmetrics")
+
+
+def test_inference_modules_do_not_import_training_libraries():
+    code = (
+        f"import sys\nimport {', '.join(INFERENCE)}\n"
+        f"print(' '.join(m for m in {TRAINING_ONLY!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "", f"inference imports {result.stdout.strip()}"
+    # and the check itself can fail: the training side does import them
+    code = "import sys, unet.module; print('lightning' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "True"
