@@ -280,11 +280,19 @@ def memory_check(net: UNet, tile: int, batch: int, precision: str, device: str) 
     }
 
 
+def max_time(seconds: int) -> str:
+    """Lightning's ``max_time`` string, DD:HH:MM:SS."""
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
 def training_run(out: Path, minutes: float, settings: Settings, data_dir: Path) -> dict:
     """``src/train.py experiment=isbi_paper`` in bf16 for a fixed time; its final metrics."""
     run_dir = out / "train"
     seconds = max(1, round(minutes * 60))
-    limit = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"  # DD:HH:MM:SS
+    limit = max_time(seconds)
     command = [
         sys.executable,
         "src/train.py",

@@ -338,6 +338,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides must look like key=value; got {bad}")
+    known = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+    unknown = [e for e in args.experiments if e not in known]
+    if unknown:
+        parser.error(f"--experiments {' '.join(unknown)}: no such experiment; choose from {known}")
     return args
 
 

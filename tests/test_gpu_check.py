@@ -95,3 +95,10 @@ def test_markdown_shows_out_of_memory_rows():
     }
     md = gpu_check.markdown(results)
     assert md.count("out of memory") == 2
+
+
+def test_max_time_string_adds_up():
+    for seconds in (1, 59, 60, 240, 3599, 3600, 5430, 90000):
+        days, hours, minutes, secs = map(int, gpu_check.max_time(seconds).split(":"))
+        assert ((days * 24 + hours) * 60 + minutes) * 60 + secs == seconds
+        assert hours < 24 and minutes < 60 and secs < 60

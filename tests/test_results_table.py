@@ -135,9 +135,14 @@ def test_dry_run_lists_commands_and_skips_finished_runs(tmp_path, capsys):
     assert not list(tmp_path.rglob("run_info.json"))
 
 
-def test_overrides_must_be_key_value():
+def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         results_table.parse_args(["--dry-run", "--", "trainer.max_epochs"])
+    assert "key=value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        results_table.parse_args(["--experiments", "isbi_cpu", "isbi_gpu"])
+    err = capsys.readouterr().err
+    assert "isbi_gpu: no such experiment" in err and "'u373_cpu'" in err
 
 
 def test_runs_record_wall_time_and_hardware_and_are_skipped_once_finished(
