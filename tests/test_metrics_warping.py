@@ -140,6 +140,8 @@ def test_warping_keeps_topology_and_only_moves_toward_the_prediction(seed_label,
 def test_bad_input_names_what_was_found():
     with pytest.raises(MetricInputError, match=r"\(4, 5\).*\(4, 6\).*same \(height, width\)"):
         warp_label(np.zeros((4, 5)), np.zeros((4, 6)))
-    with pytest.raises(MetricInputError, match=r"prediction has values \[0, 1, 2\].*binary"):
+    with pytest.raises(
+        MetricInputError, match=r"prediction: found 3 distinct values \(0, 1, 2\).*binary"
+    ):
         topological_errors(np.zeros((3, 3), int), np.arange(9).reshape(3, 3) % 3)
     assert issubclass(MetricInputError, ValueError)

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from unet.errors import MetricInputError
+from unet.labels import binary_cells
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 _EIGHT = ndimage.generate_binary_structure(2, 2)
@@ -112,14 +113,10 @@ def _check_pair(label: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.n
             f"found a label of shape {label.shape} and a prediction of shape {target.shape}; "
             "expected two binary images of the same (height, width)"
         )
-    for name, image in (("label", label), ("prediction", target)):
-        if image.dtype != bool and not np.isin(image, (0, 1)).all():
-            values = np.unique(image)
-            raise MetricInputError(
-                f"the {name} has values {values[:5].tolist()}{' ...' if values.size > 5 else ''}; "
-                "expected a binary image (1 or True = cell interior, 0 = membrane)"
-            )
-    return label.astype(bool), target.astype(bool)
+    return (
+        binary_cells(label, "the label", MetricInputError),
+        binary_cells(target, "the prediction", MetricInputError),
+    )
 
 
 def _codes(flat: np.ndarray, index: np.ndarray, offsets: np.ndarray) -> np.ndarray:
