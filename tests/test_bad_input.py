@@ -309,12 +309,14 @@ def test_bad_eval_setting(override, good_data, ckpt, tmp_path):
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "NaN"])
+@pytest.mark.parametrize("damage", ["truncated", "NaN", "0..255"])
 def test_damaged_prediction_stack_is_not_scored(damage, good_data, tmp_path):
     stack = tmp_path / "probabilities.tif"
     probabilities = np.full((1, 64, 64), 0.5, np.float32)
     if damage == "NaN":
         probabilities[0, :3, :3] = np.nan
+    if damage == "0..255":  # an image saved instead of probabilities
+        probabilities[0, :3, :3] = 255
     tifffile.imwrite(stack, np.concatenate([probabilities] * 4), photometric="minisblack")
     if damage == "truncated":
         truncate(stack)
@@ -325,7 +327,8 @@ def test_damaged_prediction_stack_is_not_scored(damage, good_data, tmp_path):
     with pytest.raises(UserError) as err:
         evaluate(cfg)
     message = one_line(err)
-    assert "probabilities.tif" in message and ("truncated" in message or "NaN" in message)
+    words = {"truncated": "truncated", "NaN": "NaN", "0..255": "found values in [0.5, 255]"}
+    assert "probabilities.tif" in message and words[damage] in message, message
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
