@@ -245,8 +245,7 @@ def predict_path(
         postprocess: cell probability -> instance labels (default: the plain 4-connected
             components of ``probability > 0.5``).
         labels, challenge_naming, overlays: what to write besides the probabilities.
-        overwrite: replace an existing output folder (all of it, once the new one is
-            complete).
+        overwrite: replace an existing output folder (all of it, once complete).
         progress: show a progress bar over frames and tiles.
 
     Returns:
@@ -255,37 +254,15 @@ def predict_path(
     source = source if isinstance(source, FrameSource) else FrameSource(source)
     tiler = tiler or Tiler()
     postprocess = postprocess or PostProcessing()
-    dev = resolve_device(device)
+    net = check_network(net).to(resolve_device(device)).eval()
     autocast_dtype(precision)  # checks the setting before anything is written
-    config = net.config
-    if config.in_channels != 1 or config.num_classes < 2:
-        raise PredictionSettingError(
-            f"the network takes {config.in_channels} input channels and predicts "
-            f"{config.num_classes} classes; prediction needs gray-value input (1 "
-            "channel) and a cell class (2 or more classes)"
-        )
-    net = net.to(dev).eval()
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
-    # filled as <output>.partial, renamed when complete: no half-written folder looks done
-    try:
-        staged = StagedFolder(prepare_output(output, overwrite, create=False), overwrite)
-    except OSError as err:
-        raise PredictionSettingError(f"output={output}: cannot be written ({err})") from None
-    output = staged.path
-    for sub, wanted in (("labels", labels), ("overlays", overlays)):
-        if wanted:
-            (output / sub).mkdir(exist_ok=True)
+    staged = stage_output(output, overwrite, labels, overlays)
     pixels = sum(h * w for h, w in source.shapes)
-    stack_path = output / "probabilities.tif"
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
+    stack_path = staged.path / "probabilities.tif"
     start = time.perf_counter()
     with (
-        Progress(*columns, disable=not progress, transient=True) as bar,
+        progress_bar(progress) as bar,
         staged,
         ProbabilityStackWriter(stack_path, bigtiff=4 * pixels > 2**32 - 2**25) as stack,
     ):
@@ -304,11 +281,8 @@ def predict_path(
             stack.write(cells)
             if labels or overlays:
                 objects = postprocess(cells)
-                if labels:
-                    file = mask_name(name, index) if challenge_naming else f"{name}.tif"
-                    write_label_image(output / "labels" / file, objects)
-                if overlays:
-                    write_overlay(output / "overlays" / f"{name}.png", frame, objects)
+                label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
+                write_objects(staged.path, name, label_file, frame, objects, labels, overlays)
             bar.advance(frames_task)
     seconds = time.perf_counter() - start
     return {
@@ -319,6 +293,52 @@ def predict_path(
         "seconds": seconds,
         "megapixels_per_second": pixels / 1e6 / seconds,
     }
+
+
+def write_objects(
+    folder: Path, name: str, label_file: str, frame, objects, labels: bool, overlays: bool
+) -> None:
+    """A frame's instance labels (``labels/<label_file>``) and overlay PNG, as asked."""
+    if labels:
+        write_label_image(folder / "labels" / label_file, objects)
+    if overlays:
+        write_overlay(folder / "overlays" / f"{name}.png", frame, objects)
+
+
+def check_network(net: nn.Module) -> nn.Module:
+    """``net`` if it takes gray values and has a cell class, else a PredictionSettingError."""
+    config = net.config
+    if config.in_channels != 1 or config.num_classes < 2:
+        raise PredictionSettingError(
+            f"the network takes {config.in_channels} input channels and predicts "
+            f"{config.num_classes} classes; prediction needs gray-value input (1 "
+            "channel) and a cell class (2 or more classes)"
+        )
+    return net
+
+
+def stage_output(output: str | Path, overwrite: bool, labels: bool, overlays: bool):
+    """The output folder, filled as ``<output>.partial`` and renamed when complete, so that
+    no half-written folder looks done (:class:`unet.atomic.StagedFolder`)."""
+    try:
+        staged = StagedFolder(prepare_output(output, overwrite, create=False), overwrite)
+    except OSError as err:
+        raise PredictionSettingError(f"output={output}: cannot be written ({err})") from None
+    for sub, wanted in (("labels", labels), ("overlays", overlays)):
+        if wanted:
+            (staged.path / sub).mkdir(exist_ok=True)
+    return staged
+
+
+def progress_bar(enabled: bool) -> Progress:
+    """A bar over frames and one over the tiles of the current frame."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, disable=not enabled, transient=True)
 
 
 def postprocessing_for(stored: PostProcessing | None, overrides: dict | None) -> PostProcessing:
