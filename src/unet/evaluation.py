@@ -243,7 +243,7 @@ def score_prediction_file(
     if path.is_dir():
         return score_label_folder(path, datamodule, split)
     probabilities = read_tiff(path).astype(np.float32)
-    low, high = float(probabilities.min(initial=0)), float(probabilities.max(initial=0))
+    low, high = (float(f(probabilities)) if probabilities.size else 0.0 for f in (np.min, np.max))
     if low < 0 or high > 1:  # e.g. 0..255 images or logits: every threshold would be wrong
         raise DataError(
             f"{path}: expected cell probabilities in [0, 1], found values in [{low:g}, {high:g}]"
