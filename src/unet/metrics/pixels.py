@@ -99,9 +99,9 @@ class PixelCounts:
         """``add`` for arrays already checked by :func:`unet.metrics.inputs.as_stack`."""
         bins = len(self._on_cells)
         for p, c, v in zip(prob, cells, valid, strict=True):
+            p, c = (p.reshape(-1), c.reshape(-1)) if v.all() else (p[v], c[v])  # (N,) scored
             # k = the number of thresholds below p: the pixel is a cell at the k lowest
-            k = np.searchsorted(self._ascending, p[v], side="left")
-            c = c[v]
+            k = np.searchsorted(self._ascending, p, side="left")
             self._on_cells += np.bincount(k[c], minlength=bins)
             self._on_membrane += np.bincount(k[~c], minlength=bins)
 
