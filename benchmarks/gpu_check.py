@@ -55,7 +55,8 @@ from unet.data.samples import standardize
 from unet.loss import weighted_cross_entropy
 from unet.network import UNet, forward_flops
 from unet.prediction import predict_path
-from unet.tiler import Tiler, predict_probabilities, tile_memory_bytes
+from unet.tiler import Tiler, tile_memory_bytes
+from unet.tta import predict_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -152,8 +153,8 @@ def train_speed(settings: Settings, batch: int, precision: str) -> dict:
             net = UNet(**settings.net).to(device).train()
             opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.99)  # paper's optimiser
             out = net.output_shape((tile, tile))
-            x = torch.randn(batch, net.config["in_channels"], tile, tile, device=device)
-            target = torch.randint(0, net.config["num_classes"], (batch, *out), device=device)
+            x = torch.randn(batch, net.config.in_channels, tile, tile, device=device)
+            target = torch.randint(0, net.config.num_classes, (batch, *out), device=device)
             weight = 1 + 9 * torch.rand(batch, *out, device=device)  # (B, H', W') like w(x)
 
             def step():
@@ -263,7 +264,7 @@ def memory_check(net: UNet, tile: int, batch: int, precision: str, device: str) 
     row = {"tile": tile, "batch": batch, "precision": precision}
     out = net.output_shape((tile, tile))
     # `batch` images that one tile each covers exactly: one forward pass of `batch` tiles
-    images = torch.randn(batch, net.config["in_channels"], *out, device=device)
+    images = torch.randn(batch, net.config.in_channels, *out, device=device)
     tiler = Tiler(tile_size=tile, batch_size=batch)
     estimate = tile_memory_bytes(net, tile, tile) * batch
     free_memory(device)

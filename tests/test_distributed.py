@@ -72,8 +72,10 @@ def test_two_process_ddp_matches_one_process(
     assert (ddp_dir / "train_ddp_process_1.log").is_file()  # rank 1 ran in the same folder
 
     ddp, single = (json.loads((d / "metrics.json").read_text()) for d in (ddp_dir, single_dir))
-    for name in ("val/pixel_error", "val/iou", "val/loss"):
-        assert ddp[name] == pytest.approx(single[name], abs=1e-5), name
+    assert ddp["val/loss"] == pytest.approx(single["val/loss"], abs=1e-5)
+    # threshold-based scores: weights that differ by 1e-7 can move a pixel across a threshold
+    for name in ("val/pixel_error", "val/iou"):
+        assert ddp[name] == pytest.approx(single[name], abs=1e-3), name
     a, b = (
         net_weights(ddp_dir / "checkpoints" / "last.ckpt"),
         net_weights(single_dir / "checkpoints" / "last.ckpt"),
