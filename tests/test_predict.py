@@ -20,7 +20,6 @@ from unet.errors import UserError
 from unet.network import NetConfig, UNet
 from unet.postprocess import PostProcessing
 from unet.prediction import (
-    FrameSource,
     PredictionSettingError,
     mask_name,
     postprocessing_for,
@@ -238,24 +237,6 @@ def test_bad_inputs_give_one_clear_line(tiny_ckpt, compose_predict, tmp_path, ca
         run_or_exit(predict, cfg)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
-
-
-def test_frame_source_reads_stacks_and_gray_rgb_pngs(tmp_path):
-    tifffile.imwrite(
-        tmp_path / "stack.tif", np.zeros((4, 10, 12), np.uint8), photometric="minisblack"
-    )
-    source = FrameSource(tmp_path / "stack.tif")
-    assert len(source) == 4 and source.shapes == [(10, 12)] * 4
-    assert [f.shape for _, f in source] == [(10, 12)] * 4
-    gray_rgb = np.repeat(np.arange(20, dtype=np.uint8).reshape(4, 5)[..., None], 3, axis=-1)
-    Image.fromarray(gray_rgb).save(tmp_path / "gray_rgb.png")
-    [(name, frame)] = list(FrameSource(tmp_path / "gray_rgb.png"))
-    assert name == "gray_rgb" and frame.shape == (4, 5) and frame[3, 4] == 19
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    tifffile.imwrite(folder / "t000.tif", np.zeros((5, 10, 12), np.uint8), photometric="minisblack")
-    with pytest.raises(DataError, match="one 2D frame per file"):
-        FrameSource(folder)
 
 
 def test_overlay_tints_objects_only():

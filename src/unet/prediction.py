@@ -18,21 +18,18 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import tifffile
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from unet.atomic import StagedFolder, partial_path
 from unet.checkpoint import load_trained
-from unet.data.readers import DataError, DataNotFoundError, read_tiff
+from unet.data.frames import IMAGE_SUFFIXES, FrameSource
+from unet.data.readers import DataError
 from unet.errors import OutputExistsError, UserError
 from unet.inference import autocast_dtype, predict_image
 from unet.postprocess import PostProcessing
@@ -41,126 +38,11 @@ from unet.tta import count_tiles
 from unet.validation import build, check_config
 from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png")
 CELL_CLASS = 1  # class 1 = cell interior, as in training (unet.data.readers.binary_labels)
 
 
 class PredictionSettingError(UserError, ValueError):
     """A prediction setting that cannot work (output path, device, precision, network)."""
-
-
-def _unreadable(path: Path, err: Exception) -> DataError:
-    return DataError(
-        f"{path}: cannot be read as an image ({type(err).__name__}: {err}). "
-        f"Expected a TIFF or PNG file."
-    )
-
-
-def probe_image(path: Path) -> tuple[int, ...]:
-    """Shape of an image file from its header: (H, W) or (N, H, W); checks it is gray."""
-    try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                shape, axes = tuple(series.shape), series.axes
-        else:
-            with Image.open(path) as im:
-                shape, axes, mode = (im.height, im.width), "YX", im.mode
-            if mode not in ("1", "L", "I", "I;16", "F"):  # colour modes: gray in RGB is common
-                read_image(path)  # decodes and checks that the channels are equal
-    except DataError:
-        raise
-    except Exception as err:  # tifffile and PIL raise many types
-        raise _unreadable(path, err) from None
-    if "S" in axes or len(shape) not in (2, 3):  # S: colour samples
-        raise DataError(
-            f"{path}: found an image of shape {shape} (axes {axes}); expected gray values: "
-            "one 2D image (height, width) or a stack (slices, height, width)"
-        )
-    return shape
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Pixels of a TIFF (any page count) or PNG; a PNG with identical RGB channels is gray."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        return read_tiff(path)
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im)
-    except Exception as err:
-        raise _unreadable(path, err) from None
-    if array.ndim == 3:  # RGB(A) PNGs of gray images are common: accept them if gray
-        color = array[..., :3]
-        if not (
-            np.array_equal(color[..., 0], color[..., 1])
-            and np.array_equal(color[..., 0], color[..., 2])
-        ):
-            raise DataError(f"{path}: a colour image of shape {array.shape}; expected gray values")
-        array = color[..., 0]
-    return array
-
-
-class FrameSource:
-    """The 2D frames of a prediction input, listed (and their headers checked) up front.
-
-    Args:
-        path: a 2D image (TIFF or PNG), a multi-page TIFF stack (e.g. ISBI's
-            ``test-volume.tif``) or a folder of 2D frames (e.g. a Cell Tracking Challenge
-            sequence ``tNNN.tif``; other files in it are ignored).
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise DataNotFoundError(f"input not found: {self.path} does not exist")
-        if self.path.is_dir():
-            self.files = sorted(
-                p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not self.files:
-                raise DataError(
-                    f"{self.path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
-                )
-            self.shapes = []
-            for f in self.files:
-                shape = probe_image(f)
-                if len(shape) != 2:
-                    raise DataError(
-                        f"{f}: a stack of shape {shape} inside a folder of frames; expected "
-                        "one 2D frame per file (or pass the stack file itself as input)"
-                    )
-                self.shapes.append(shape)
-            self.names = [f.stem for f in self.files]
-        else:
-            if self.path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(
-                    f"{self.path}: unsupported file type {self.path.suffix!r}; expected a "
-                    f"{', '.join(IMAGE_SUFFIXES)} file or a folder of such frames"
-                )
-            shape = probe_image(self.path)
-            self.files = [self.path]
-            if len(shape) == 2:
-                self.shapes, self.names = [shape], [self.path.stem]
-            else:
-                digits = max(3, len(str(shape[0] - 1)))
-                self.shapes = [shape[1:]] * shape[0]
-                self.names = [f"{self.path.stem}_{i:0{digits}d}" for i in range(shape[0])]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, (H, W) array) per frame, read when needed (one file at a time)."""
-        if self.path.is_dir():
-            frames = (read_image(f) for f in self.files)
-        else:
-            frames = read_image(self.path)
-            frames = frames[None] if frames.ndim == 2 else frames
-        for name, frame in zip(self.names, frames, strict=True):
-            if frame.size and frame.min() == frame.max():  # not an error: blank frames happen
-                print(f"warning: {name}: every pixel is {frame.flat[0]}; nothing to segment")
-            yield name, frame
 
 
 def mask_name(frame_name: str, index: int) -> str:
