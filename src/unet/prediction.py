@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
@@ -114,67 +116,65 @@ def predict_path(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Predict every frame of ``source`` and write the results to the folder ``output``.
+    """Predict every frame of ``source`` and write the results to the folder ``output``;
+    returns a summary (frame count, sizes, TIFF series, seconds, megapixels/s).
 
     Args:
         net: the trained network (e.g. from :func:`unet.checkpoint.load_network`).
         source: a 2D image, a multi-page TIFF stack or a folder of frames.
         output: the output folder (see the module docstring for its contents).
-        tiler: tile size, overlap and memory budget (default: automatic, exact stitching).
-        tta: test-time augmentation: ``none``, ``flips8`` or ``paper7``.
+        tiler, tta, precision: as in :func:`unet.inference.predict_image`.
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: ``32`` or ``bf16`` (autocast; probabilities are float32 either way).
-        postprocess: cell probability -> instance labels (default: the plain 4-connected
-            components of ``probability > 0.5``).
+        postprocess: cell probability -> instance labels (default: plain components).
         labels, challenge_naming, overlays: what to write besides the probabilities.
         overwrite: replace an existing output folder (all of it, once complete).
         progress: show a progress bar over frames and tiles.
-
-    Returns:
-        A summary: frame count, sizes, series in the TIFF, seconds and megapixels/s.
     """
     source = source if isinstance(source, FrameSource) else FrameSource(source)
-    tiler = tiler or Tiler()
-    postprocess = postprocess or PostProcessing()
+    tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     net = check_network(net).to(resolve_device(device)).eval()
     autocast_dtype(precision)  # checks the setting before anything is written
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
     staged = stage_output(output, overwrite, labels, overlays)
     pixels = sum(h * w for h, w in source.shapes)
-    stack_path = staged.path / "probabilities.tif"
+    stack = ProbabilityStackWriter(staged.path / "probabilities.tif", 4 * pixels > 2**32 - 2**25)
     start = time.perf_counter()
-    with (
-        progress_bar(progress) as bar,
-        staged,
-        ProbabilityStackWriter(stack_path, bigtiff=4 * pixels > 2**32 - 2**25) as stack,
-    ):
-        frames_task = bar.add_task("frames", total=len(source))
-        tiles_task = bar.add_task("tiles", total=None)
-        for index, (name, frame) in enumerate(source):
-            if frame.ndim != 2:
-                raise DataError(
-                    f"{name}: expected a 2D gray-value frame, found shape {frame.shape}"
-                )
-            bar.reset(tiles_task, total=count_tiles(net, frame.shape, tiler, tta))
-            prob = predict_image(
-                net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
-            )
+    with progress_bar(progress) as bar, staged, stack:
+        for index, (name, frame, prob) in enumerate(
+            predict_frames(net, source, tiler, tta, precision, bar)
+        ):
             cells = prob[CELL_CLASS]  # (H, W), float32
             stack.write(cells)
             if labels or overlays:
                 objects = postprocess(cells)
                 label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
                 write_objects(staged.path, name, label_file, frame, objects, labels, overlays)
-            bar.advance(frames_task)
     seconds = time.perf_counter() - start
     return {
         "frames": len(source),
         "sizes": sorted(set(source.shapes)),
-        "probabilities": str(staged.final / stack_path.name),
+        "probabilities": str(staged.final / "probabilities.tif"),
         "series": stack.num_series,
         "seconds": seconds,
         "megapixels_per_second": pixels / 1e6 / seconds,
     }
+
+
+def predict_frames(
+    net: nn.Module, source: FrameSource, tiler: Tiler, tta: str, precision, bar: Progress
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``."""
+    frames_task = bar.add_task("frames", total=len(source))
+    tiles_task = bar.add_task("tiles", total=None)
+    for name, frame in source:
+        if frame.ndim != 2:
+            raise DataError(f"{name}: expected a 2D gray-value frame, found shape {frame.shape}")
+        bar.reset(tiles_task, total=count_tiles(net, frame.shape, tiler, tta))
+        prob = predict_image(
+            net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
+        )
+        yield name, frame, prob
+        bar.advance(frames_task)
 
 
 def write_objects(
