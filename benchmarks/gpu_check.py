@@ -462,7 +462,7 @@ def run_check(settings: Settings, out: Path, data_dir: Path, train_minutes: floa
         "hardware": machine.describe(),
         "load_average_start": machine.load_average(),
         "settings": asdict(settings),
-        "network": ", ".join(f"{k}={v}" for k, v in net.config.items()),
+        "network": ", ".join(f"{k}={v}" for k, v in net.config.to_dict().items()),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
     }

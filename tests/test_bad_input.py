@@ -266,7 +266,7 @@ SETTING_CASES = {  # override -> words the message must contain
     "data.sigma=0": "data.sigma=0",
     "data.samples_per_epoch=0": "data.samples_per_epoch=0",
     "data.augmentation.rotation=400": "data.augmentation.rotation=400",
-    "model.optimizer.lr=abc": "model.optimizer.lr='abc': expected a number > 0",
+    "model.optimizer.lr=abc": "model.optimizer.lr='abc': expected a number >= 0",
     "model.optimizer.lr=-0.1": "model.optimizer.lr=-0.1",
     "model.optimizer.momentum=1.5": "model.optimizer.momentum=1.5",
     "model.net.padding=full": "model.net.padding='full': expected valid or same",

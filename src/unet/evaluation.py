@@ -126,8 +126,19 @@ def labels_rand_error(labels: Sequence[np.ndarray], split: SplitPredictions) -> 
     return sum(e * n for e, n in errors) / sum(n for _, n in errors)
 
 
+def has_truth(split: SplitPredictions) -> bool:
+    """Whether the split has something to score labels against: a ground-truth object
+    (cell data), or an image without unannotated pixels (ISBI)."""
+    if split.instances is not None:
+        return any(x.max() > 0 for x in split.instances)
+    return any((w > 0).all() for w in split.weights)
+
+
 def choose_for_split(split: SplitPredictions) -> tuple[PostProcessing, dict]:
-    """Post-processing chosen on the split: max SEG (cell data), else min labels' Rand error."""
+    """Post-processing chosen on the split: max SEG (cell data), else min labels' Rand error.
+    A split with nothing to score against keeps the defaults."""
+    if not has_truth(split):
+        return PostProcessing(), {"score": "none: the split has no ground truth to score"}
     if split.instances is not None:
         name = "seg"
 
@@ -157,9 +168,9 @@ def heldout_score(split: SplitPredictions) -> dict[str, float]:
     other, and the pooled labels are scored as ``choose_for_split`` scores them. Empty for a
     split of one image."""
     n = len(split.probabilities)
-    if n < 2:
-        return {}
     halves = [list(range(0, n, 2)), list(range(1, n, 2))]
+    if n < 2 or not all(has_truth(subset(split, half)) for half in halves):
+        return {}
     labels: list[np.ndarray | None] = [None] * n
     for chosen_on, applied_to in (halves, halves[::-1]):
         chosen, _ = choose_for_split(subset(split, chosen_on))
@@ -173,12 +184,12 @@ def heldout_score(split: SplitPredictions) -> dict[str, float]:
 def label_scores(split: SplitPredictions, postprocess: PostProcessing) -> dict[str, float]:
     """Scores of the label images that ``postprocess`` makes of the probabilities."""
     labels = [postprocess(p) for p in split.probabilities]
+    if not has_truth(split):
+        return {}
     if split.instances is not None:
         scores = score_cell_frames(labels, split.instances)
         plain = [PostProcessing()(p) for p in split.probabilities]
         return scores | {"seg_plain": score_cell_frames(plain, split.instances)["seg"]}
-    if not any((w > 0).all() for w in split.weights):
-        return {}
     maps = [boundary_map(x) for x in labels]
     return {f"labels_{k}": v for k, v in challenge_scores(maps, split).items()}
 
