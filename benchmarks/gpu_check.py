@@ -33,7 +33,6 @@ without ``--smoke`` it stops with a message.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -50,6 +49,7 @@ import torch
 from omegaconf import OmegaConf
 
 from unet import machine
+from unet.checkpoint import read_checkpoint
 from unet.data.readers import read_tiff
 from unet.data.samples import standardize
 from unet.loss import weighted_cross_entropy
@@ -334,16 +334,13 @@ def training_run(out: Path, minutes: float, settings: Settings, data_dir: Path) 
 
 
 def steps_and_epochs(run_dir: Path) -> dict:
-    """Optimizer steps (from Lightning's CSV log: the final validation logs the global step),
-    and the epochs they make (tiles seen / ``data.samples_per_epoch``)."""
-    steps = None
-    for path in run_dir.glob("csv/**/metrics.csv"):
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                if row.get("step"):
-                    steps = max(steps or 0, int(row["step"]))
-    config = run_dir / ".hydra" / "config.yaml"
-    if steps is None or not config.is_file():
+    """Optimizer steps (the ``global_step`` of the run's ``last.ckpt``), and the epochs they
+    make (tiles seen / ``data.samples_per_epoch``)."""
+    last, config = run_dir / "checkpoints" / "last.ckpt", run_dir / ".hydra" / "config.yaml"
+    if not last.is_file():
+        return {"steps": None, "epochs": None}
+    steps = int(read_checkpoint(last).get("global_step", 0))
+    if not config.is_file():
         return {"steps": steps, "epochs": None}
     data = OmegaConf.load(config).data
     return {"steps": steps, "epochs": steps * data.batch_size / data.samples_per_epoch}
