@@ -65,7 +65,8 @@ PAPER = {
         "ISBI 2012",
         (
             PaperFigure("val/warping_error", "warping error", 0.000353),
-            PaperFigure("val/rand_error", "Rand error", 0.0382),
+            PaperFigure("val/rand_error", "Rand error of the probability map", 0.0382),
+            PaperFigure("val/labels_rand_error", "Rand error of the post-processed labels", 0.0382),
             PaperFigure("val/pixel_error", "pixel error", 0.0611),
         ),
     ),
