@@ -371,6 +371,15 @@ def markdown(results: dict) -> str:
         f"- **Took:** {fmt(results.get('seconds'), 0)} s; "
         f"by part (s): {results.get('part_seconds')}",
         "",
+    ]
+    lines += speed_lines(results) + inference_lines(results)
+    lines += memory_lines(results) + training_lines(results)
+    return "\n".join(lines) + "\n"
+
+
+def speed_lines(results: dict) -> list[str]:
+    """The training-speed table."""
+    lines = [
         "## Training speed (forward + weighted loss + backward + SGD step)",
         "",
         "| tile | batch | precision | s/step | tiles/s | GFLOP/s | peak GiB |",
@@ -385,7 +394,12 @@ def markdown(results: dict) -> str:
             f"| {fmt(r['tiles_per_second'], 2)} | {fmt(r['gflop_per_second'], 0)} "
             f"| {fmt(r['peak_memory_gib'], 2)} |"
         )
-    lines += [
+    return lines
+
+
+def inference_lines(results: dict) -> list[str]:
+    """The test-volume inference table."""
+    lines = [
         "",
         "## Inference of the ISBI 2012 test volume",
         "",
@@ -401,7 +415,12 @@ def markdown(results: dict) -> str:
             f"| {fmt(r['megapixels_per_second'], 1)} | {plan} | {fmt(r.get('estimate_gib'), 2)} "
             f"| {fmt(r.get('peak_memory_gib'), 2)} | {fmt(r.get('budget_gib'), 1)} |"
         )
-    lines += [
+    return lines
+
+
+def memory_lines(results: dict) -> list[str]:
+    """The tiler's memory estimate against the measured peak."""
+    lines = [
         "",
         "## Tiler memory estimate against the measured peak (one forward pass)",
         "",
@@ -417,7 +436,13 @@ def markdown(results: dict) -> str:
             f"| {r['tile']} | {r['batch']} | {r['precision']} | {fmt(r['estimate_gib'], 2)} "
             f"| {measured} | {fmt(r.get('measured_over_estimate'), 2)} |"
         )
+    return lines
+
+
+def training_lines(results: dict) -> list[str]:
+    """The training run's summary and final validation metrics."""
     train = results.get("training")
+    lines: list[str] = []
     if train:
         lines += [
             "",
@@ -433,7 +458,7 @@ def markdown(results: dict) -> str:
         for key, value in sorted((train["metrics"] or {}).items()):
             if isinstance(value, int | float):
                 lines.append(f"| `{key}` | {fmt(float(value), 4)} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 class Report:
