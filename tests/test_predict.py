@@ -18,11 +18,10 @@ from unet.cli import run_or_exit
 from unet.data.readers import DataError
 from unet.errors import UserError
 from unet.network import NetConfig, UNet
-from unet.postprocess import PostProcessing
+from unet.postprocess import PostProcessing, postprocessing_for
 from unet.prediction import (
     PredictionSettingError,
     mask_name,
-    postprocessing_for,
     predict,
     predict_path,
 )

@@ -38,12 +38,16 @@ from unet.checkpoint import load_trained
 from unet.data.readers import DataError, read_tiff
 from unet.errors import UserError
 from unet.inference import predict_image
+from unet.labels import CELL_CLASS
 from unet.metrics import PixelCounts, rand_error, score_cell_frames, score_isbi_stack
-from unet.postprocess import PostProcessing, boundary_map, choose_postprocessing
+from unet.postprocess import (
+    PostProcessing,
+    boundary_map,
+    choose_postprocessing,
+    postprocessing_for,
+)
 from unet.tiler import Tiler
 from unet.validation import build, check_config
-
-CELL_CLASS = 1
 
 
 @dataclass
@@ -99,11 +103,17 @@ def _same_size_groups(indices: Sequence[int], shapes: Sequence[tuple]) -> list[l
     return list(groups.values())
 
 
+def complete_images(split: SplitPredictions) -> list[int]:
+    """The images without unannotated pixels (weight > 0 everywhere): the ISBI definitions
+    know no unlabelled pixels."""
+    return [k for k, w in enumerate(split.weights) if (w > 0).all()]
+
+
 def challenge_scores(maps: Sequence[np.ndarray], split: SplitPredictions) -> dict[str, float]:
     """ISBI 2012 challenge metrics of cell-probability (or boundary) maps, over the images
     without unannotated pixels; images of several sizes are scored size by size and
     averaged, weighted by image count. Empty if every image has unannotated pixels."""
-    complete = [k for k, w in enumerate(split.weights) if (w > 0).all()]
+    complete = complete_images(split)
     totals: dict[str, float] = {}
     for group in _same_size_groups(complete, [m.shape for m in maps]):
         scores = score_isbi_stack(
@@ -117,7 +127,7 @@ def challenge_scores(maps: Sequence[np.ndarray], split: SplitPredictions) -> dic
 
 def labels_rand_error(labels: Sequence[np.ndarray], split: SplitPredictions) -> float:
     """ISBI Rand error of the boundary maps of instance labels (complete images only)."""
-    complete = [k for k, w in enumerate(split.weights) if (w > 0).all()]
+    complete = complete_images(split)
     errors = []
     for group in _same_size_groups(complete, [x.shape for x in labels]):
         maps = np.stack([boundary_map(labels[k]) for k in group])
@@ -131,7 +141,7 @@ def has_truth(split: SplitPredictions) -> bool:
     (cell data), or an image without unannotated pixels (ISBI)."""
     if split.instances is not None:
         return any(x.max() > 0 for x in split.instances)
-    return any((w > 0).all() for w in split.weights)
+    return bool(complete_images(split))
 
 
 def choose_for_split(split: SplitPredictions) -> tuple[PostProcessing, dict]:
@@ -298,9 +308,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         metrics = score_prediction_file(cfg.predictions, datamodule, cfg.split)
         metrics |= {"source": str(cfg.predictions)}
     else:
-        postprocess = (trained.postprocess or PostProcessing()).replace(
-            **dict(cfg.get("postprocess") or {})
-        )
+        postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
         split = predict_split(trained.net, datamodule, cfg.split, Tiler(), cfg.tta)
         metrics, postprocess, chosen_on = score_split(split, postprocess, cfg.get("choose", False))
         metrics |= {

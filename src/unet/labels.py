@@ -11,6 +11,7 @@ import numpy as np
 
 from unet.errors import UserError
 
+CELL_CLASS = 1  # the class index of the cell interior in class maps and probabilities
 CELL_VALUES = (1, 255)  # the values a binary label may use for the cell interior
 
 

@@ -139,6 +139,12 @@ class PostProcessing:
         return relabel_sequential(labels.astype(np.int32, copy=False))[0]
 
 
+def postprocessing_for(stored: PostProcessing | None, overrides: dict | None) -> PostProcessing:
+    """The post-processing to use: what validation chose and a checkpoint stores (the plain
+    defaults if it stores none), with the settings a user gave (non-null) replacing those."""
+    return (stored or PostProcessing()).replace(**dict(overrides or {}))
+
+
 def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     """``labels`` without the objects of fewer than ``min_area`` pixels (ids unchanged)."""
     if min_area <= 1:

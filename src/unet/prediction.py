@@ -34,13 +34,12 @@ from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
 from unet.errors import OutputExistsError, UserError
 from unet.inference import autocast_dtype, predict_image
-from unet.postprocess import PostProcessing
+from unet.labels import CELL_CLASS
+from unet.postprocess import PostProcessing, postprocessing_for
 from unet.tiler import Tiler
 from unet.tta import count_tiles
 from unet.validation import build, check_config
 from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay
-
-CELL_CLASS = 1  # class 1 = cell interior, as in training (unet.data.readers.binary_labels)
 
 
 class PredictionSettingError(UserError, ValueError):
@@ -221,13 +220,6 @@ def progress_bar(enabled: bool) -> Progress:
         TimeRemainingColumn(),
     )
     return Progress(*columns, disable=not enabled, transient=True)
-
-
-def postprocessing_for(stored: PostProcessing | None, overrides: dict | None) -> PostProcessing:
-    """The post-processing to use: what validation chose and the checkpoint stores (the
-    plain defaults if it stores none), with the settings a user gave (non-null) replacing
-    those."""
-    return (stored or PostProcessing()).replace(**dict(overrides or {}))
 
 
 def predict(cfg: DictConfig) -> dict:
