@@ -1,10 +1,14 @@
 """Score a checkpoint: python src/eval.py ckpt_path=... [split=val|train] [data=isbi]"""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from unet.cli import run_or_exit
+from unet.cli import check_command_line, run_or_exit
 from unet.evaluation import evaluate
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
@@ -13,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(CONFIGS, "eval")
     main()

@@ -1,10 +1,14 @@
 """Train a U-Net: python src/train.py [experiment=isbi_cpu] [key=value ...]"""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from unet.cli import run_or_exit
+from unet.cli import check_command_line, run_or_exit
 from unet.training import train
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -15,4 +19,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_command_line(CONFIGS, "train")
     main()

@@ -31,6 +31,7 @@ from omegaconf import open_dict
 from scipy import ndimage
 
 from unet.atomic import partial_path
+from unet.cli import check_command_line
 from unet.errors import UserError
 from unet.evaluation import evaluate
 from unet.fingerprint import record_probe
@@ -643,6 +644,9 @@ def test_command_lines_exit_2_with_one_line(good_data, ckpt, tmp_path):
             good_data,
             cache,
         ),
+        "data=foo: there is no 'data/foo' config": run_cli(
+            "train", ["data=foo", f"hydra.run.dir={tmp_path / 'c'}"], good_data, cache
+        ),
         "split='test'": run_cli(
             "eval",
             [f"ckpt_path={ckpt}", "split=test", f"hydra.run.dir={tmp_path / 'e'}"],
@@ -655,7 +659,44 @@ def test_command_lines_exit_2_with_one_line(good_data, ckpt, tmp_path):
         assert process.returncode == 2, err[-2000:]
         assert "Traceback" not in err and err.count("\n") == 1, err
         assert err.startswith("error: ") and words in err, err
-    assert not (tmp_path / "p").exists()
+    assert not (tmp_path / "p").exists() and not (tmp_path / "c").exists()
+
+
+# Mistakes Hydra itself cannot compose: (config, command line, words the one line must hold).
+COMPOSITION_CASES = {
+    "unknown choice": ("train", ["data=foo"], ["data=foo", "hela, isbi, u373"]),
+    "unknown experiment": ("train", ["experiment=isbi"], ["experiment=isbi", "isbi_cpu"]),
+    "misspelt key": ("train", ["trainer.max_epoch=2"], ["trainer.max_epochs", "+trainer"]),
+    "unknown nested key": ("train", ["data.nosuch.deep=3"], ["'data.nosuch.deep'"]),
+    "misspelt eval key": ("eval", ["splitt=val"], ["did you mean split?"]),
+    "unreadable value": ("train", ["data.tile_size=[1"], ["data.tile_size=[1", "key=value"]),
+    "sweep without -m": ("train", ["seed=1,2"], ["seed=1,2", "--multirun"]),
+    "unknown sweeper": ("train", ["-m", "hydra/sweeper=optunaa"], ["basic, optuna"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPOSITION_CASES))
+def test_composition_mistake_is_one_line_exit_2(case, capsys):
+    config, argv, words = COMPOSITION_CASES[case]
+    with pytest.raises(SystemExit) as stop:
+        check_command_line(ROOT / "configs", config, argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert all(word in err for word in words), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["experiment=isbi_cpu", "seed=3", "hydra.run.dir=/tmp/x"],
+        ["-m", "seed=1,2", "model.optimizer.lr=tag(log, interval(1e-4, 1e-2))"],
+        ["-m", "hydra/sweeper=optuna", "data=glob(*)"],
+        ["+trainer.max_steps=2"],
+        ["--help"],
+    ],
+)
+def test_command_lines_hydra_accepts_pass_the_check(argv):
+    check_command_line(ROOT / "configs", "train", argv)  # no SystemExit
 
 
 def test_sigkill_mid_epoch_then_ckpt_path_last_continues(good_data, tmp_path):

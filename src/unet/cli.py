@@ -1,14 +1,28 @@
-"""What the Hydra entry points share: user errors end the program with one clear line."""
+"""What the Hydra entry points share: user errors end the program with one clear line.
+
+Two kinds of mistakes reach an entry point: settings that compose but are wrong (checked by
+``unet.validation`` and the readers, raised as :class:`UserError`), and settings Hydra
+cannot compose at all (``data=foo``, ``trainer.max_stepz=2``, ``tile_size=[1``). Hydra
+prints the second kind over several lines and exits with 1; :func:`check_command_line`
+composes the config once before Hydra does and answers both kinds the same way: one
+``error:`` line and exit code 2.
+"""
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from unet.errors import UserError
 
 T = TypeVar("T")
+
+# Hydra flags after which this check cannot compose what Hydra will (help pages, another
+# config folder or file, re-running a pickled job): Hydra handles those command lines alone.
+_LEFT_TO_HYDRA = ("help", "hydra_help", "info", "shell_completion", "config_path", "config_dir")
 
 
 def run_or_exit(fn: Callable[..., T], *args) -> T:
@@ -18,3 +32,140 @@ def run_or_exit(fn: Callable[..., T], *args) -> T:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_command_line(
+    config_dir: str | Path, config_name: str, argv: list[str] | None = None
+) -> None:
+    """Exit with one ``error:`` line and code 2 if Hydra could not compose ``argv``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        message = command_line_error(Path(config_dir), config_name, argv)
+    except ImportError:  # Hydra's internals moved: Hydra reports the mistake itself
+        return
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def command_line_error(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
+    """Why Hydra could not compose the config of ``argv`` (None if it can)."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # a malformed flag: argparse has printed its usage line
+        return None
+    if any(getattr(args, flag, None) for flag in _LEFT_TO_HYDRA) or args.experimental_rerun:
+        return None
+    parser = OverridesParser.create()
+    overrides = []
+    for line in args.overrides:
+        try:
+            overrides.extend(parser.parse_overrides([line]))
+        except OverrideParseException as err:
+            reason = str(err).splitlines()[0]
+            return (
+                f"{line}: Hydra cannot read this setting ({reason}); expected key=value, "
+                "see https://hydra.cc/docs/advanced/override_grammar/basic"
+            )
+    checked = []
+    for override in overrides:
+        if override.is_sweep_override() and not args.multirun:
+            return (
+                f"{override.input_line}: several values (a sweep) in a single run; add "
+                "--multirun to sweep, or write a list as key=[a,b]"
+            )
+        line = _one_value(override)
+        if line is not None:
+            checked.append((override.input_line, line))
+    return _compose_error(config_dir, args.config_name or config_name, checked)
+
+
+def _one_value(override) -> str | None:
+    """``override`` with one of its values (the first of a sweep), or None if that cannot be
+    said without Hydra's config loader (a glob over choices)."""
+    if not override.is_sweep_override():
+        return override.input_line
+    value = override.value()
+    try:
+        first = next(iter(override.sweep_string_iterator()))
+    except Exception:
+        start = getattr(value, "start", None)
+        if start is None:
+            return None
+        first = str(start)
+    return f"{override.get_key_element()}={first}"
+
+
+def _compose_error(config_dir: Path, config_name: str, checked: list[tuple[str, str]]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    lines = [line for _, line in checked]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
+            try:
+                compose(config_name, overrides=lines, return_hydra_config=True)
+            except MissingConfigException as err:
+                return _missing_choice(err, checked, config_name)
+            except (HydraException, OmegaConfBaseException) as err:
+                return _not_composed(err, checked, config_name, compose)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def _missing_choice(err, checked, config_name: str) -> str:
+    """``data=foo``: name the setting and list the choices there are."""
+    missing = str(getattr(err, "missing_cfg_file", "") or "")
+    group = missing.rsplit("/", 1)[0] if "/" in missing else ""
+    options = sorted(getattr(err, "options", None) or [])
+    given = next(
+        (given for given, _ in checked if group and given.lstrip("+~").startswith(group + "=")),
+        None,
+    )
+    if given is None or not options:
+        return f"{_first_line(err)} (composing the '{config_name}' config)"
+    return f"{given}: there is no '{missing}' config; expected one of: {', '.join(options)}"
+
+
+def _not_composed(err, checked, config_name: str, compose) -> str:
+    """``trainer.max_stepz=2``: name the setting, suggest the nearest existing key."""
+    text = f"{err} {err.__cause__ or ''}"
+    for given, _ in checked:
+        key = given.lstrip("+~").split("=", 1)[0]
+        if f"'{key}'" not in text:
+            continue
+        if "not in struct" not in text and "Could not override" not in text:
+            return f"{given}: {_first_line(err)}"
+        hint = _nearest_key(key, config_name, compose)
+        return (
+            f"{given}: '{key}' is not a setting of the '{config_name}' config"
+            + (f" (did you mean {hint}?)" if hint else "")
+            + f"; to add a new key on purpose write +{given}"
+        )
+    return f"{_first_line(err)} (composing the '{config_name}' config)"
+
+
+def _nearest_key(key: str, config_name: str, compose) -> str | None:
+    """The existing key most like ``key`` under the same parent, if one is close."""
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node = compose(config_name)
+        for part in filter(None, parent.split(".")):
+            node = node[part]
+        names = [str(k) for k in node.keys()]
+    except Exception:  # the parent itself does not exist or is not a mapping
+        return None
+    close = difflib.get_close_matches(leaf, names, n=1)
+    return f"{parent + '.' if parent else ''}{close[0]}" if close else None
+
+
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), repr(err))
