@@ -26,12 +26,14 @@ import torch
 from conftest import CONFIGS
 from conftest import _compose_train as compose_train
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from omegaconf import open_dict
 from scipy import ndimage
 
 from unet.atomic import partial_path
 from unet.cli import check_command_line
+from unet.data.readers import require_finite
 from unet.errors import UserError
 from unet.evaluation import evaluate
 from unet.fingerprint import record_probe
@@ -425,6 +427,51 @@ def test_bad_prediction_input_writes_nothing(case, ckpt, tmp_path):
     assert not out.exists() and not partial_path(out).exists()
 
 
+def test_non_finite_input_is_replaced_only_on_request(ckpt, tmp_path, capsys):
+    """nonfinite=median predicts a NaN patch like the rest of the frame (finite output, one
+    warning); the default refuses the same file (PREDICT_CASES)."""
+    source = _nan_stack(tmp_path / "nan.tif")
+    out = tmp_path / "out"
+    predict(
+        compose_predict(
+            [f"ckpt_path={ckpt}", f"input={source}", f"output={out}", "nonfinite=median"]
+        )
+    )
+    probabilities = tifffile.imread(out / "probabilities.tif")
+    assert probabilities.shape[0] == 3 and np.isfinite(probabilities).all()
+    assert "100 of 5760 pixels are NaN or infinite" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", ["median", "zero"])
+def test_require_finite_replaces_per_image(how):
+    stack = np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5)
+    stack[1, 0, :2] = [np.nan, np.inf]
+    fixed = require_finite(stack, "s.tif", how)
+    expected = np.median(stack[1][np.isfinite(stack[1])]) if how == "median" else 0
+    assert np.array_equal(fixed[1, 0, :2], [expected, expected])
+    assert np.array_equal(fixed[0], stack[0]) and np.isnan(stack[1, 0, 0])  # input untouched
+
+
+def test_require_finite_refuses_an_image_without_finite_pixels_and_unknown_choices():
+    stack = np.ones((2, 3, 3), np.float32)
+    stack[1] = np.nan
+    with pytest.raises(UserError) as err:
+        require_finite(stack, "s.tif", "median", "data.nonfinite")
+    assert "s.tif: image 1 has no finite pixel" in one_line(err)
+    with pytest.raises(UserError) as err:
+        require_finite(stack, "s.tif", "mean", "data.nonfinite")
+    assert "data.nonfinite='mean': expected one of refuse, median, zero" in one_line(err)
+
+
+def test_training_replaces_non_finite_pixels_on_request(data, tmp_path, capsys):
+    _nan_volume(data / "isbi2012")
+    cfg = compose_train(overriding(TRAIN, "data.nonfinite=median"), tmp_path / "run", data)
+    splits = instantiate(cfg.data).read_splits()
+    assert all(np.isfinite(image).all() for split in splits.values() for image in split.images)
+    out = capsys.readouterr().out
+    assert "train-volume.tif: 100 of 16384 pixels are NaN" in out and "data.nonfinite" in out
+
+
 def test_missing_required_setting(tmp_path):
     with pytest.raises(UserError) as err:
         predict(compose_predict([f"output={tmp_path / 'out'}"]))
@@ -525,13 +572,14 @@ def test_blank_frame_is_predicted_with_a_warning(ckpt, tmp_path, capsys):
 
 
 class PoisonWeights(Callback):
-    """Puts NaN into a training batch's weight map at one step, as a damaged cache would."""
+    """Puts NaN into a training batch's weight map at one step, as a damaged cache would
+    (on one rank only, if ``rank`` is given)."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None):
+        self.step, self.rank = step, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             size = batch["weight"].shape[-1]  # the centre: inside the network's output window
             batch["weight"][0, size // 2, size // 2] = float("nan")
 
@@ -551,6 +599,31 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(good_
     assert last.read_bytes() == good  # never overwritten by a NaN model
     weights = torch.load(last, weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_non_finite_loss_on_one_ddp_rank_stops_every_rank(good_data, tmp_path):
+    """NaN on rank 1 only: both ranks stop at that step with one line and exit 2, instead
+    of rank 0 waiting in the gradient all-reduce for a rank that has stopped."""
+    run = tmp_path / "run"
+    args = [
+        *overriding(TRAIN, "trainer.accelerator=cpu", "trainer.devices=2"),
+        "trainer=ddp",
+        "+callbacks.poison._target_=test_bad_input.PoisonWeights",
+        "+callbacks.poison.step=1",
+        "+callbacks.poison.rank=1",
+        f"hydra.run.dir={run}",
+    ]
+    process = run_cli("train", args, good_data, tmp_path / "cache")
+    try:
+        out, err = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("a rank is still waiting after 300 s")
+    assert process.returncode == 2, err[-3000:]
+    assert (
+        "Traceback" not in err and "error: non-finite loss on 1 other of 2 ranks at step 1" in err
+    )
+    assert "error: non-finite loss (nan) at step 1" in err  # rank 1's line (same stderr)
 
 
 def test_corrupted_cache_is_recomputed_to_the_same_loss(good_data, tmp_path):

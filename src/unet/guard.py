@@ -55,7 +55,9 @@ class NumericGuard(Callback):
 
     The message names the step, the batch's source images and the likely causes. Under
     16-bit precision with gradient scaling, infinite gradients are the scaler's business
-    (it skips those steps), so only the loss is checked there.
+    (it skips those steps), so only the loss is checked there. Under DDP the ranks agree on
+    the loss check (one small all-reduce per step) and all stop together; gradients are the
+    same on every rank after DDP's all-reduce, so their check needs no agreement.
     """
 
     def __init__(self):
@@ -66,7 +68,15 @@ class NumericGuard(Callback):
         self._batch, self._batch_idx = batch if isinstance(batch, dict) else {}, batch_idx
 
     def on_before_backward(self, trainer: Trainer, pl_module, loss: torch.Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach()).all()):
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            # Every rank must stop at the same step: a rank that went on to the backward
+            # pass would wait forever in DDP's gradient all-reduce for the rank that stopped.
+            flag = torch.tensor(0.0 if finite else 1.0, device=loss.device)
+            bad_ranks = int(trainer.strategy.reduce(flag, reduce_op="sum").item())
+            if finite and bad_ranks:
+                self._stop(trainer, f"loss on {bad_ranks} other of {trainer.world_size} ranks")
+        if not finite:
             self._stop(trainer, f"loss ({float(loss.detach().float().mean())})")
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer):

@@ -225,7 +225,9 @@ def progress_bar(enabled: bool) -> Progress:
 def predict(cfg: DictConfig) -> dict:
     """Predict ``cfg.input`` with the network of ``cfg.ckpt_path``; results go to ``cfg.output``."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
-    source = FrameSource(cfg.input)  # input problems show before the checkpoint is loaded
+    source = FrameSource(
+        cfg.input, cfg.get("nonfinite", "refuse")
+    )  # input problems show before the checkpoint is loaded
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part, too
     trained = load_trained(cfg.ckpt_path)
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from unet.data.readers import NONFINITE_CHOICES
 from unet.errors import UserError
 
 
@@ -187,6 +188,7 @@ SETTINGS = [
     ),
     Setting("data.crop", integer(1), "an integer >= 1", nullable=True),
     Setting("data.seed", integer(0), "a non-negative integer"),
+    Setting("data.nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),
     Setting("data.augmentation.elastic_std", number(0), "a number >= 0 (paper: 10 px)"),
     Setting("data.augmentation.elastic_grid", integer(2), "an integer >= 2 (paper: 3)"),
     Setting("data.augmentation.rotation", number(0, 180), "an angle in [0, 180] degrees"),
@@ -241,6 +243,7 @@ SETTINGS = [
     Setting("labels", boolean, "true or false"),
     Setting("challenge_naming", boolean, "true or false"),
     Setting("overlays", boolean, "true or false"),
+    Setting("nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),
     Setting("progress", boolean, "true or false"),
     Setting("tiler.tile_size", integer(1), "a valid input size, e.g. 572", nullable=True),
     Setting("tiler.overlap", integer(0), "an integer >= 0", nullable=True),

@@ -75,7 +75,9 @@ def annotated_frame_numbers(folder: Path, sequence: str) -> list[str]:
     return numbers
 
 
-def read_frame(folder: Path, sequence: str, number: str, markers: bool = True) -> Frame:
+def read_frame(
+    folder: Path, sequence: str, number: str, markers: bool = True, nonfinite: str = "refuse"
+) -> Frame:
     """The frame, SEG mask and (optionally) TRA markers of one annotated frame."""
     seg_path = folder / f"{sequence}_GT" / "SEG" / f"man_seg{number}.tif"
     frame_path = folder / sequence / f"t{number}.tif"
@@ -84,7 +86,7 @@ def read_frame(folder: Path, sequence: str, number: str, markers: bool = True) -
             f"{seg_path}: its frame {frame_path} does not exist; every SEG mask needs the "
             "frame it outlines"
         )
-    image = read_tiff(frame_path)
+    image = read_tiff(frame_path, nonfinite, "data.nonfinite")
     if image.ndim != 2:
         raise DataError(f"{frame_path}: expected a 2D gray-value frame, found shape {image.shape}")
     require_contrast(image, str(frame_path))
@@ -103,7 +105,11 @@ def read_frame(folder: Path, sequence: str, number: str, markers: bool = True) -
 
 
 def read_annotated_frames(
-    data_dir: str | Path, dataset: str, sequences: Sequence[str], markers: bool = True
+    data_dir: str | Path,
+    dataset: str,
+    sequences: Sequence[str],
+    markers: bool = True,
+    nonfinite: str = "refuse",
 ) -> list[Frame]:
     """Every frame with a SEG mask in the given sequences of ``<data_dir>/<dataset>``."""
     folder = Path(data_dir) / dataset
@@ -113,7 +119,7 @@ def read_annotated_frames(
             f"exist. {DOWNLOAD_HINT}"
         )
     frames = [
-        read_frame(folder, seq, number, markers)
+        read_frame(folder, seq, number, markers, nonfinite)
         for seq in sequences
         for number in annotated_frame_numbers(folder, seq)
     ]
@@ -215,6 +221,8 @@ class CellTrackingDataModule(SegmentationDataModule):
         augmentation: moves each training tile's image, classes and weights together.
         crop: use only the top-left crop x crop pixels of every frame (quick tests).
         seed: seed of the training-tile randomness.
+        nonfinite: NaN or infinite pixels are refused ("refuse") or replaced by their
+            frame's median ("median") or 0 ("zero").
     """
 
     def __init__(
@@ -235,6 +243,7 @@ class CellTrackingDataModule(SegmentationDataModule):
         augmentation: Augmentation | None = None,
         crop: int | None = None,
         seed: int = 0,
+        nonfinite: str = "refuse",
     ):
         super().__init__(augmentation)
         # plain lists, not Hydra's ListConfig: checkpoints must load with weights_only=True
@@ -246,7 +255,11 @@ class CellTrackingDataModule(SegmentationDataModule):
         hp = self.hparams
         margin = hp.unannotated_margin
         frames = read_annotated_frames(
-            hp.data_dir, hp.dataset, hp.sequences, markers=margin is not None
+            hp.data_dir,
+            hp.dataset,
+            hp.sequences,
+            markers=margin is not None,
+            nonfinite=hp.nonfinite,
         )
         images, classes, weights, complete, all_instances = [], [], [], [], []
         for f in frames:

@@ -49,10 +49,11 @@ def probe_image(path: Path) -> tuple[int, ...]:
     return shape
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Pixels of a TIFF (any page count) or PNG; a PNG with identical RGB channels is gray."""
+def read_image(path: Path, nonfinite: str = "refuse") -> np.ndarray:
+    """Pixels of a TIFF (any page count) or PNG; a PNG with identical RGB channels is gray.
+    ``nonfinite``: what to do with NaN or infinite pixels (``unet.data.readers``)."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        return read_tiff(path)
+        return read_tiff(path, nonfinite)
     try:
         with Image.open(path) as im:
             array = np.asarray(im)
@@ -76,10 +77,13 @@ class FrameSource:
         path: a 2D image (TIFF or PNG), a multi-page TIFF stack (e.g. ISBI's
             ``test-volume.tif``) or a folder of 2D frames (e.g. a Cell Tracking Challenge
             sequence ``tNNN.tif``; other files in it are ignored).
+        nonfinite: NaN or infinite pixels are refused ("refuse") or replaced by their
+            frame's median ("median") or 0 ("zero").
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, nonfinite: str = "refuse"):
         self.path = Path(path)
+        self.nonfinite = nonfinite
         if not self.path.exists():
             raise DataNotFoundError(f"input not found: {self.path} does not exist")
         if self.path.is_dir():
@@ -121,9 +125,9 @@ class FrameSource:
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         """(name, (H, W) array) per frame, read when needed (one file at a time)."""
         if self.path.is_dir():
-            frames = (read_image(f) for f in self.files)
+            frames = (read_image(f, self.nonfinite) for f in self.files)
         else:
-            frames = read_image(self.path)
+            frames = read_image(self.path, self.nonfinite)
             frames = frames[None] if frames.ndim == 2 else frames
         for name, frame in zip(self.names, frames, strict=True):
             if frame.size and frame.min() == frame.max():  # not an error: blank frames happen

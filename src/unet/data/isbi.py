@@ -43,8 +43,11 @@ def as_stack(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def read_isbi_training(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) raw slices and (N, H, W) class maps (1 = cell interior, 0 = membrane)."""
+def read_isbi_training(
+    data_dir: str | Path, nonfinite: str = "refuse"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) raw slices and (N, H, W) class maps (1 = cell interior, 0 = membrane);
+    ``nonfinite``: what to do with NaN or infinite pixels (``unet.data.readers``)."""
     folder = Path(data_dir) / "isbi2012"
     if not folder.is_dir():
         raise DataError(
@@ -52,7 +55,7 @@ def read_isbi_training(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
         )
     volume_path = require_file(folder / "train-volume.tif", "ISBI training volume", DOWNLOAD_HINT)
     labels_path = require_file(folder / "train-labels.tif", "ISBI training labels", DOWNLOAD_HINT)
-    volume = as_stack(read_tiff(volume_path), volume_path)
+    volume = as_stack(read_tiff(volume_path, nonfinite, "data.nonfinite"), volume_path)
     labels = as_stack(read_tiff(labels_path), labels_path)
     if volume.shape != labels.shape:
         raise DataError(
@@ -111,6 +114,8 @@ class IsbiDataModule(SegmentationDataModule):
             (:class:`unet.augmentation.Augmentation`; None: plain tiles).
         crop: use only the top-left crop x crop pixels of every slice (quick tests).
         seed: seed of the training-tile randomness.
+        nonfinite: NaN or infinite pixels are refused ("refuse") or replaced by their
+            slice's median ("median") or 0 ("zero").
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class IsbiDataModule(SegmentationDataModule):
         augmentation: Augmentation | None = None,
         crop: int | None = None,
         seed: int = 0,
+        nonfinite: str = "refuse",
     ):
         super().__init__(augmentation)
         # a plain list, not Hydra's ListConfig: checkpoints must load with weights_only=True
@@ -135,7 +141,7 @@ class IsbiDataModule(SegmentationDataModule):
 
     def read_splits(self) -> dict[str, Split]:
         hp = self.hparams
-        volume, classes = read_isbi_training(hp.data_dir)
+        volume, classes = read_isbi_training(hp.data_dir, hp.nonfinite)
         if hp.crop:
             volume, classes = volume[:, : hp.crop, : hp.crop], classes[:, : hp.crop, : hp.crop]
         images = [standardize(s) for s in volume]

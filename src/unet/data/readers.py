@@ -83,13 +83,16 @@ def _check_complete(tif: tifffile.TiffFile, path: Path, errors: list[str]) -> No
         )
 
 
-def read_tiff(path: str | Path) -> np.ndarray:
+def read_tiff(
+    path: str | Path, nonfinite: str = "refuse", setting: str = "nonfinite"
+) -> np.ndarray:
     """Read a (multi-page) TIFF into an array, checking that it is complete and finite.
 
     Checked against the file itself: every page the header chain or the metadata promises
     is present and its pixel data lies inside the file (a truncated copy is refused, not
     read as its first pages); the data type is numeric; float data holds no NaN or
-    infinity. Any decoding failure names the file.
+    infinity, unless ``nonfinite`` asks for them to be replaced (:func:`require_finite`).
+    Any decoding failure names the file.
     """
     path = Path(path)
     collect = _Collect()
@@ -119,23 +122,52 @@ def read_tiff(path: str | Path) -> np.ndarray:
             f"{path}: pixel data type {array.dtype} is not supported; expected integer or "
             "float gray values"
         )
-    require_finite(array, path)
-    return array
+    return require_finite(array, path, nonfinite, setting)
 
 
-def require_finite(array: np.ndarray, path: str | Path) -> np.ndarray:
-    """Refuse NaN or infinite values: one would make every prediction of its image NaN."""
+# What a reader does with NaN or infinite pixels: refuse the file (the default: one such
+# pixel makes the prediction of its whole image NaN), or, only when the user asks, replace
+# them with the median of the finite pixels of their 2D image, or with 0.
+NONFINITE_CHOICES = ("refuse", "median", "zero")
+
+
+def require_finite(
+    array: np.ndarray, path: str | Path, nonfinite: str = "refuse", setting: str = "nonfinite"
+) -> np.ndarray:
+    """``array`` if it is finite; otherwise refused or repaired as ``nonfinite`` says.
+
+    ``setting`` is the name under which the user sets ``nonfinite`` (``data.nonfinite`` for
+    training data), quoted in the refusal. A repair prints one warning naming the file.
+    """
+    if nonfinite not in NONFINITE_CHOICES:
+        raise DataError(f"{setting}={nonfinite!r}: expected one of {', '.join(NONFINITE_CHOICES)}")
     if array.dtype.kind != "f":
         return array
     bad = ~np.isfinite(array)
     count = int(bad.sum())
-    if count:
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
+    if not count:
+        return array
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    found = f"{count} of {array.size} pixels are NaN or infinite (the first at index {first})"
+    if nonfinite == "refuse":
         raise DataError(
-            f"{path}: {count} of {array.size} pixels are NaN or infinite (the first at index "
-            f"{first}); expected finite gray values. Replace them (e.g. with the image's "
-            "median) and save the file again"
+            f"{path}: {found}; expected finite gray values. Replace them and save the file "
+            f"again, or set {setting}=median (or zero) to have them replaced when read"
         )
+    array = array.copy()
+    planes = array.reshape(-1, *array.shape[-2:]) if array.ndim >= 2 else array[None]
+    for k, plane in enumerate(planes):
+        wrong = ~np.isfinite(plane)
+        if not wrong.any():
+            continue
+        if wrong.all():
+            raise DataError(
+                f"{path}: image {k} has no finite pixel at all; expected gray values "
+                f"({setting}={nonfinite} replaces only some pixels)"
+            )
+        plane[wrong] = np.median(plane[~wrong]) if nonfinite == "median" else 0
+    how = "the median of the finite pixels of its image" if nonfinite == "median" else "0"
+    print(f"warning: {path}: {found}; replaced with {how} ({setting}={nonfinite})")
     return array
 
 
