@@ -8,8 +8,10 @@ from collections.abc import Callable
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from unet.checkpoint import init_from_checkpoint
 from unet.fingerprint import record_probe
 from unet.labels import foreground, foreground_probability
 from unet.loss import WeightedCrossEntropy
@@ -46,6 +48,12 @@ class SegmentationModule(L.LightningModule):
         loss: the loss module (default: the paper's weighted cross-entropy).
         tiler: predicts validation images tile by tile (:class:`unet.tiler.Tiler`); None:
             one whole-image pass.
+        init_from: fine-tuning: a trained model's checkpoint whose weights the network
+            starts from (all, or all but the head when the class count differs:
+            :func:`unet.checkpoint.init_from_checkpoint`). A resumed run (``ckpt_path``)
+            then loads its own weights over them.
+        freeze_encoder_epochs: the contracting path and bottleneck get no updates in the
+            first this many epochs (their batch-norm statistics still follow the data).
     """
 
     def __init__(
@@ -56,6 +64,8 @@ class SegmentationModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         loss: nn.Module | None = None,
         tiler: Tiler | None = None,
+        init_from: str | None = None,
+        freeze_encoder_epochs: int = 0,
     ):
         super().__init__()
         # Only plain values go into the checkpoint (it must load with weights_only=True); the
@@ -65,6 +75,12 @@ class SegmentationModule(L.LightningModule):
         self.loss = loss if loss is not None else WeightedCrossEntropy()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tiler = tiler
+        if init_from is not None:
+            fresh = init_from_checkpoint(net, init_from)
+            rank_zero_info(
+                f"model.init_from={init_from}: weights loaded"
+                + (f", except the head ({', '.join(fresh)}): another class count" if fresh else "")
+            )
         # Validation runs whole on every rank (no distributed sampler), so each rank counts
         # every pixel and no counts need to be gathered across ranks.
         self.pixel_counts = PixelCounts()
@@ -86,6 +102,16 @@ class SegmentationModule(L.LightningModule):
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The contracting path's and the bottleneck's parameters (frozen at the start of
+        fine-tuning)."""
+        return [*self.net.down.parameters(), *self.net.bottleneck.parameters()]
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
+        for parameter in self.encoder_parameters():
+            parameter.requires_grad_(not frozen)
 
     def on_fit_start(self) -> None:
         self._base_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
