@@ -147,6 +147,28 @@ def test_rgb_three_classes_train_and_validate_per_class(compose_train, tmp_path)
     assert np.isfinite(metrics["val/loss"])
 
 
+def test_hela_instance_folder_trains_and_scores_seg(data_dir, compose_train, tmp_path):
+    root = hela_folder(data_dir, tmp_path / "hela", frames=("01/002", "01/054"))
+    overrides = [
+        "data=folder",
+        f"data.data_dir={root}",
+        "data.mask_type=instance",
+        "data.val=[01_054]",
+        "data.crop=96",
+        "data.tile_size=124",
+        "data.num_workers=0",
+        "model.net.base_channels=4",
+        "model.net.depth=3",
+        "debug=fast_dev_run",
+        "validate=true",
+        "choose_postprocess=false",
+        "trainer.enable_progress_bar=false",
+    ]
+    metrics = train(compose_train(overrides, tmp_path / "run"))
+    assert 0.0 <= metrics["val/seg"] <= 1.0 and 0.0 <= metrics["val/iou"] <= 1.0
+    assert "val/iou_class0" not in metrics  # two classes: the paper data sets' metrics
+
+
 def _write_pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray | None) -> None:
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
