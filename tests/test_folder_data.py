@@ -148,13 +148,13 @@ def test_rgb_three_classes_train_and_validate_per_class(compose_train, tmp_path)
 
 
 def test_hela_instance_folder_trains_and_scores_seg(data_dir, compose_train, tmp_path):
-    root = hela_folder(data_dir, tmp_path / "hela", frames=("01/002", "01/054"))
+    root = hela_folder(data_dir, tmp_path / "hela", frames=("02/006", "02/038"))  # cells top left
     overrides = [
         "data=folder",
         f"data.data_dir={root}",
         "data.mask_type=instance",
-        "data.val=[01_054]",
-        "data.crop=96",
+        "data.val=[02_038]",
+        "data.crop=128",
         "data.tile_size=124",
         "data.num_workers=0",
         "model.net.base_channels=4",
