@@ -102,3 +102,15 @@ def test_paper_elastic_transform_is_trainings_elastic_deformation():
     inside = ndimage.binary_erosion(out["mask"] == 1, np.ones((5, 5)))
     np.testing.assert_allclose(out["image"][inside], 1.0, atol=0.05)  # aligned with the mask
     assert not np.array_equal(out["mask"], classes)
+
+
+def test_channels_first_images_move_with_their_maps():
+    image, classes, weights = blocks((48, 48))
+    rgb = np.stack([image, 2 * image, -image])  # (3, h, w)
+    extra = ExtraTransforms([A.HorizontalFlip(p=1.0), A.RandomRotate90(p=1.0)])
+    out, out_classes, out_weights = extra(rgb, classes, weights, np.random.default_rng(3))
+    gray, gray_classes, _ = extra(image, classes, weights, np.random.default_rng(3))
+    assert out.shape == rgb.shape
+    np.testing.assert_array_equal(out_classes, gray_classes)  # the same draw, the same moves
+    np.testing.assert_allclose(out[0], gray, atol=1e-5)
+    np.testing.assert_allclose(out[1], 2 * gray, atol=1e-4)

@@ -217,12 +217,23 @@ class Augmentation:
         size: int,
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The augmented (size, size) tiles of a (H, W) image, class map and weight map."""
+        """The augmented (size, size) tiles of a (H, W) image, class map and weight map.
+
+        A (C, H, W) image is moved channel by channel along the same positions, and each
+        channel gets its own gray-value change (drawn in channel order after the positions;
+        for one channel the draws are those of a (H, W) image).
+        """
         ys, xs = self.source_positions(rng, centre, size)
-        image, classes, weights = resample(
-            (image, classes, weights), ys, xs, ("cubic", "nearest", "linear"), overwrite_maps=True
+        channels = [image] if image.ndim == 2 else list(image)
+        *channels, classes, weights = resample(
+            (*channels, classes, weights),
+            ys,
+            xs,
+            ("cubic",) * len(channels) + ("nearest", "linear"),
+            overwrite_maps=True,
         )
-        image = self.gray_values(image, rng, in_place=True)
+        channels = [self.gray_values(c, rng, in_place=True) for c in channels]
+        image = channels[0] if image.ndim == 2 else np.stack(channels)
         if self.extra is not None:  # it draws after the paper's step, which stays as it was
             image, classes, weights = self.extra(image, classes, weights, rng)
         return image, classes, weights

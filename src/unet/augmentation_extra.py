@@ -54,20 +54,29 @@ class ExtraTransforms:
         weights: np.ndarray,
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The transformed (h, w) image, class map and weight map."""
+        """The transformed (h, w) (or (C, h, w)) image, class map and weight map."""
         self.compose.set_random_seed(int(rng.integers(2**31)))
-        low, high = cv2.minMaxLoc(image)[:2]
+        channels_first = image.ndim == 3
+        if channels_first:  # albumentations takes channels last: (h, w, C)
+            image = np.ascontiguousarray(np.moveaxis(image, 0, -1))
+            low, high = float(image.min()), float(image.max())
+        else:
+            low, high = cv2.minMaxLoc(image)[:2]
         span = np.float32(high - low if high > low else 1.0)
         unit = (image - np.float32(low)) / span  # (h, w) float32 in [0, 1]
         out = self.compose(image=unit, mask=classes, weights=weights)
         shapes = {name: out[name].shape for name in ("image", "mask", "weights")}
-        if any(shape != image.shape for shape in shapes.values()):
+        if shapes["image"] != image.shape or {shapes["mask"], shapes["weights"]} != {
+            image.shape[:2]
+        }:
             raise ValueError(
                 f"data.augmentation.extra changed the tile's shape from {image.shape} to "
                 f"{shapes}; expected transforms that keep the size (no crops or resizes: "
                 "the tile size is data.tile_size)"
             )
         restored = out["image"].astype(np.float32) * span + np.float32(low)
+        if channels_first:
+            restored = np.ascontiguousarray(np.moveaxis(restored, -1, 0))
         return restored, out["mask"].astype(classes.dtype), out["weights"].astype(weights.dtype)
 
 

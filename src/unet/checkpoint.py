@@ -146,3 +146,52 @@ def store_postprocessing(
     checkpoint["postprocess_chosen_on"] = dict(chosen_on)
     with atomic_file(path, replace=True) as partial:
         torch.save(checkpoint, partial)
+
+
+HEAD = "head."  # the final 1x1 conv (unet.network.UNet.head): one output per class
+
+
+def init_from_checkpoint(net: UNet, ckpt_path: str | Path) -> list[str]:
+    """Start ``net`` from a trained model's weights (fine-tuning): all of them, or all but
+    the head when the class counts differ. Returns the names of the tensors left as they
+    were (the head's, or none).
+
+    Raises:
+        CheckpointError: any other tensor is missing or has another shape (another depth,
+            width, input channels, batch norm, ...); the message names the layers.
+    """
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path)
+    stored = net_config_of(checkpoint, path)
+    state = {
+        k.removeprefix("net."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("net.")
+    }
+    own = net.state_dict()
+    skip = (
+        [k for k in own if k.startswith(HEAD)]
+        if stored.num_classes != net.config.num_classes
+        else []
+    )
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in model.net"
+        for k, v in own.items()
+        if k in state and k not in skip and state[k].shape != v.shape
+    ]
+    missing = [k for k in own if k not in state and k not in skip]
+    extra = [k for k in state if k not in own]
+    if mismatched or missing or extra:
+        theirs, ours = stored.to_dict(), net.config.to_dict()
+        differ = ", ".join(
+            f"{k} {theirs[k]!r} vs {ours[k]!r}" for k in ours if theirs[k] != ours[k]
+        )
+        layers = mismatched[:3] + [f"{k}: only in model.net" for k in missing[:2]]
+        layers += [f"{k}: only in the checkpoint" for k in extra[:2]]
+        raise CheckpointError(
+            f"model.init_from={path}: its network does not fit model.net "
+            f"({differ or 'same settings'}); layers that differ: {'; '.join(layers)}. "
+            "Fine-tuning keeps the architecture and may change only the class count (the head)"
+        )
+    net.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
+    return skip

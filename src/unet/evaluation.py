@@ -13,6 +13,11 @@ the probabilities are scored with :mod:`unet.metrics` on NumPy arrays:
   (``seg``, ``misses``, ...; ``seg_plain`` for plain components of p > 0.5), for ISBI the
   challenge metrics of the labels' boundary map (``labels_rand_error``, ...).
 
+With K > 2 classes (a folder data set) the cell class of all of the above is the foreground
+(any class but 0, p = 1 - p_0), and ``iou_class<k>``, ``dice_class<k>``, ``mean_iou`` and
+``mean_dice`` of the argmax are added (:class:`unet.metrics.ClassCounts`); ``loss`` is the
+K-class weighted cross-entropy.
+
 With ``choose=True`` (the end of training) the post-processing is first chosen on the split
 itself, to maximise SEG (cell data) or minimise the labels' Rand error (ISBI): the scores of
 the labels are then optimistic for that split. ``seg_plain`` shows the untuned figure, and
@@ -38,8 +43,14 @@ from unet.checkpoint import load_trained
 from unet.data.readers import DataError, read_tiff
 from unet.errors import UserError
 from unet.inference import predict_image
-from unet.labels import CELL_CLASS
-from unet.metrics import PixelCounts, rand_error, score_cell_frames, score_isbi_stack
+from unet.labels import CELL_CLASS, foreground, foreground_probability
+from unet.metrics import (
+    ClassCounts,
+    PixelCounts,
+    rand_error,
+    score_cell_frames,
+    score_isbi_stack,
+)
 from unet.postprocess import (
     PostProcessing,
     boundary_map,
@@ -59,12 +70,17 @@ class SplitPredictions:
         classes: (H, W) class index per pixel (1 = cell) per image.
         weights: (H, W) loss weight per pixel per image (0 = not annotated).
         instances: (H, W) ground-truth instance ids per image (cell data), or None.
+        class_probabilities: (K, H, W) per image for K > 2 classes, else None; then
+            ``probabilities`` and ``classes`` are those of the foreground (any class but 0).
+        all_classes: (H, W) class indices in [0, K) per image for K > 2, else None.
     """
 
     probabilities: list[np.ndarray]
     classes: list[np.ndarray]
     weights: list[np.ndarray]
     instances: list[np.ndarray] | None = None
+    class_probabilities: list[np.ndarray] | None = None
+    all_classes: list[np.ndarray] | None = None
 
 
 def predict_split(
@@ -76,9 +92,21 @@ def predict_split(
             f"split={split!r}: expected one of {', '.join(sorted(datamodule.whole_sets))}"
         )
     dataset = datamodule.whole_sets[split]
-    probabilities = [predict_image(net, image, tiler, tta)[CELL_CLASS] for image in dataset.images]
     instances = datamodule.instances.get(split)
-    return SplitPredictions(probabilities, list(dataset.classes), list(dataset.weights), instances)
+    if net.config.num_classes == 2:
+        probabilities = [predict_image(net, x, tiler, tta)[CELL_CLASS] for x in dataset.images]
+        return SplitPredictions(
+            probabilities, list(dataset.classes), list(dataset.weights), instances
+        )
+    per_class = [predict_image(net, image, tiler, tta) for image in dataset.images]
+    return SplitPredictions(
+        [foreground_probability(p) for p in per_class],
+        [foreground(c) for c in dataset.classes],
+        list(dataset.weights),
+        instances,
+        class_probabilities=per_class,
+        all_classes=list(dataset.classes),
+    )
 
 
 def pixel_scores(split: SplitPredictions) -> dict[str, float]:
@@ -87,13 +115,22 @@ def pixel_scores(split: SplitPredictions) -> dict[str, float]:
     counts = PixelCounts()
     for p, c, w in zip(split.probabilities, split.classes, split.weights, strict=True):
         counts.add(p[None], c[None], (w > 0)[None])
-    # weighted cross-entropy (unet.loss): mean over all pixels of w * -log p(true class)
-    nll = [
-        w * -np.log(np.clip(np.where(c == CELL_CLASS, p, 1.0 - p), 1e-7, 1.0))
-        for p, c, w in zip(split.probabilities, split.classes, split.weights, strict=True)
-    ]
+    if split.class_probabilities is None:
+        # weighted cross-entropy (unet.loss): mean over all pixels of w * -log p(true class)
+        nll = [
+            w * -np.log(np.clip(np.where(c == CELL_CLASS, p, 1.0 - p), 1e-7, 1.0))
+            for p, c, w in zip(split.probabilities, split.classes, split.weights, strict=True)
+        ]
+        loss = float(sum(x.sum() for x in nll) / sum(x.size for x in nll))
+        return counts.scores() | {"loss": loss}
+    per_class = ClassCounts(len(split.class_probabilities[0]))
+    nll = []
+    for p, c, w in zip(split.class_probabilities, split.all_classes, split.weights, strict=True):
+        per_class.add(p, c, w > 0)
+        true_p = np.take_along_axis(p, c[None].astype(np.int64), axis=0)[0]  # (H, W)
+        nll.append(w * -np.log(np.clip(true_p, 1e-7, 1.0)))
     loss = float(sum(x.sum() for x in nll) / sum(x.size for x in nll))
-    return counts.scores() | {"loss": loss}
+    return counts.scores() | per_class.scores() | {"loss": loss}
 
 
 def _same_size_groups(indices: Sequence[int], shapes: Sequence[tuple]) -> list[list[int]]:
@@ -168,7 +205,14 @@ def choose_for_split(split: SplitPredictions) -> tuple[PostProcessing, dict]:
 
 def subset(split: SplitPredictions, indices: Sequence[int]) -> SplitPredictions:
     """The images ``indices`` of a split."""
-    pick = [split.probabilities, split.classes, split.weights, split.instances]
+    pick = [
+        split.probabilities,
+        split.classes,
+        split.weights,
+        split.instances,
+        split.class_probabilities,
+        split.all_classes,
+    ]
     return SplitPredictions(*[None if x is None else [x[k] for k in indices] for x in pick])
 
 

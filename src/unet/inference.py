@@ -1,6 +1,6 @@
 """One image in, class probabilities out: the inference step on plain NumPy arrays.
 
-    image (H, W) -> standardise (as in training) -> tiler (+ test-time augmentation)
+    image (H, W) or (C, H, W) -> standardise (as in training) -> tiler (+ test-time augmentation)
     -> softmax probabilities (K, H, W)
 
 Separate from file handling (``unet.prediction`` reads and writes files around it) and from
@@ -58,20 +58,26 @@ def predict_image(
 
     Args:
         net: the trained network, in ``eval()`` mode, on the device to use.
-        image: (H, W) gray values (any dtype); standardised per image as in training.
+        image: (H, W) gray values, or (C, H, W) for a network of C > 1 input channels (any
+            dtype); standardised per image (and channel) as in training.
         tiler: tile size and memory budget (default: automatic, exact stitching).
         tta: test-time augmentation: ``none``, ``flips8`` or ``paper7`` (``unet.tta``).
         precision: ``32`` or ``bf16`` (autocast; probabilities are float32 either way).
         on_batch: called with the number of tiles after every forward pass.
     """
     image = np.asarray(image)
-    if image.ndim != 2:
+    channels = net.config.in_channels
+    expected = (2,) if channels == 1 else (3,)
+    if image.ndim not in expected or (image.ndim == 3 and image.shape[0] != channels):
+        shape = "(height, width) gray values" if channels == 1 else f"({channels}, height, width)"
         raise InferenceSettingError(
-            f"predict_image takes one (height, width) gray-value image, found shape {image.shape}"
+            f"predict_image: the network takes {channels} input channel(s); expected one "
+            f"{shape} image, found shape {image.shape}"
         )
     dtype = autocast_dtype(precision)
     device = net_device(net)
-    x = torch.from_numpy(standardize(image))[None, None].to(device)  # (1, 1, H, W)
+    x = torch.from_numpy(standardize(image)).to(device)  # (H, W) or (C, H, W)
+    x = x[None, None] if x.ndim == 2 else x[None]  # (1, C, H, W)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         prob = predict_probabilities(net, x, tiler or Tiler(), tta, on_batch=on_batch)
     return prob[0].float().cpu().numpy()

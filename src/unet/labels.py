@@ -46,3 +46,21 @@ def binary_cells(
         "per cell, are read by the Cell Tracking Challenge data and scored with "
         "unet.metrics.score_cell_frames)"
     )
+
+
+def foreground_probability(probabilities: np.ndarray, instance_class: int | None = None):
+    """The probability map that post-processing turns into objects, from (K, H, W) (or
+    (B, K, H, W)) class probabilities: class ``instance_class`` if given; else the cell
+    class for two classes (the paper's data sets, unchanged) and, for K > 2, any class but
+    background: 1 - p(class 0)."""
+    if instance_class is not None:
+        return probabilities[..., instance_class, :, :]
+    if probabilities.shape[-3] == 2:
+        return probabilities[..., CELL_CLASS, :, :]
+    return 1.0 - probabilities[..., 0, :, :]
+
+
+def foreground(classes: np.ndarray) -> np.ndarray:
+    """The foreground (any class >= 1) of a class map, as uint8 {0, 1}: the binary label
+    that the cell-class metrics score; for two classes, the cell class itself."""
+    return (np.asarray(classes) > 0).astype(np.uint8)

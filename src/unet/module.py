@@ -8,11 +8,14 @@ from collections.abc import Callable
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from unet.checkpoint import init_from_checkpoint
 from unet.fingerprint import record_probe
+from unet.labels import foreground, foreground_probability
 from unet.loss import WeightedCrossEntropy
-from unet.metrics import PixelCounts
+from unet.metrics import ClassCounts, PixelCounts
 from unet.network import center_crop
 from unet.tiler import Tiler, predict_whole_image
 
@@ -30,6 +33,9 @@ class SegmentationModule(L.LightningModule):
     maximal F1 of the cell class over the thresholds 0.00, 0.01, ..., 0.99 (cells are
     ``p > t``); ``pixel_error_t05``: 1 - F1 at p > 0.5; ``dice``: F1 averaged over both
     classes and ``iou``: IoU of the cell class, both at p > 0.5.
+    With K > 2 classes the cell class is the foreground (any class but 0, p = 1 - p_0),
+    and per-class ``iou_class<k>``, ``dice_class<k>``, ``mean_iou`` and ``mean_dice`` of
+    the argmax are logged too (:class:`unet.metrics.ClassCounts`).
     The slower challenge metrics (Rand error, warping error, SEG of the post-processed
     labels) are computed once, at the end of training and by ``src/eval.py``
     (:mod:`unet.evaluation`).
@@ -42,6 +48,12 @@ class SegmentationModule(L.LightningModule):
         loss: the loss module (default: the paper's weighted cross-entropy).
         tiler: predicts validation images tile by tile (:class:`unet.tiler.Tiler`); None:
             one whole-image pass.
+        init_from: fine-tuning: a trained model's checkpoint whose weights the network
+            starts from (all, or all but the head when the class count differs:
+            :func:`unet.checkpoint.init_from_checkpoint`). A resumed run (``ckpt_path``)
+            then loads its own weights over them.
+        freeze_encoder_epochs: the contracting path and bottleneck get no updates in the
+            first this many epochs (their batch-norm statistics still follow the data).
     """
 
     def __init__(
@@ -52,6 +64,8 @@ class SegmentationModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         loss: nn.Module | None = None,
         tiler: Tiler | None = None,
+        init_from: str | None = None,
+        freeze_encoder_epochs: int = 0,
     ):
         super().__init__()
         # Only plain values go into the checkpoint (it must load with weights_only=True); the
@@ -61,9 +75,17 @@ class SegmentationModule(L.LightningModule):
         self.loss = loss if loss is not None else WeightedCrossEntropy()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tiler = tiler
+        if init_from is not None:
+            fresh = init_from_checkpoint(net, init_from)
+            rank_zero_info(
+                f"model.init_from={init_from}: weights loaded"
+                + (f", except the head ({', '.join(fresh)}): another class count" if fresh else "")
+            )
         # Validation runs whole on every rank (no distributed sampler), so each rank counts
         # every pixel and no counts need to be gathered across ranks.
         self.pixel_counts = PixelCounts()
+        classes = net.config.num_classes if hasattr(net, "config") else 2
+        self.class_counts = ClassCounts(classes) if classes > 2 else None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) for images of any size: tile by tile with ``tiler`` (same
@@ -81,6 +103,16 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The contracting path's and the bottleneck's parameters (frozen at the start of
+        fine-tuning)."""
+        return [*self.net.down.parameters(), *self.net.bottleneck.parameters()]
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
+        for parameter in self.encoder_parameters():
+            parameter.requires_grad_(not frozen)
+
     def on_fit_start(self) -> None:
         self._base_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
 
@@ -94,15 +126,20 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["target"], batch["weight"])
         prob = logits.float().softmax(dim=1)  # (B, K, H, W)
-        cell_prob = prob[:, 1].cpu().numpy()  # (B, H, W)
+        cell_prob = foreground_probability(prob)  # (B, H, W)
         target = batch["target"].cpu().numpy()  # (B, H, W) class indices
         valid = (batch["weight"] > 0).cpu().numpy()  # weight 0: unannotated cells, not scored
-        self.pixel_counts.add(cell_prob, target, valid)
+        self.pixel_counts.add(cell_prob.cpu().numpy(), foreground(target), valid)
+        if self.class_counts is not None:
+            for p, t, v in zip(prob.cpu().numpy(), target, valid, strict=True):
+                self.class_counts.add(p, t, v)
         self.log("val/loss", loss, batch_size=len(logits), sync_dist=True)
-        return {"prob": prob[:, 1]}  # for callbacks (unet.callbacks.ValidationImages)
+        return {"prob": cell_prob}  # for callbacks (unet.callbacks.ValidationImages)
 
     def on_validation_epoch_start(self) -> None:
         self.pixel_counts.reset()  # also after a validation that ended in an error
+        if self.class_counts is not None:
+            self.class_counts.reset()
 
     def on_validation_epoch_end(self) -> None:
         scores = self.pixel_counts.scores()
@@ -110,10 +147,15 @@ class SegmentationModule(L.LightningModule):
         for name in ("pixel_error_t05", "iou", "dice"):
             self.log(f"val/{name}", scores[name], sync_dist=True)
         self.log("val/pixel_error", scores["pixel_error"], prog_bar=True, sync_dist=True)
+        if self.class_counts is not None:
+            for name, value in self.class_counts.scores().items():
+                self.log(f"val/{name}", value, sync_dist=True)
+            self.class_counts.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """Probability of the cell class (B, H, W): 1 = cell interior, 0 = membrane/background."""
-        return self(batch["image"]).float().softmax(dim=1)[:, 1]
+        """Probability of the cell class (B, H, W): 1 = cell interior, 0 = membrane/background
+        (for K > 2 classes: of the foreground, any class but 0)."""
+        return foreground_probability(self(batch["image"]).float().softmax(dim=1))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -5,10 +5,13 @@ training, tiler, test-time augmentation) -> cell probabilities -> ``unet.postpro
 (the settings validated at training, unless overridden) -> writers.
 The output folder holds
 
-- ``probabilities.tif``: float32 probability of the cell class (class 1), one page per
-  frame in input order; 1 = cell interior, 0 = membrane/background (the ISBI 2012
-  submission polarity);
-- ``labels/``: uint16 instance-label images from the post-processing
+- ``probabilities.tif``: for a two-class network, float32 probability of the cell class
+  (class 1), one page per frame in input order; 1 = cell interior, 0 =
+  membrane/background (the ISBI 2012 submission polarity). For K > 2 classes, all K class
+  probabilities, K pages per frame (one (N, K, H, W) series; they sum to 1 per pixel);
+- ``classes/`` (K > 2 only): uint8 argmax class image per frame;
+- ``labels/``: uint16 instance-label images from the post-processing of the cell class
+  (K > 2: of ``instance_class``, or of the foreground, any class but 0)
   (``maskNNN.tif`` with ``challenge_naming``, as the Cell Tracking Challenge expects);
 - ``overlays/``: PNGs of each frame with its labels tinted, for a quick look.
 """
@@ -34,12 +37,17 @@ from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
 from unet.errors import OutputExistsError, UserError
 from unet.inference import autocast_dtype, predict_image
-from unet.labels import CELL_CLASS
+from unet.labels import foreground_probability
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.tiler import Tiler
 from unet.tta import count_tiles
 from unet.validation import build, check_config
-from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay
+from unet.writers import (
+    ProbabilityStackWriter,
+    write_class_image,
+    write_label_image,
+    write_overlay,
+)
 
 
 class PredictionSettingError(UserError, ValueError):
@@ -110,6 +118,7 @@ def predict_path(
     precision: str | int = 32,
     postprocess: PostProcessing | None = None,
     labels: bool = True,
+    instance_class: int | None = None,
     challenge_naming: bool = False,
     overlays: bool = True,
     overwrite: bool = False,
@@ -126,24 +135,31 @@ def predict_path(
         device: ``auto``, ``cpu`` or ``cuda``.
         postprocess: cell probability -> instance labels (default: plain components).
         labels, challenge_naming, overlays: what to write besides the probabilities.
+        instance_class: the class whose objects ``labels/`` holds (None: the cell class of
+            a two-class network, the foreground of a K-class one).
         overwrite: replace an existing output folder (all of it, once complete).
         progress: show a progress bar over frames and tiles.
     """
-    source = source if isinstance(source, FrameSource) else FrameSource(source)
+    net = check_network(net, instance_class).to(resolve_device(device)).eval()
+    channels, num_classes = net.config.in_channels, net.config.num_classes
+    source = source if isinstance(source, FrameSource) else FrameSource(source, channels)
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
-    net = check_network(net).to(resolve_device(device)).eval()
     autocast_dtype(precision)  # checks the setting before anything is written
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
-    staged = stage_output(output, overwrite, labels, overlays)
-    pixels = sum(h * w for h, w in source.shapes)
+    staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
+    pixels = sum(h * w for h, w in source.shapes) * (1 if num_classes == 2 else num_classes)
     stack = ProbabilityStackWriter(staged.path / "probabilities.tif", 4 * pixels > 2**32 - 2**25)
     start = time.perf_counter()
     with progress_bar(progress) as bar, staged, stack:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar)
         ):
-            cells = prob[CELL_CLASS]  # (H, W), float32
-            stack.write(cells)
+            cells = foreground_probability(prob, instance_class)  # (H, W), float32
+            if num_classes == 2:
+                stack.write(cells)
+            else:  # all K classes, and the argmax
+                stack.write(prob)
+                write_class_image(staged.path / "classes" / f"{name}.tif", prob.argmax(axis=0))
             if labels or overlays:
                 objects = postprocess(cells)
                 label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
@@ -165,9 +181,12 @@ def predict_frames(
     """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``."""
     frames_task = bar.add_task("frames", total=len(source))
     tiles_task = bar.add_task("tiles", total=None)
+    channels = net.config.in_channels
     for name, frame in source:
-        if frame.ndim != 2:
-            raise DataError(f"{name}: expected a 2D gray-value frame, found shape {frame.shape}")
+        if frame.ndim != (2 if channels == 1 else 3):
+            raise DataError(
+                f"{name}: expected a frame of {channels} channel(s), found shape {frame.shape}"
+            )
         bar.reset(tiles_task, total=count_tiles(net, frame.shape, tiler, tta))
         prob = predict_image(
             net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
@@ -183,29 +202,37 @@ def write_objects(
     if labels:
         write_label_image(folder / "labels" / label_file, objects)
     if overlays:
-        write_overlay(folder / "overlays" / f"{name}.png", frame, objects)
+        gray = frame if frame.ndim == 2 else frame.mean(axis=0)  # (C, H, W): channel mean
+        write_overlay(folder / "overlays" / f"{name}.png", gray, objects)
 
 
-def check_network(net: nn.Module) -> nn.Module:
-    """``net`` if it takes gray values and has a cell class, else a PredictionSettingError."""
+def check_network(net: nn.Module, instance_class: int | None = None) -> nn.Module:
+    """``net`` if it has 2 or more classes and ``instance_class`` is one of its foreground
+    classes, else a PredictionSettingError."""
     config = net.config
-    if config.in_channels != 1 or config.num_classes < 2:
+    if config.num_classes < 2:
         raise PredictionSettingError(
-            f"the network takes {config.in_channels} input channels and predicts "
-            f"{config.num_classes} classes; prediction needs gray-value input (1 "
-            "channel) and a cell class (2 or more classes)"
+            f"the network predicts {config.num_classes} class(es); prediction needs a "
+            "background and a foreground class (2 or more classes)"
+        )
+    if instance_class is not None and not 1 <= instance_class < config.num_classes:
+        raise PredictionSettingError(
+            f"instance_class={instance_class}: expected a foreground class of the network, "
+            f"1..{config.num_classes - 1}"
         )
     return net
 
 
-def stage_output(output: str | Path, overwrite: bool, labels: bool, overlays: bool):
+def stage_output(
+    output: str | Path, overwrite: bool, labels: bool, overlays: bool, classes: bool = False
+):
     """The output folder, filled as ``<output>.partial`` and renamed when complete, so that
     no half-written folder looks done (:class:`unet.atomic.StagedFolder`)."""
     try:
         staged = StagedFolder(prepare_output(output, overwrite, create=False), overwrite)
     except OSError as err:
         raise PredictionSettingError(f"output={output}: cannot be written ({err})") from None
-    for sub, wanted in (("labels", labels), ("overlays", overlays)):
+    for sub, wanted in (("labels", labels), ("overlays", overlays), ("classes", classes)):
         if wanted:
             (staged.path / sub).mkdir(exist_ok=True)
     return staged
@@ -225,11 +252,10 @@ def progress_bar(enabled: bool) -> Progress:
 def predict(cfg: DictConfig) -> dict:
     """Predict ``cfg.input`` with the network of ``cfg.ckpt_path``; results go to ``cfg.output``."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
-    source = FrameSource(
-        cfg.input, cfg.get("nonfinite", "refuse")
-    )  # input problems show before the checkpoint is loaded
-    prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part, too
+    prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
     trained = load_trained(cfg.ckpt_path)
+    # the network's input channels say how to read the frames (gray, RGB, channel stacks)
+    source = FrameSource(cfg.input, trained.config.in_channels, cfg.get("nonfinite", "refuse"))
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
     summary = predict_path(
         trained.net,
@@ -241,6 +267,7 @@ def predict(cfg: DictConfig) -> dict:
         precision=cfg.precision,
         postprocess=postprocess,
         labels=cfg.labels,
+        instance_class=cfg.get("instance_class"),
         challenge_naming=cfg.challenge_naming,
         overlays=cfg.overlays,
         overwrite=cfg.overwrite,

@@ -81,6 +81,13 @@ def fraction_or_count(v: Any) -> bool:
     return (_is_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0)
 
 
+def mapping_of_ints(v: Any) -> bool:
+    """A {mask value: class} map: integer keys (or digit strings) and non-negative integers."""
+    if not isinstance(v, dict | DictConfig) or not v:
+        return False
+    return all(re.fullmatch(r"-?\d+", str(k)) and integer(0)(c) for k, c in v.items())
+
+
 def max_time(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None
 
@@ -187,6 +194,27 @@ SETTINGS = [
         "data.unannotated_margin", number(0), "a number >= 0 (null: no markers)", nullable=True
     ),
     Setting("data.crop", integer(1), "an integer >= 1", nullable=True),
+    Setting("data.images", string, "a folder name or path"),
+    Setting("data.masks", string, "a folder name or path"),
+    Setting("data.mask_suffix", lambda v: isinstance(v, str), 'a string, e.g. "_mask" or ""'),
+    Setting("data.val_images", string, "a folder name or path", nullable=True),
+    Setting("data.val_masks", string, "a folder name or path", nullable=True),
+    Setting(
+        "data.val",
+        either(number(0, 1, open_high=True), list_of(string)),
+        "a fraction in (0, 1) or a list of image name stems",
+    ),
+    Setting("data.mask_type", one_of("semantic", "instance"), "semantic or instance"),
+    Setting("data.num_classes", integer(2), "an integer >= 2"),
+    Setting("data.in_channels", integer(1), "an integer >= 1 (1 gray, 3 RGB)"),
+    Setting(
+        "data.value_map",
+        mapping_of_ints,
+        "a map of mask values to classes, e.g. {0: 0, 255: 1}",
+        nullable=True,
+    ),
+    Setting("data.unlabelled", integer(), "an integer mask value", nullable=True),
+    Setting("data.summary", boolean, "true or false"),
     Setting("data.seed", integer(0), "a non-negative integer"),
     Setting("data.nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),
     Setting("data.augmentation.elastic_std", number(0), "a number >= 0 (paper: 10 px)"),
@@ -206,6 +234,8 @@ SETTINGS = [
     Setting("model.net.dropout", number(0, 1, open_high=True), "a number in [0, 1)"),
     Setting("model.net.batch_norm", boolean, "true or false"),
     Setting("model.net.up_mode", one_of("transpose", "bilinear"), "transpose or bilinear"),
+    Setting("model.init_from", string, "a checkpoint file path", nullable=True),
+    Setting("model.freeze_encoder_epochs", integer(0), "an integer >= 0 (0: none)"),
     Setting("model.optimizer.lr", number(0), "a number >= 0, e.g. 0.001"),
     Setting("model.optimizer.momentum", number(0, 1), "a number in [0, 1]"),
     Setting("model.optimizer.weight_decay", number(0), "a number >= 0"),
@@ -241,6 +271,7 @@ SETTINGS = [
     Setting("choose", boolean, "true or false"),
     Setting("choose_postprocess", boolean, "true or false"),
     Setting("labels", boolean, "true or false"),
+    Setting("instance_class", integer(1), "a foreground class index >= 1", nullable=True),
     Setting("challenge_naming", boolean, "true or false"),
     Setting("overlays", boolean, "true or false"),
     Setting("nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),

@@ -6,11 +6,12 @@ w_c balances the class frequencies; d1 and d2 are the distances to the nearest a
 second-nearest cell. The border term is large only in narrow gaps between two cells,
 which forces the network to learn the thin separating borders (paper, Sec. 3, Fig. 3d).
 
-Two kinds of labels come in: binary class maps (ISBI 2012: cells are the connected
-components of the cell class) and instance labels (Cell Tracking Challenge: one id per
-cell). For instance labels the binary target is made here: "the separation border is
-computed using morphological operations" (paper, Sec. 3), i.e. a pixel whose
-``border_size`` x ``border_size`` neighbourhood holds two different cell ids becomes
+Two kinds of labels come in: class maps (ISBI 2012, and the K-class semantic masks of a
+folder data set: the objects are the connected components of each class >= 1) and
+instance labels (Cell Tracking Challenge, folder instance masks: one id per cell). For
+instance labels the binary target is made here: "the separation border is computed
+using morphological operations" (paper, Sec. 3), i.e. a pixel whose ``border_size`` x
+``border_size`` neighbourhood holds two different cell ids becomes
 background, so touching cells are separated by a background line in the target.
 
 Choices the paper leaves open, made here:
@@ -142,6 +143,39 @@ def weight_map(
 ) -> np.ndarray:
     """The paper's w(x) = w_c(x) + border term, as float32 (H, W)."""
     return class_balance_weights(classes) + border_weights(instances, w0, sigma)
+
+
+def cells_from_classes(classes: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
+    """Objects of a K-class map: the 4-connected components of each class k >= 1, numbered
+    one after another (touching objects of two classes are two objects); pixels of
+    ``ignore`` belong to none. For two classes these are :func:`cells_from_binary`'s cells."""
+    cells = np.zeros(classes.shape, np.int32)
+    for k in range(1, int(classes.max(initial=0)) + 1):
+        mask = classes == k
+        if ignore is not None:
+            mask &= ~ignore
+        components, count = ndimage.label(mask)
+        cells[components > 0] = components[components > 0] + cells.max()
+    return cells
+
+
+def class_weight_map(
+    classes: np.ndarray,
+    num_classes: int = 2,
+    ignore: np.ndarray | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+) -> np.ndarray:
+    """The paper's weight map of a K-class map (semantic masks): w_c balanced over the
+    ``num_classes`` classes on the pixels outside ``ignore``, plus the border term between
+    the objects of :func:`cells_from_classes`; 0 on ``ignore``. For a binary map without
+    ``ignore`` this equals :func:`weight_map` of its connected components."""
+    known = None if ignore is None else ~ignore
+    weights = class_balance_weights(classes, num_classes, mask=known)
+    weights += border_weights(cells_from_classes(classes, ignore), w0, sigma)
+    if ignore is not None:
+        weights[ignore] = 0.0
+    return weights
 
 
 def separation_borders(instances: np.ndarray, size: int = 3) -> np.ndarray:
@@ -308,6 +342,24 @@ def cached_binary_weight_map(
         [classes],
         {"kind": "binary", "w0": w0, "sigma": sigma},
         lambda: weight_map(classes, cells_from_binary(classes), w0, sigma),
+        cache_dir,
+    )
+
+
+def cached_class_weight_map(
+    classes: np.ndarray,
+    num_classes: int = 2,
+    ignore: np.ndarray | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    cache_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """:func:`class_weight_map`, cached on disk like the binary maps."""
+    inputs = [classes] if ignore is None else [classes, ignore]
+    return _cached(
+        inputs,
+        {"kind": "classes", "num_classes": num_classes, "w0": w0, "sigma": sigma},
+        lambda: class_weight_map(classes, num_classes, ignore, w0, sigma),
         cache_dir,
     )
 

@@ -17,12 +17,14 @@ from unet.atomic import atomic_file, temporary_name
 
 
 class ProbabilityStackWriter:
-    """Appends 2D float32 maps to a multi-page TIFF as they are predicted (one page each).
+    """Appends float32 maps to a multi-page TIFF as they are predicted: one page per (H, W)
+    map, or K pages per (K, H, W) stack of class probabilities.
 
-    Pages of one size form one (N, H, W) series, which ``tifffile.imread`` returns; a page
-    of another size starts a new series (``tifffile.TiffFile(path).series``). The pages go
-    to a temporary file that becomes ``path`` only when the writer is closed without an
-    error: an interrupted prediction leaves no stack that looks complete.
+    Maps of one shape form one (N, H, W) (or (N, K, H, W)) series, which
+    ``tifffile.imread`` returns; a map of another shape starts a new series
+    (``tifffile.TiffFile(path).series``). The pages go to a temporary file that becomes
+    ``path`` only when the writer is closed without an error: an interrupted prediction
+    leaves no stack that looks complete.
 
     Args:
         path: the TIFF file to write (replaced if it exists).
@@ -64,6 +66,12 @@ def write_label_image(path: str | Path, labels: np.ndarray) -> None:
     dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
     with atomic_file(path) as tmp:
         tifffile.imwrite(tmp, labels.astype(dtype), photometric="minisblack")
+
+
+def write_class_image(path: str | Path, classes: np.ndarray) -> None:
+    """A class-index image (argmax of the class probabilities), uncompressed uint8."""
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(tmp, classes.astype(np.uint8), photometric="minisblack")
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.ndarray:

@@ -70,6 +70,38 @@ def read_image(path: Path, nonfinite: str = "refuse") -> np.ndarray:
     return array
 
 
+def read_channels(path: Path, nonfinite: str = "refuse", setting: str = "nonfinite") -> np.ndarray:
+    """Pixels of a TIFF or PNG as (H, W) for one channel or (C, H, W) for several.
+
+    Colour images (H, W, 3 or 4: RGB, RGBA, TIFF samples) become (C, H, W), the alpha
+    channel dropped; a colour image whose channels are equal is gray (H, W), as
+    :func:`read_image` reads it; a 3D TIFF whose first axis is the short one (C, H, W:
+    fluorescence channels) is kept as it is; palette PNGs become RGB. ``nonfinite``: what to
+    do with NaN or infinite pixels (``unet.data.readers``).
+    """
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = read_tiff(path, nonfinite, setting)
+    else:
+        try:
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("RGB") if im.mode == "P" else im)
+        except Exception as err:
+            raise _unreadable(path, err) from None
+    if array.ndim == 2:
+        return array
+    if array.ndim != 3:
+        raise DataError(
+            f"{path}: found an image of shape {array.shape}; expected (height, width), "
+            "(height, width, RGB) or (channels, height, width)"
+        )
+    if array.shape[-1] in (3, 4) and array.shape[0] > 4:  # (H, W, RGB[A])
+        array = np.moveaxis(array[..., :3], -1, 0)
+    if all(np.array_equal(array[0], c) for c in array[1:]):
+        return array[0]  # gray values saved as colour
+    return np.ascontiguousarray(array)
+
+
 class FrameSource:
     """The 2D frames of a prediction input, listed (and their headers checked) up front.
 
@@ -77,16 +109,22 @@ class FrameSource:
         path: a 2D image (TIFF or PNG), a multi-page TIFF stack (e.g. ISBI's
             ``test-volume.tif``) or a folder of 2D frames (e.g. a Cell Tracking Challenge
             sequence ``tNNN.tif``; other files in it are ignored).
+        channels: the channels of one frame. With more than 1 every file is one frame
+            (RGB, or a (C, H, W) TIFF), read by :func:`read_channels` (when listed and
+            again when predicted).
         nonfinite: NaN or infinite pixels are refused ("refuse") or replaced by their
             frame's median ("median") or 0 ("zero").
     """
 
-    def __init__(self, path: str | Path, nonfinite: str = "refuse"):
+    def __init__(self, path: str | Path, channels: int = 1, nonfinite: str = "refuse"):
         self.path = Path(path)
+        self.channels = channels
         self.nonfinite = nonfinite
         if not self.path.exists():
             raise DataNotFoundError(f"input not found: {self.path} does not exist")
-        if self.path.is_dir():
+        if channels > 1:
+            self._list_channel_frames()
+        elif self.path.is_dir():
             self.files = sorted(
                 p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
@@ -119,12 +157,41 @@ class FrameSource:
                 self.shapes = [shape[1:]] * shape[0]
                 self.names = [f"{self.path.stem}_{i:0{digits}d}" for i in range(shape[0])]
 
+    def _list_channel_frames(self) -> None:
+        """Files of ``channels``-channel frames: each file one frame, checked by reading it."""
+        if self.path.is_dir():
+            self.files = sorted(
+                p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not self.files:
+                raise DataError(
+                    f"{self.path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+                )
+        elif self.path.suffix.lower() in IMAGE_SUFFIXES:
+            self.files = [self.path]
+        else:
+            raise DataError(f"{self.path}: unsupported file type {self.path.suffix!r}")
+        self.shapes = []
+        for f in self.files:
+            frame = read_channels(f, self.nonfinite)
+            if frame.ndim != 3 or frame.shape[0] != self.channels:
+                raise DataError(
+                    f"{f}: an image of shape {frame.shape}; the network takes "
+                    f"{self.channels} channels: expected (height, width, {self.channels}) or "
+                    f"({self.channels}, height, width)"
+                )
+            self.shapes.append(frame.shape[-2:])
+        self.names = [f.stem for f in self.files]
+
     def __len__(self) -> int:
         return len(self.names)
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, (H, W) array) per frame, read when needed (one file at a time)."""
-        if self.path.is_dir():
+        """(name, (H, W) array) per frame ((C, H, W) for ``channels`` > 1), read when
+        needed (one file at a time)."""
+        if self.channels > 1:
+            frames = (read_channels(f, self.nonfinite) for f in self.files)
+        elif self.path.is_dir():
             frames = (read_image(f, self.nonfinite) for f in self.files)
         else:
             frames = read_image(self.path, self.nonfinite)

@@ -22,10 +22,19 @@ from unet.mirror import crop_with_mirror
 
 
 def standardize(image: np.ndarray) -> np.ndarray:
-    """Per-image zero mean, unit variance, as float32 (the same at training and prediction)."""
+    """Per-image zero mean, unit variance, as float32 (the same at training and prediction);
+    a (C, H, W) image is standardised channel by channel."""
     image = image.astype(np.float32)
+    if image.ndim == 3:
+        return np.stack([standardize(channel) for channel in image])
     std = image.std()
     return (image - image.mean()) / (std if std > 0 else 1.0)
+
+
+def channels_first(image: np.ndarray) -> torch.Tensor:
+    """(C, H, W) tensor of a (H, W) gray image (C = 1) or a (C, H, W) one."""
+    image = np.ascontiguousarray(image)
+    return torch.from_numpy(image[None] if image.ndim == 2 else image)
 
 
 class EpochIndexSampler(Sampler[int]):
@@ -71,7 +80,7 @@ class RandomTileDataset(Dataset):
     (H, W), larger or smaller than the tile.
 
     Args:
-        images: list of (H, W) float32 images (standardised).
+        images: list of (H, W) or (C, H, W) float32 images (standardised).
         classes: list of (H, W) integer class maps.
         weights: list of (H, W) float32 weight maps.
         tile_size: input tile side length.
@@ -107,7 +116,7 @@ class RandomTileDataset(Dataset):
         epoch, i = divmod(int(index), self.samples_per_epoch)
         rng = np.random.default_rng([self.seed, epoch, i])
         k = int(rng.integers(len(self.images)))
-        h, w = self.images[k].shape
+        h, w = self.images[k].shape[-2:]  # (H, W) or (C, H, W)
         centre = int(rng.integers(h)), int(rng.integers(w))
         arrays = self.images[k], self.classes[k], self.weights[k]
         if self.augmentation is None:
@@ -117,7 +126,7 @@ class RandomTileDataset(Dataset):
             crops = self.augmentation(*arrays, centre=centre, size=self.tile_size, rng=rng)
         image, classes, weights = crops
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image))[None],  # (1, T, T)
+            "image": channels_first(image),  # (C, T, T)
             "target": torch.from_numpy(classes.astype(np.int64)),  # (T, T)
             "weight": torch.from_numpy(np.ascontiguousarray(weights)),  # (T, T)
             "source": torch.tensor([k, *centre]),  # (3,): which image, where; for messages
@@ -186,7 +195,7 @@ class WholeImageDataset(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         return {
-            "image": torch.from_numpy(self.images[k])[None],
+            "image": channels_first(self.images[k]),  # (C, H, W)
             "target": torch.from_numpy(self.classes[k].astype(np.int64)),
             "weight": torch.from_numpy(self.weights[k]),
         }

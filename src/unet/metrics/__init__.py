@@ -9,6 +9,7 @@
 - ``thinning``: the predicted membrane thinned to one-pixel lines (for V_rand, V_info).
 - ``warping``: topology-preserving warping of a binary label (Jain et al. 2010), the
   simple-point test it rests on, and the classification of the remaining topological errors.
+- ``classes``: per-class IoU and Dice of a K-class argmax (:class:`ClassCounts`).
 - ``cells``: Cell Tracking Challenge SEG (Jaccard of matched objects) and object-level
   diagnostics (misses, false splits, merges, false positives).
 - ``inputs``, ``thresholds``: the input checks and threshold sweeps they share.
@@ -16,6 +17,7 @@
 
 from unet.errors import MetricInputError
 from unet.metrics.cells import ObjectMatches, match_objects, score_cell_frames
+from unet.metrics.classes import ClassCounts, class_scores
 from unet.metrics.contingency import SplitMerge, info_scores, rand_scores
 from unet.metrics.isbi import rand_error, score_isbi_stack, v_scores, warping_error
 from unet.metrics.pixels import Confusion, PixelCounts, pixel_error, pixel_scores
@@ -31,6 +33,7 @@ from unet.metrics.warping import (
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "PIXEL_THRESHOLDS",
+    "ClassCounts",
     "Confusion",
     "MetricInputError",
     "ObjectMatches",
@@ -38,6 +41,7 @@ __all__ = [
     "SplitMerge",
     "Sweep",
     "TopologicalErrors",
+    "class_scores",
     "info_scores",
     "match_objects",
     "pixel_error",
