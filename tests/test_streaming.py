@@ -186,3 +186,48 @@ def test_bad_inputs_give_one_line_messages(tmp_path):
             tiler=Tiler(tile_size=92, memory_gb=1e-4),
         )
     assert "\n" not in str(err.value)
+
+
+def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(tmp_path, configs_dir):
+    import tifffile
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from unet.errors import UserError
+    from unet.prediction import predict
+
+    net = tiny_net("valid")
+    ckpt = tmp_path / "tiny.ckpt"
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "net_config": net.config.to_dict()}, ckpt)
+    image = blobs(150, 170)
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64))  # read lazily, tile by tile
+
+    def run(*overrides):
+        with initialize_config_dir(str(configs_dir), version_base="1.3"):
+            cfg = compose(
+                "predict",
+                overrides=[
+                    "progress=false",
+                    f"ckpt_path={ckpt}",
+                    f"input={tmp_path / 'big.tif'}",
+                    f"output={tmp_path / 'out.zarr'}",
+                    "zarr.chunk=64",
+                    "tiler.tile_size=92",
+                    *overrides,
+                ],
+                return_hydra_config=True,
+            )
+        HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves
+        with open_dict(cfg):
+            del cfg.hydra
+        return predict(cfg)
+
+    with pytest.raises(UserError, match="tta=flips8"):
+        run("tta=flips8")
+    run()
+    got = _store(tmp_path / "out.zarr").astype(np.float32)
+    expected = predict_image(net, image, Tiler(tile_size=92))[1]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=HALF_ULP + 1e-5)
+    assert run()["rows_predicted"] == 0  # a rerun of a complete store has nothing to do
