@@ -231,3 +231,35 @@ def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(tmp_path, configs_di
     expected = predict_image(net, image, Tiler(tile_size=92))[1]
     np.testing.assert_allclose(got, expected, rtol=0, atol=HALF_ULP + 1e-5)
     assert run()["rows_predicted"] == 0  # a rerun of a complete store has nothing to do
+
+
+def _gloo_rank(rank: int, world_size: int, init_file: str, source: str, output: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        predict_to_zarr(
+            tiny_net("valid"), source, output, chunk=64, tiler=Tiler(tile_size=92), progress=False
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_write_the_store_of_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    source = write_ome_zarr(tmp_path / "in.zarr", blobs(200, 120))
+    predict_to_zarr(
+        tiny_net("valid"),
+        source,
+        tmp_path / "one.zarr",
+        chunk=64,
+        tiler=Tiler(tile_size=92),
+        progress=False,
+    )
+    args = (2, str(tmp_path / "init"), str(source), str(tmp_path / "two.zarr"))
+    mp.spawn(_gloo_rank, args=args, nprocs=2, join=True)
+    for name in ("0", "labels/cells/0"):
+        two = zarr.open_array(str(tmp_path / "two.zarr" / name), mode="r")[:]
+        one = zarr.open_array(str(tmp_path / "one.zarr" / name), mode="r")[:]
+        np.testing.assert_array_equal(two, one)

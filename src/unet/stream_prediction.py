@@ -53,6 +53,15 @@ def check_band_memory(net: nn.Module, tiler: Tiler, shape, chunk: int) -> None:
         )
 
 
+def distributed_share() -> tuple[int, int, object]:
+    """(rank, world size, barrier) of an initialised torch.distributed group, else one process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist.barrier
+    return 0, 1, None
+
+
 def missing_runs(done: set[int], first: int, last: int) -> list[tuple[int, int]]:
     """Runs [a, b) of chunk-row indices in [first, last) that are not in ``done``."""
     runs: list[tuple[int, int]] = []
@@ -81,8 +90,8 @@ def predict_to_zarr(
     labels: bool = True,
     overwrite: bool = False,
     progress: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
     barrier=None,
     on_batch=None,
 ) -> dict:
@@ -95,11 +104,14 @@ def predict_to_zarr(
         labels: also write chunk-wise instance labels (``labels/cells``).
         overwrite: start over; otherwise an existing store of this network continues.
         rank, world_size, barrier: this process's share of the chunk rows; ``barrier()``
-            waits for all ranks before rank 0 computes the labels.
+            waits for all ranks before rank 0 computes the labels. None: those of an
+            initialised torch.distributed group (gloo or NCCL), else one process.
         on_batch: called with the number of tiles after each forward pass (tests).
         Others: as in :func:`unet.prediction.predict_path`.
     """
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
+    if rank is None or world_size is None:
+        rank, world_size, barrier = distributed_share()
     if labels:
         check_labels_settings(postprocess)
     source = open_image(input, level)
@@ -112,11 +124,18 @@ def predict_to_zarr(
         "tile": [plan.rows.in_sizes[0], plan.cols.in_sizes[0]],
         "precision": str(precision),
     }
-    store = open_store(output, source, record, chunk, probability_dtype, overwrite and rank == 0)
     start = time.perf_counter()
-    statistics = store.record.get("statistics") or list(image_statistics(source))
-    if rank == 0 and "statistics" not in store.record:
-        store.group.attrs["unet"] = {**store.record, "statistics": statistics}
+    # rank 0 creates the store and its statistics first; the others then open it
+    for turn in (0, 1):
+        if (rank == 0) == (turn == 0):
+            store = open_store(
+                output, source, record, chunk, probability_dtype, overwrite and rank == 0
+            )
+            statistics = store.record.get("statistics") or list(image_statistics(source))
+            if rank == 0 and "statistics" not in store.record:
+                store.group.attrs["unet"] = {**store.record, "statistics": statistics}
+        if turn == 0 and barrier is not None:
+            barrier()
     lo, hi = rank_rows(source.shape[0], chunk, rank, world_size)
     first, last = lo // chunk, -(-hi // chunk)  # this rank's chunk rows
     runs = missing_runs(store.done_rows(), first, last)
