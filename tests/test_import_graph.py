@@ -5,7 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
-INFERENCE = ["unet.prediction", "unet.inference", "unet.checkpoint", "unet.postprocess", "unet.tta"]
+INFERENCE = [
+    "unet.prediction",
+    "unet.inference",
+    "unet.checkpoint",
+    "unet.postprocess",
+    "unet.tta",
+    # streamed prediction of large images (README, "Large images")
+    "unet.streaming",
+    "unet.zarr_io",
+    "unet.stream_prediction",
+    "unet.chunked_labels",
+]
 TRAINING_ONLY = ("lightning", "pytorch_lightning", "torchmetrics")
 
 

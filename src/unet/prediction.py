@@ -252,6 +252,8 @@ def progress_bar(enabled: bool) -> Progress:
 def predict(cfg: DictConfig) -> dict:
     """Predict ``cfg.input`` with the network of ``cfg.ckpt_path``; results go to ``cfg.output``."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
+    if str(cfg.output).rstrip("/").endswith(".zarr"):
+        return predict_large(cfg)
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
     trained = load_trained(cfg.ckpt_path)
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
@@ -283,4 +285,45 @@ def predict(cfg: DictConfig) -> dict:
             f"note: frames of different sizes; {summary['probabilities']} holds "
             f"{summary['series']} series (read them with tifffile.TiffFile(path).series)"
         )
+    return summary
+
+
+def predict_large(cfg: DictConfig) -> dict:
+    """Stream one image into the OME-Zarr store ``cfg.output`` (README, "Large images")."""
+    # imported here: zarr and ome-zarr are an optional extra (pip install .[zarr])
+    from unet.stream_prediction import predict_to_zarr
+
+    if cfg.tta != "none":
+        raise PredictionSettingError(
+            f"tta={cfg.tta}: a .zarr output is predicted without test-time augmentation; "
+            "set tta=none"
+        )
+    trained = load_trained(cfg.ckpt_path)
+    config = trained.config
+    if config.in_channels != 1 or config.num_classes != 2:
+        raise PredictionSettingError(
+            f"output={cfg.output}: a .zarr output streams gray images through two-class "
+            f"networks; this network takes {config.in_channels} channel(s) and predicts "
+            f"{config.num_classes} classes: use a folder output"
+        )
+    summary = predict_to_zarr(
+        trained.net,
+        cfg.input,
+        cfg.output,
+        level=cfg.zarr.level,
+        chunk=cfg.zarr.chunk,
+        probability_dtype=cfg.zarr.probability_dtype,
+        tiler=build(cfg, "tiler"),
+        device=cfg.device,
+        precision=cfg.precision,
+        postprocess=postprocessing_for(trained.postprocess, cfg.get("postprocess")),
+        labels=cfg.labels,
+        overwrite=cfg.overwrite,
+        progress=cfg.progress,
+    )
+    h, w = summary["shape"]
+    Console().print(
+        f"{h}x{w} -> {cfg.output}: {summary['rows_predicted']} rows predicted in "
+        f"{summary['seconds']:.1f} s"
+    )
     return summary

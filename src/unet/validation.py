@@ -280,6 +280,9 @@ SETTINGS = [
     Setting("tiler.overlap", integer(0), "an integer >= 0", nullable=True),
     Setting("tiler.batch_size", integer(1), "an integer >= 1", nullable=True),
     Setting("tiler.memory_gb", number(1e-9), "a number of GB > 0", nullable=True),
+    Setting("zarr.level", integer(0), "an integer >= 0 (0: full resolution)"),
+    Setting("zarr.chunk", integer(16), "an integer >= 16 (px)"),
+    Setting("zarr.probability_dtype", one_of("float16", "uint8"), "float16 or uint8"),
     Setting("split", one_of("val", "train"), "val or train"),
     Setting("predictions", string, "a TIFF stack or a folder of label images", nullable=True),
 ]

@@ -1,0 +1,152 @@
+"""Peak memory and throughput of streamed (OME-Zarr) against in-memory prediction.
+
+    python benchmarks/stream_memory.py [--size 16384] [--compare-size 2048] [--chunk 1024]
+        [--tile 508] [--memory-gb 1]
+
+The isbi_cpu network (``configs/experiment/isbi_cpu.yaml``: depth 4, valid convs, 16 base
+channels, batch norm; random weights, eval mode). Each measurement runs in its own process
+(peak resident memory is per process, ``ru_maxrss``):
+
+- ``stream``, size x size: a synthetic uint16 image written chunk by chunk to a zarr store
+  (never whole in memory), predicted by ``unet.stream_prediction.predict_to_zarr`` into a
+  float16 OME-Zarr store, without labels;
+- ``stream`` and ``memory`` (``unet.inference.predict_image``, today's path, the image and
+  its (K, H, W) float32 map in memory) on a compare-size image that fits, for throughput.
+Megapixels/s count the whole run (statistics pass, reading, writing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def isbi_cpu_net():
+    from unet.network import UNet
+
+    torch.manual_seed(0)
+    return UNet(base_channels=16, batch_norm=True, dropout=0.0).eval()
+
+
+def synthetic_rows(y0: int, y1: int, w: int) -> np.ndarray:
+    """Rows y0..y1-1 of a smooth uint16 test image (the same whatever the chunking)."""
+    yy, xx = np.mgrid[y0:y1, 0:w].astype(np.float32)
+    return (1000 + 300 * np.sin(yy / 23.0) * np.cos(xx / 31.0)).astype(np.uint16)
+
+
+def write_input(path: Path, size: int, chunk: int) -> None:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    axes = [{"name": a, "type": "space"} for a in "yx"]
+    scale = [{"type": "scale", "scale": [1.0, 1.0]}]
+    datasets = [{"path": "0", "coordinateTransformations": scale}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
+    array = group.create_array("0", shape=(size, size), chunks=(chunk, chunk), dtype="uint16")
+    for y in range(0, size, chunk):
+        array[y : y + chunk, :] = synthetic_rows(y, min(y + chunk, size), size)
+
+
+def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float) -> dict:
+    from unet.tiler import Tiler
+
+    net, tiler = isbi_cpu_net(), Tiler(tile_size=tile, memory_gb=memory_gb)
+    with tempfile.TemporaryDirectory() as tmp:
+        if mode == "stream":
+            from unet.stream_prediction import predict_to_zarr
+
+            write_input(Path(tmp) / "in.zarr", size, chunk)
+            start = time.perf_counter()
+            predict_to_zarr(
+                net,
+                Path(tmp) / "in.zarr",
+                Path(tmp) / "out.zarr",
+                chunk=chunk,
+                tiler=tiler,
+                labels=False,
+                progress=False,
+            )
+        else:
+            from unet.inference import predict_image
+
+            image = synthetic_rows(0, size, size)
+            start = time.perf_counter()
+            predict_image(net, image, tiler)
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {
+        "mode": mode,
+        "size": size,
+        "seconds": seconds,
+        "peak_gb": peak / 2**30,
+        "megapixels_per_second": size * size / 1e6 / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=16384)
+    parser.add_argument("--compare-size", type=int, default=2048)
+    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--tile", type=int, default=508)
+    parser.add_argument("--memory-gb", type=float, default=1.0)
+    parser.add_argument("--one", choices=["stream", "memory"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.size, args.chunk, args.tile, args.memory_gb)))
+        return
+    print(
+        f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
+    runs = [("stream", args.size), ("memory", args.compare_size), ("stream", args.compare_size)]
+    runs = list(dict.fromkeys(runs))  # --compare-size equal to --size: each run once
+    for mode, size in runs:
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            mode,
+            "--size",
+            str(size),
+            "--chunk",
+            str(args.chunk),
+            "--tile",
+            str(args.tile),
+            "--memory-gb",
+            str(args.memory_gb),
+        ]
+        result = json.loads(
+            subprocess.run(command, check=True, capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        print(
+            f"{mode:6s} {size:6d}^2: {result['seconds']:8.1f} s, "
+            f"{result['megapixels_per_second']:.3f} Mpx/s, peak {result['peak_gb']:.2f} GB"
+        )
+
+
+if __name__ == "__main__":
+    main()
