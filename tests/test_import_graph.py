@@ -5,7 +5,22 @@ from __future__ import annotations
 import subprocess
 import sys
 
-INFERENCE = ["unet.prediction", "unet.inference", "unet.checkpoint", "unet.postprocess", "unet.tta"]
+INFERENCE = [
+    "unet.prediction",
+    "unet.inference",
+    "unet.checkpoint",
+    "unet.postprocess",
+    "unet.tta",
+    "unet.tiler",
+    "unet.shapes",
+    "unet.export.probabilities",
+    "unet.export.record",
+    "unet.export.torchscript",
+    "unet.export.onnx",
+    "unet.export.bioimageio",
+    "unet.export.runner",
+    "unet.export.run",
+]
 TRAINING_ONLY = ("lightning", "pytorch_lightning", "torchmetrics")
 
 
