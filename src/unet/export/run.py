@@ -38,11 +38,12 @@ def check_output(output: str | Path, fmt: str, overwrite: bool) -> Path:
             f"output={output}: format={fmt} writes a {suffix} file; expected a name ending "
             f"in {suffix}"
         )
-    if output.exists() and not (overwrite and output.is_file()):
-        what = "a folder" if output.is_dir() else "a file"
+    if output.is_dir():
+        raise OutputExistsError(f"output={output} is an existing folder; expected a file name")
+    if output.exists() and not overwrite:
         raise OutputExistsError(
-            f"output={output} already exists ({what}); pass overwrite=true to replace it, or "
-            "choose a new name"
+            f"output={output} already exists; pass overwrite=true to replace it, or choose a "
+            "new name"
         )
     if not output.parent.is_dir():
         raise ExportSettingError(f"output={output}: the folder {output.parent} does not exist")
