@@ -16,6 +16,15 @@ INFERENCE = [
     "unet.zarr_io",
     "unet.stream_prediction",
     "unet.chunked_labels",
+    "unet.tiler",
+    "unet.shapes",
+    "unet.export.probabilities",
+    "unet.export.record",
+    "unet.export.torchscript",
+    "unet.export.onnx",
+    "unet.export.bioimageio",
+    "unet.export.runner",
+    "unet.export.run",
 ]
 TRAINING_ONLY = ("lightning", "pytorch_lightning", "torchmetrics")
 

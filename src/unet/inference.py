@@ -41,8 +41,10 @@ def autocast_dtype(precision: str | int) -> torch.dtype | None:
 
 
 def net_device(net: nn.Module) -> torch.device:
-    """The device of the network's parameters."""
-    return next(net.parameters()).device
+    """The device of the network's parameters (the CPU for one without parameters, such as
+    an ONNX Runtime session in :class:`unet.export.runner.ExportedNet`)."""
+    param = next(net.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 @torch.no_grad()

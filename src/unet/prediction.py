@@ -32,10 +32,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from unet.atomic import StagedFolder, partial_path
-from unet.checkpoint import load_trained
 from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
 from unet.errors import OutputExistsError, UserError
+from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image
 from unet.labels import foreground_probability
 from unet.postprocess import PostProcessing, postprocessing_for
@@ -250,12 +250,14 @@ def progress_bar(enabled: bool) -> Progress:
 
 
 def predict(cfg: DictConfig) -> dict:
-    """Predict ``cfg.input`` with the network of ``cfg.ckpt_path``; results go to ``cfg.output``."""
+    """Predict ``cfg.input`` with the network of ``cfg.ckpt_path`` (a checkpoint, or a
+    bioimage.io package, ONNX or TorchScript file from ``src/export.py``); results go to
+    ``cfg.output``."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
     if str(cfg.output).rstrip("/").endswith(".zarr"):
         return predict_large(cfg)
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
-    trained = load_trained(cfg.ckpt_path)
+    trained = load_for_prediction(cfg.ckpt_path)  # a checkpoint or an exported model
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
     source = FrameSource(cfg.input, trained.config.in_channels, cfg.get("nonfinite", "refuse"))
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))

@@ -112,3 +112,13 @@ def smallest_input_covering(out: int, depth: int = 4, padding: str = "valid") ->
     """
     start = out + halo(depth, padding)
     return next(s for s in itertools.count(start) if is_valid_input_size(s, depth, padding))
+
+
+def size_rule(depth: int = 4, padding: str = "valid") -> tuple[int, int]:
+    """(smallest valid input length, step): the valid lengths are ``smallest + k * step``.
+
+    ``valid``: (188, 16) for depth 4, since each of the ``depth`` max pools needs an even
+    size and the map must stay positive; ``same``: (``2**depth``, ``2**depth``).
+    """
+    smallest = nearest_valid_input_sizes(1, depth, padding)[-1]
+    return smallest, 2**depth

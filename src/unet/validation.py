@@ -110,6 +110,9 @@ LIGHTNING_PRECISIONS = (
 )  # fmt: skip
 
 
+EXPORT_FORMATS = ("bioimageio", "onnx", "torchscript")
+
+
 @dataclass(frozen=True)
 class Setting:
     """A config key, the test its value must pass and, in words, what that means."""
@@ -250,7 +253,7 @@ SETTINGS = [
     ),
     # prediction and evaluation
     Setting("input", string, "an image, a TIFF stack or a folder of frames"),
-    Setting("output", string, "a folder path"),
+    Setting("output", string, "a path (predict: a folder; export: a .zip, .onnx or .pt file)"),
     Setting("overwrite", boolean, "true or false"),
     Setting("device", device, "auto, cpu, cuda or cuda:<n>"),
     Setting(
@@ -284,6 +287,19 @@ SETTINGS = [
     Setting("zarr.chunk", integer(16), "an integer >= 16 (px)"),
     Setting("zarr.probability_dtype", one_of("float16", "uint8"), "float16 or uint8"),
     Setting("split", one_of("val", "train"), "val or train"),
+    # export (configs/export.yaml)
+    Setting("format", one_of(*EXPORT_FORMATS), "bioimageio, onnx or torchscript"),
+    Setting("training_data", one_of("isbi", "hela", "u373"), "isbi, hela or u373", nullable=True),
+    Setting("image", string, "an image file, a TIFF stack or a folder of frames", nullable=True),
+    Setting("onnx", boolean, "true or false"),
+    Setting(
+        "name",
+        lambda v: string(v) and len(v) >= 5,
+        "a model name of 5 or more characters",
+        nullable=True,
+    ),
+    Setting("authors", list_of(string), 'a list of names, e.g. ["Ada Lovelace"]', nullable=True),
+    Setting("license", string, "an SPDX license id, e.g. MIT or CC-BY-4.0"),
     Setting("predictions", string, "a TIFF stack or a folder of label images", nullable=True),
 ]
 

@@ -1,0 +1,56 @@
+"""What travels with exported weights: the architecture and the validated post-processing.
+
+The record is plain JSON-able data. TorchScript files keep it as an extra file, ONNX files
+as metadata, bioimage.io packages in the ``config.unet`` section of ``rdf.yaml``; reading
+it back gives the :class:`unet.checkpoint.TrainedModel` fields that prediction needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unet import shapes
+from unet.checkpoint import CheckpointError, TrainedModel
+from unet.network import NetConfig
+from unet.postprocess import PostProcessing, PostProcessingError
+
+KEY = "unet"  # ONNX metadata key, TorchScript extra file stem, rdf.yaml config section
+
+
+def model_record(trained: TrainedModel) -> dict:
+    """The record of a trained model (architecture, post-processing, size rule)."""
+    config = trained.config
+    smallest, step = shapes.size_rule(config.depth, config.padding)
+    return {
+        "net_config": config.to_dict(),
+        "postprocess": trained.postprocess.to_dict() if trained.postprocess else None,
+        "postprocess_chosen_on": dict(trained.chosen_on),
+        # in words for people reading rdf.yaml: inputs smallest + k * step, output smaller by
+        "input_size": {"smallest": smallest, "step": step},
+        "output_smaller_by": shapes.halo(config.depth, config.padding),
+        "output": "softmax class probabilities; class 1 = cell",
+    }
+
+
+def config_from_record(record: dict, path: Path) -> NetConfig:
+    """The architecture of a record; a CheckpointError naming ``path`` if it is unusable."""
+    stored = record.get("net_config") if isinstance(record, dict) else None
+    if not isinstance(stored, dict):
+        raise CheckpointError(
+            f"{path}: expected a model exported by unet (with a '{KEY}' record holding "
+            "'net_config'), found none"
+        )
+    try:
+        return NetConfig.from_dict(stored)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its architecture record cannot be used: {err}") from None
+
+
+def postprocess_from_record(record: dict, path: Path) -> PostProcessing | None:
+    """The validated post-processing of a record, or None if it has none."""
+    if record.get("postprocess") is None:
+        return None
+    try:
+        return PostProcessing.from_dict(record["postprocess"])
+    except PostProcessingError as err:
+        raise CheckpointError(f"{path}: stored post-processing settings: {err}") from None

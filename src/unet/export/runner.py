@@ -1,0 +1,151 @@
+"""Exported weights back as a network for the tiler: ``predict.py ckpt_path=model.zip``.
+
+A bioimage.io package (zip, or its ``rdf.yaml``), an ONNX file or a TorchScript file
+written by :mod:`unet.export` loads as a :class:`unet.checkpoint.TrainedModel` whose
+``net`` is an :class:`ExportedNet`, so prediction runs it through the same
+standardisation, tiler and test-time augmentation as a checkpoint: users check what they
+ship.
+
+Exported weights end with a softmax, while the tiler stitches logits and applies the
+softmax itself. ``ExportedNet`` returns log-probabilities: they differ from the logits by a
+per-pixel constant, which a softmax removes, and the tiler's stitching weights sum to 1,
+so the stitched result is the same.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unet.checkpoint import CheckpointError, CheckpointNotFoundError, TrainedModel, load_trained
+from unet.export.record import KEY, config_from_record, postprocess_from_record
+from unet.network import NetConfig
+
+PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
+
+
+class ExportedNet(nn.Module):
+    """Exported weights (TorchScript module or ONNX Runtime session) as a network.
+
+    ``forward`` maps standardised images (B, 1, H, W) to log class probabilities
+    (B, K, H', W'). ``config`` is the architecture the weights were exported from. ONNX
+    Runtime runs on the CPU whatever the input's device.
+    """
+
+    def __init__(self, config: NetConfig, module: nn.Module | None = None, session=None):
+        super().__init__()
+        self.config, self.module, self.session = config, module, session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.module is not None:
+            prob = self.module(x)
+        else:
+            from unet.export.onnx import run_session
+
+            prob = torch.from_numpy(run_session(self.session, x.detach().float().cpu().numpy()))
+        # clamped: log(0) would be -inf, and -inf x a stitching weight of 0 is NaN
+        return prob.float().clamp_min(torch.finfo(torch.float32).tiny).log().to(x.device)
+
+
+def exported_kind(path: Path) -> str | None:
+    """``package``, ``onnx`` or ``torchscript`` for an exported file; None otherwise."""
+    if path.name in PACKAGE_FILES or (path.is_dir() and (path / PACKAGE_FILES[0]).is_file()):
+        return "package"
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n in PACKAGE_FILES for n in names):
+            return "package"
+        if any("/code/" in n for n in names):  # TorchScript archives hold their code
+            return "torchscript"
+    return None
+
+
+def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
+    return TrainedModel(
+        net=net.eval(),
+        config=net.config,
+        postprocess=postprocess_from_record(record, path),
+        chosen_on=dict(record.get("postprocess_chosen_on") or {}),
+        path=path,
+    )
+
+
+def load_onnx(source, path: Path) -> TrainedModel:
+    """An ONNX model with one (B, 1, H, W) input and the unet record."""
+    from unet.export.onnx import onnx_session, session_record
+
+    try:
+        session = onnx_session(source)
+    except Exception as err:  # onnxruntime raises its own types for unreadable files
+        first = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path}: not a readable ONNX model ({first})") from None
+    inputs = session.get_inputs()
+    found = [tuple(i.shape) for i in inputs]
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 1:
+        shown = ", ".join(str(s).replace("'", "") for s in found)
+        raise CheckpointError(
+            f"{path}: expected an ONNX model with one input of shape (B, 1, H, W), found "
+            f"input shape(s) {shown}"
+        )
+    record = session_record(session)
+    return trained_model(
+        ExportedNet(config_from_record(record, path), session=session), record, path
+    )
+
+
+def load_torchscript(source, path: Path) -> TrainedModel:
+    """A TorchScript file written by :mod:`unet.export.torchscript` (with its record)."""
+    from unet.export.torchscript import read_torchscript
+
+    try:
+        module, record = read_torchscript(source)
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path}: not a readable TorchScript model ({first})") from None
+    return trained_model(ExportedNet(config_from_record(record, path), module=module), record, path)
+
+
+def load_package(path: Path) -> TrainedModel:
+    """A bioimage.io package: its TorchScript weights (ONNX if it has none), validated
+    with bioimageio.spec (file hashes included)."""
+    from bioimageio.spec import load_model_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
+
+    descr = load_model_description(path, perform_io_checks=True)
+    if not isinstance(descr, ModelDescr):
+        errors = descr.validation_summary.errors
+        first = errors[0].msg if errors else f"format {getattr(descr, 'format_version', '?')}"
+        raise CheckpointError(f"{path}: not a valid bioimage.io model 0.5 package ({first})")
+    record = getattr(descr.config, KEY, None) or {}
+    if descr.weights.torchscript is not None:
+        data = descr.weights.torchscript.get_reader().read()
+        trained = load_torchscript(io.BytesIO(data), path)
+    elif descr.weights.onnx is not None:
+        trained = load_onnx(descr.weights.onnx.get_reader().read(), path)
+    else:
+        raise CheckpointError(f"{path}: expected TorchScript or ONNX weights, found neither")
+    trained.postprocess = postprocess_from_record(record, path)
+    trained.chosen_on = dict(record.get("postprocess_chosen_on") or {})
+    return trained
+
+
+def load_for_prediction(path: str | Path) -> TrainedModel:
+    """A checkpoint, a bioimage.io package, an ONNX or a TorchScript file, for prediction."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path} does not exist")
+    kind = exported_kind(path)
+    if kind == "package":
+        return load_package(path / PACKAGE_FILES[0] if path.is_dir() else path)
+    if kind == "onnx":
+        return load_onnx(str(path), path)
+    if kind == "torchscript":
+        return load_torchscript(str(path), path)
+    return load_trained(path)
