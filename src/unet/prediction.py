@@ -300,7 +300,7 @@ def predict_large(cfg: DictConfig) -> dict:
             f"tta={cfg.tta}: a .zarr output is predicted without test-time augmentation; "
             "set tta=none"
         )
-    trained = load_trained(cfg.ckpt_path)
+    trained = load_for_prediction(cfg.ckpt_path)
     config = trained.config
     if config.in_channels != 1 or config.num_classes != 2:
         raise PredictionSettingError(
