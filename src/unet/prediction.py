@@ -10,7 +10,9 @@ The output folder holds
   submission polarity);
 - ``labels/``: uint16 instance-label images from the post-processing
   (``maskNNN.tif`` with ``challenge_naming``, as the Cell Tracking Challenge expects);
-- ``overlays/``: PNGs of each frame with its labels tinted, for a quick look.
+- ``overlays/``: PNGs of each frame with its labels tinted, for a quick look;
+- ``contact_sheet.png`` (a stack or folder of several frames, with overlays): every
+  frame's overlay as a titled thumbnail in one picture.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ from unet.data.readers import DataError
 from unet.errors import OutputExistsError, UserError
 from unet.inference import autocast_dtype, predict_image
 from unet.labels import CELL_CLASS
+from unet.panels import contact_sheet, thumbnail
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.tiler import Tiler
 from unet.tta import count_tiles
 from unet.validation import build, check_config
-from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay
+from unet.writers import ProbabilityStackWriter, write_label_image, write_overlay, write_png
 
 
 class PredictionSettingError(UserError, ValueError):
@@ -138,6 +141,7 @@ def predict_path(
     pixels = sum(h * w for h, w in source.shapes)
     stack = ProbabilityStackWriter(staged.path / "probabilities.tif", 4 * pixels > 2**32 - 2**25)
     start = time.perf_counter()
+    thumbnails: list[tuple[str, np.ndarray]] = []
     with progress_bar(progress) as bar, staged, stack:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar)
@@ -147,7 +151,14 @@ def predict_path(
             if labels or overlays:
                 objects = postprocess(cells)
                 label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
-                write_objects(staged.path, name, label_file, frame, objects, labels, overlays)
+                picture = write_objects(
+                    staged.path, name, label_file, frame, objects, labels, overlays
+                )
+                if picture is not None:
+                    thumbnails.append((name, thumbnail(picture)))
+        if len(thumbnails) > 1:
+            names, pictures = [n for n, _ in thumbnails], [p for _, p in thumbnails]
+            write_png(staged.path / "contact_sheet.png", contact_sheet(pictures, names))
     seconds = time.perf_counter() - start
     return {
         "frames": len(source),
@@ -178,12 +189,14 @@ def predict_frames(
 
 def write_objects(
     folder: Path, name: str, label_file: str, frame, objects, labels: bool, overlays: bool
-) -> None:
-    """A frame's instance labels (``labels/<label_file>``) and overlay PNG, as asked."""
+) -> np.ndarray | None:
+    """A frame's instance labels (``labels/<label_file>``) and overlay PNG, as asked;
+    returns the overlay (None without)."""
     if labels:
         write_label_image(folder / "labels" / label_file, objects)
     if overlays:
-        write_overlay(folder / "overlays" / f"{name}.png", frame, objects)
+        return write_overlay(folder / "overlays" / f"{name}.png", frame, objects)
+    return None
 
 
 def check_network(net: nn.Module) -> nn.Module:
