@@ -18,6 +18,7 @@ from unet.cli import run_or_exit
 from unet.data.readers import DataError
 from unet.errors import UserError
 from unet.network import NetConfig, UNet
+from unet.panels import GAP, HEADER
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.prediction import (
     PredictionSettingError,
@@ -96,6 +97,11 @@ def test_isbi_stack_end_to_end(trained_ckpt, compose_predict, data_dir, tmp_path
     assert [p.name for p in labels] == [f"test-volume_{i:03d}.tif" for i in range(3)]
     assert tifffile.imread(labels[0]).dtype == np.uint16
     assert len(list((out / "overlays").glob("*.png"))) == 3
+    # a stack also gets one picture of all its frames: 2 x 2 thumbnails of 96 px
+    sheet = np.asarray(Image.open(out / "contact_sheet.png"))
+    assert sheet.shape == (2 * (160 + HEADER), 2 * (160 + GAP), 3)
+    first = np.asarray(Image.open(out / "overlays" / "test-volume_000.png"))
+    assert np.array_equal(sheet[HEADER : HEADER + 96, :96], first)
 
     # polarity (ISBI submission): 1 = cell interior, 0 = membrane; checked on labelled slices
     train_stack = tmp_path / "train.tif"
@@ -135,6 +141,7 @@ def test_entry_point_runs(tiny_ckpt, repo_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert tifffile.imread(tmp_path / "out" / "probabilities.tif").shape == (40, 50)
     assert (tmp_path / "out" / "overlays" / "image.png").is_file()
+    assert not (tmp_path / "out" / "contact_sheet.png").exists()  # one frame: no sheet
 
 
 def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(

@@ -12,45 +12,33 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
-PANELS = ("input", "ground truth", "prediction", "weight map")
+from unet.panels import tile_panel
 
 
-def _to_uint8(values: np.ndarray, low: float | None = None, high: float | None = None):
-    values = values.astype(np.float32)
-    low = float(values.min()) if low is None else low
-    high = float(values.max()) if high is None else high
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    return (np.clip(scaled, 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
-def validation_panel(
-    image: np.ndarray, target: np.ndarray, prob: np.ndarray, weight: np.ndarray
-) -> np.ndarray:
-    """One (H, 4W + 12) gray image: input | ground truth | P(cell) | weight map, side by side.
-
-    The input is stretched to its own range, the ground truth shows unlabelled pixels
-    (target -1) as mid gray, the prediction is the cell probability on [0, 1] and the weight
-    map is scaled to its maximum. The network's output may be smaller than the input (valid
-    convolutions): every panel is cut to the centre of the output's size.
-    """
-    h, w = prob.shape
-    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
-    image = image[top : top + h, left : left + w]
-    target = np.where(target < 0, 0.5, target)[top : top + h, left : left + w]
-    weight = weight[top : top + h, left : left + w]
-    gap = np.full((h, 4), 255, np.uint8)
-    parts = [_to_uint8(image), _to_uint8(target, 0, 1), _to_uint8(prob, 0, 1)]
-    parts.append(_to_uint8(weight, 0.0, max(float(weight.max()), 1e-6)))
-    return np.hstack([parts[0], gap, parts[1], gap, parts[2], gap, parts[3]])
+def log_panels(loggers: list, panels: list[tuple[str, np.ndarray]], key: str, step: int) -> None:
+    """Send (name, RGB picture) panels to each logger that takes images: W&B (one image panel
+    under ``key``, captioned with the names) and TensorBoard (``key/name``); others skip."""
+    if not panels:
+        return
+    names, pictures = [name for name, _ in panels], [picture for _, picture in panels]
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=pictures, caption=names, step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            for name, picture in panels:
+                logger.experiment.add_image(
+                    f"{key}/{name}", picture, global_step=step, dataformats="HWC"
+                )
 
 
 class ValidationImages(Callback):
-    """Log input, ground truth, prediction and weight map of the first validation images.
+    """Log input | ground truth | prediction | errors of the first validation tiles.
 
-    Every ``every_n_epochs`` validation epochs during training (and at every separate
+    The panels of :func:`unet.panels.tile_panel` (pixel errors coloured by kind), every
+    ``every_n_epochs`` validation epochs during training (and at every separate
     ``trainer.validate``), to each logger that takes images: W&B (an image panel, key
-    ``val/images``) and TensorBoard. Other loggers are skipped. Needs the LightningModule's
-    ``validation_step`` to return ``{"prob": (B, H, W) cell probabilities}``.
+    ``val/images``) and TensorBoard (:func:`log_panels`). Other loggers are skipped. Needs
+    the LightningModule's ``validation_step`` to return ``{"prob": (B, H, W) cell probabilities}``.
 
     Args:
         every_n_epochs: log at validation epochs n, 2n, ... (counted from 1).
@@ -63,7 +51,7 @@ class ValidationImages(Callback):
                 f"need every_n_epochs >= 1 and max_images >= 1, got {every_n_epochs}, {max_images}"
             )
         self.every_n_epochs, self.max_images = every_n_epochs, max_images
-        self._panels: list[np.ndarray] = []
+        self._panels: list[tuple[str, np.ndarray]] = []
 
     def _due(self, trainer: Trainer) -> bool:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -84,29 +72,17 @@ class ValidationImages(Callback):
             return
         arrays = [batch["image"][:, 0], batch["target"], outputs["prob"], batch["weight"]]
         image, target, prob, weight = (a.detach().float().cpu().numpy() for a in arrays)
+        # ISBI (no instance masks) has membranes as its background class
+        membranes = not (trainer.datamodule and trainer.datamodule.instances.get("val"))
         for k in range(min(len(prob), self.max_images - len(self._panels))):
-            self._panels.append(validation_panel(image[k], target[k], prob[k], weight[k]))
+            panel = tile_panel(image[k], target[k], prob[k], weight[k], membranes)
+            self._panels.append((str(len(self._panels)), panel))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         panels, self._panels = self._panels, []
         if not panels:
             return
-        caption = " | ".join(PANELS)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="val/images",
-                    images=list(panels),
-                    caption=[f"{caption} ({k})" for k in range(len(panels))],
-                    step=trainer.global_step,
-                )
-            elif isinstance(logger, TensorBoardLogger):
-                for k, panel in enumerate(panels):
-                    logger.experiment.add_image(
-                        f"val/images/{k}",
-                        torch.from_numpy(panel)[None],
-                        global_step=trainer.global_step,
-                    )
+        log_panels(trainer.loggers, panels, "val/images", trainer.global_step)
 
 
 class EpochLog(Callback):

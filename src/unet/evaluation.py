@@ -57,6 +57,7 @@ from unet.postprocess import (
     choose_postprocessing,
     postprocessing_for,
 )
+from unet.report import ReportImage, dataset_name, image_panel, write_report
 from unet.tiler import Tiler
 from unet.validation import build, check_config
 
@@ -326,6 +327,46 @@ def score_prediction_file(
     return {f"val/{k}": float(v) for k, v in scores.items()}
 
 
+def command_line(entry_point: str) -> str:
+    """The command that made this run (Hydra's overrides), for a report's heading."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return f"python src/{entry_point}.py (composed in Python)"
+    return " ".join([f"python src/{entry_point}.py", *HydraConfig.get().overrides.task])
+
+
+def split_report(
+    cfg: DictConfig,
+    datamodule: L.LightningDataModule,
+    name: str,
+    split: SplitPredictions | None,
+    postprocess: PostProcessing,
+    metrics: dict,
+    entry_point: str,
+    curves: Sequence[Path] = (),
+) -> list[tuple[str, np.ndarray]]:
+    """Write the run report (:mod:`unet.report`) of a predicted split to the output folder,
+    from the probabilities already computed; returns its panels (image id, RGB picture)."""
+    panels = []
+    if split is not None:
+        images, ids = datamodule.whole_sets[name].images, datamodule.frame_ids[name]
+        for k, prob in enumerate(split.probabilities):
+            truth = None if split.instances is None else split.instances[k]
+            item = ReportImage(ids[k], images[k], split.classes[k], split.weights[k], prob, truth)
+            panels.append((item.name, image_panel(item, postprocess)))
+    write_report(
+        cfg.paths.output_dir,
+        f"Report: {command_line(entry_point)}",
+        metrics,
+        dataset_name(cfg.data),
+        name,
+        panels,
+        curves,
+    )
+    return panels
+
+
 def print_table(metrics: dict, title: str) -> None:
     table = Table(title=title)
     table.add_column("metric")
@@ -339,7 +380,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score ``cfg.ckpt_path`` (or the written predictions ``cfg.predictions``) on
     ``cfg.split``, with the post-processing stored in the checkpoint unless overridden.
 
-    Writes ``<output_dir>/metrics.json`` and prints a table.
+    Writes ``<output_dir>/metrics.json`` and the report (``report.md``, :mod:`unet.report`)
+    and prints a table.
     """
     check_config(cfg)  # types and ranges of every setting, before anything is read
     if not cfg.get("ckpt_path") and not cfg.get("predictions"):
@@ -351,6 +393,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("predictions"):
         metrics = score_prediction_file(cfg.predictions, datamodule, cfg.split)
         metrics |= {"source": str(cfg.predictions)}
+        split, postprocess = None, PostProcessing()
     else:
         postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
         split = predict_split(trained.net, datamodule, cfg.split, Tiler(), cfg.tta)
@@ -364,5 +407,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             metrics["postprocess_chosen_on"] = chosen_on | {"split": cfg.split}
     metrics |= {"split": cfg.split}
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    split_report(cfg, datamodule, cfg.split, split, postprocess, metrics, "eval")
     print_table(metrics, f"{cfg.split} split, {Path(metrics['source']).name}")
     return metrics

@@ -1,10 +1,15 @@
-"""The paper's Figure 3 for any annotated frame: what the network is trained on.
+"""The paper's Figures 2 and 3 drawn on real data.
 
     python -m unet.figures <data_dir> docs/figure3_hela.png [--dataset D] [--frame 01/039]
+    python -m unet.figures <data_dir> docs/figure2_overlap_tile.png --figure 2
 
-Panels as in the paper: (a) raw image; (b) overlay with the ground-truth instances; (c) the
-binary target with separation borders between touching cells (white: cell, black:
-background); (d) the per-pixel loss weights (eq. 2).
+Figure 3, panels as in the paper: (a) raw image; (b) overlay with the ground-truth
+instances; (c) the binary target with separation borders between touching cells (white:
+cell, black: background); (d) the per-pixel loss weights (eq. 2).
+
+Figure 2: the overlap-tile strategy on an ISBI slice: the image with its mirrored
+surroundings, the first input tile of the paper's network (572 px, blue) and its output
+window (388 px, yellow), as :class:`unet.tiler.Tiler` plans them.
 """
 
 from __future__ import annotations
@@ -71,15 +76,77 @@ def figure3(
     return path
 
 
+def figure2(image: np.ndarray, path: str | Path | None = None, tile: int = 572) -> Figure:
+    """Draw the overlap-tile strategy (paper, Fig. 2) for the paper's network on ``image``:
+    the mirrored surroundings, the first input tile and its output window. Saved to
+    ``path`` if given; returns the figure."""
+    from matplotlib.patches import Rectangle
+
+    from unet.mirror import mirror_pad
+    from unet.network import UNet
+    from unet.tiler import Tiler
+
+    plan = Tiler(tile_size=tile).plan(UNet(), image.shape)
+    rows, cols = plan.rows, plan.cols
+    out = len(rows.weights[0])  # the output window's side: 388 px for 572
+    context = rows.out_starts[0] - rows.in_starts[0]  # 92 px for the paper's network
+    h, w = image.shape
+    shown = mirror_pad(image, context, tile, context, tile)
+    fig = Figure(figsize=(6, 6), dpi=100)
+    ax = fig.subplots()
+    extent = (-context - 0.5, w + tile - 0.5, h + tile - 0.5, -context - 0.5)
+    ax.imshow(shown, cmap="gray", extent=extent)
+    boxes = [
+        ((-0.5, -0.5), w, h, "white", "--", "the image (mirrored outside)"),
+        (
+            (cols.in_starts[0] - 0.5, rows.in_starts[0] - 0.5),
+            tile,
+            tile,
+            "deepskyblue",
+            "-",
+            f"input tile, {tile} px",
+        ),
+        (
+            (cols.out_starts[0] - 0.5, rows.out_starts[0] - 0.5),
+            out,
+            out,
+            "yellow",
+            "-",
+            f"its output window, {out} px",
+        ),
+    ]
+    for corner, width, height, colour, style, label in boxes:
+        ax.add_patch(
+            Rectangle(corner, width, height, fill=False, ec=colour, lw=3, ls=style, label=label)
+        )
+    ax.set_xlim(-context - 0.5, w + context)
+    ax.set_ylim(h + context, -context - 0.5)
+    ax.legend(loc="lower right", fontsize=9)
+    ax.set_title(f"overlap-tile: {plan.num_tiles} tiles of {tile} px cover {h}x{w}")
+    ax.set_axis_off()
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    return fig
+
+
 def main(argv: list[str] | None = None) -> None:
     from unet.data.ctc import read_frame
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("output", type=Path)
+    parser.add_argument("--figure", type=int, choices=(2, 3), default=3)
     parser.add_argument("--dataset", default="DIC-C2DH-HeLa")
     parser.add_argument("--frame", default="01/039", help="sequence/number, e.g. 01/039")
     args = parser.parse_args(argv)
+    if args.figure == 2:
+        from unet.data.isbi import read_isbi_training
+
+        figure2(read_isbi_training(args.data_dir)[0][0], args.output)
+        print(args.output)
+        return
     sequence, number = args.frame.split("/")
     frame = read_frame(args.data_dir / args.dataset, sequence, number, markers=False)
     figure3(frame.image, frame.instances, args.output, title=f"{args.dataset} {args.frame}")

@@ -13,7 +13,9 @@ The output folder holds
 - ``labels/``: uint16 instance-label images from the post-processing of the cell class
   (K > 2: of ``instance_class``, or of the foreground, any class but 0)
   (``maskNNN.tif`` with ``challenge_naming``, as the Cell Tracking Challenge expects);
-- ``overlays/``: PNGs of each frame with its labels tinted, for a quick look.
+- ``overlays/``: PNGs of each frame with its labels tinted, for a quick look;
+- ``contact_sheet.png`` (a stack or folder of several frames, with overlays): every
+  frame's overlay as a titled thumbnail in one picture.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from unet.errors import OutputExistsError, UserError
 from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image
 from unet.labels import foreground_probability
+from unet.panels import contact_sheet, thumbnail
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.tiler import Tiler
 from unet.tta import count_tiles
@@ -47,6 +50,7 @@ from unet.writers import (
     write_class_image,
     write_label_image,
     write_overlay,
+    write_png,
 )
 
 
@@ -150,6 +154,7 @@ def predict_path(
     pixels = sum(h * w for h, w in source.shapes) * (1 if num_classes == 2 else num_classes)
     stack = ProbabilityStackWriter(staged.path / "probabilities.tif", 4 * pixels > 2**32 - 2**25)
     start = time.perf_counter()
+    thumbnails: list[tuple[str, np.ndarray]] = []
     with progress_bar(progress) as bar, staged, stack:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar)
@@ -163,7 +168,14 @@ def predict_path(
             if labels or overlays:
                 objects = postprocess(cells)
                 label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
-                write_objects(staged.path, name, label_file, frame, objects, labels, overlays)
+                picture = write_objects(
+                    staged.path, name, label_file, frame, objects, labels, overlays
+                )
+                if picture is not None:
+                    thumbnails.append((name, thumbnail(picture)))
+        if len(thumbnails) > 1:
+            names, pictures = [n for n, _ in thumbnails], [p for _, p in thumbnails]
+            write_png(staged.path / "contact_sheet.png", contact_sheet(pictures, names))
     seconds = time.perf_counter() - start
     return {
         "frames": len(source),
@@ -197,13 +209,15 @@ def predict_frames(
 
 def write_objects(
     folder: Path, name: str, label_file: str, frame, objects, labels: bool, overlays: bool
-) -> None:
-    """A frame's instance labels (``labels/<label_file>``) and overlay PNG, as asked."""
+) -> np.ndarray | None:
+    """A frame's instance labels (``labels/<label_file>``) and overlay PNG, as asked;
+    returns the overlay (None without)."""
     if labels:
         write_label_image(folder / "labels" / label_file, objects)
     if overlays:
         gray = frame if frame.ndim == 2 else frame.mean(axis=0)  # (C, H, W): channel mean
-        write_overlay(folder / "overlays" / f"{name}.png", gray, objects)
+        return write_overlay(folder / "overlays" / f"{name}.png", gray, objects)
+    return None
 
 
 def check_network(net: nn.Module, instance_class: int | None = None) -> nn.Module:

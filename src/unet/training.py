@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unet.atomic import write_json
+from unet.callbacks import log_panels
 from unet.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -21,7 +22,7 @@ from unet.checkpoint import (
 from unet.checkpoint_io import AtomicCheckpointIO
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
-from unet.evaluation import predict_split, score_split
+from unet.evaluation import predict_split, score_split, split_report
 from unet.guard import NumericGuard
 from unet.precision import resolve_precision
 from unet.shapes import InvalidInputSizeError
@@ -219,21 +220,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, float]:
     """Fit (unless ``train=false``), then score the best checkpoint on the validation split
-    (unless ``validate=false``); rank 0 writes ``metrics.json``."""
+    (unless ``validate=false``); rank 0 writes ``metrics.json`` and the run report
+    (``report.md``), whose panels also go to the image loggers (W&B, TensorBoard)."""
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = metrics_as_floats(trainer.callback_metrics)
     if cfg.validate and trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        metrics = final_validation(cfg, module, datamodule, best)
+        metrics, split, postprocess = final_validation(cfg, module, datamodule, best)
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        panels = split_report(
+            cfg, datamodule, "val", split, postprocess, metrics, "train", csv_logs(cfg)
+        )
+        log_panels(trainer.loggers, panels, "report/val", trainer.global_step)
     return metrics
 
 
-def final_validation(cfg, module, datamodule, best: str) -> dict:
+def csv_logs(cfg: DictConfig) -> list[Path]:
+    """The CSV logger's metric files of this run folder: the run's, then its resumptions'."""
+    csv_cfg = (cfg.get("logger") or {}).get("csv")
+    if not csv_cfg:
+        return []
+    folder = Path(csv_cfg.save_dir) / csv_cfg.name
+    first = [folder / "metrics.csv"] if (folder / "metrics.csv").is_file() else []
+    resumed = sorted(folder.glob("resume-*/metrics.csv"), key=lambda p: int(p.parent.name[7:]))
+    return first + resumed
+
+
+def final_validation(cfg, module, datamodule, best: str):
     """Every metric of the best checkpoint on the validation split (``unet.evaluation``),
     with the post-processing chosen there (``choose_postprocess``) and stored in the
-    checkpoint, so that ``src/predict.py`` and ``src/eval.py`` use it."""
+    checkpoint, so that ``src/predict.py`` and ``src/eval.py`` use it.
+
+    Returns:
+        The metrics, the predicted split and the post-processing used (for the report).
+    """
     net = load_trained(best).net if best else module.net.eval()
     datamodule.setup("validate")
     tta = cfg.tta
@@ -242,4 +263,5 @@ def final_validation(cfg, module, datamodule, best: str) -> dict:
     metrics, postprocess, chosen_on = score_split(split, choose=choose)
     if best and choose:
         store_postprocessing(best, postprocess, chosen_on | {"split": "val", "tta": tta})
-    return metrics | {"checkpoint": best, "tta": tta, "postprocess": postprocess.to_dict()}
+    metrics |= {"checkpoint": best, "tta": tta, "postprocess": postprocess.to_dict()}
+    return metrics, split, postprocess

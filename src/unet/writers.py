@@ -86,7 +86,15 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.nda
     return rgb.round().astype(np.uint8)
 
 
-def write_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray) -> None:
-    """A PNG of :func:`overlay`, for a quick look."""
+def write_png(path: str | Path, picture: np.ndarray) -> Path:
+    """A PNG of an (H, W, 3) uint8 picture, written atomically; returns the path."""
     with atomic_file(path) as tmp:
-        Image.fromarray(overlay(image, labels)).save(tmp, format="PNG")
+        Image.fromarray(picture).save(tmp, format="PNG")
+    return Path(path)
+
+
+def write_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A PNG of :func:`overlay`, for a quick look; returns the overlay."""
+    picture = overlay(image, labels)
+    write_png(path, picture)
+    return picture

@@ -1,0 +1,205 @@
+"""The run report: ``report.md`` and the PNGs it links, in a run (or eval) folder.
+
+    <run>/report.md                the metric table (beside the paper's), curves, panels
+    <run>/report/curves.png        train loss, validation metrics, learning rate
+    <run>/report/<split>_<id>.png  input | ground truth | prediction | errors, per image
+
+Readable on GitHub or any Markdown viewer. Made from the probabilities that the final
+validation (or ``src/eval.py``) has already computed: nothing is predicted again. Every file
+is written atomically (:mod:`unet.atomic`), ``report.md`` last. No Lightning here.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from unet.atomic import atomic_file, write_text
+from unet.panels import KINDS, cell_panel, membrane_panel
+from unet.postprocess import PostProcessing
+from unet.writers import write_png
+
+# The paper's test-set figures (Ronneberger et al. 2015, Tables 1 and 2), by data set:
+# metric name -> (value, what the paper calls it).
+PAPER: dict[str, dict[str, tuple[float, str]]] = {
+    "isbi2012": {
+        "val/warping_error": (0.000353, "warping error, Table 1"),
+        "val/rand_error": (0.0382, "Rand error, Table 1"),
+        "val/pixel_error": (0.0611, "pixel error, Table 1"),
+    },
+    "PhC-C2DH-U373": {"val/seg": (0.9203, "IOU, Table 2")},
+    "DIC-C2DH-HeLa": {"val/seg": (0.7756, "IOU, Table 2")},
+}
+
+
+def dataset_name(data_cfg) -> str:
+    """``isbi2012`` or the Cell Tracking Challenge data set's name, from the ``data`` config."""
+    return str(data_cfg.get("dataset") or "isbi2012")
+
+
+@dataclass
+class ReportImage:
+    """One image of a split with what its panel needs (plain arrays).
+
+    Attributes:
+        name: the image's id (``"20"``, ``"01/054"``).
+        image: (H, W) gray values; classes, weight, prob: (H, W) as in
+            :class:`unet.evaluation.SplitPredictions`; instances: (H, W) true ids or None.
+    """
+
+    name: str
+    image: np.ndarray
+    classes: np.ndarray
+    weight: np.ndarray
+    prob: np.ndarray
+    instances: np.ndarray | None = None
+
+
+def image_panel(item: ReportImage, postprocess: PostProcessing) -> np.ndarray:
+    """Cell data: instances made by ``postprocess`` with object errors; ISBI: membranes."""
+    if item.instances is not None:
+        return cell_panel(item.image, item.instances, postprocess(item.prob), item.weight)
+    return membrane_panel(item.image, item.classes, item.prob, item.weight)
+
+
+def read_curves(files: Sequence[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(steps, values) per column of Lightning CSV logs (a run and its resumptions, in order)."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for file in files:
+        with open(file, newline="") as f:
+            for row in csv.DictReader(f):
+                if not row.get("step"):
+                    continue
+                for name, value in row.items():
+                    if name not in ("step", "epoch") and value not in ("", None):
+                        curves.setdefault(name, []).append((float(row["step"]), float(value)))
+    return {k: tuple(np.array(v).T) for k, v in curves.items()}
+
+
+def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Three plots over training steps: losses, validation metrics, learning rate."""
+    fig = Figure(figsize=(12, 3.4), dpi=100)
+    axes = fig.subplots(1, 3)
+    groups = [
+        ("loss (weighted cross-entropy)", lambda n: n.endswith("loss")),
+        ("validation metrics", lambda n: n.startswith("val/") and not n.endswith("loss")),
+        ("learning rate", lambda n: n.startswith("lr-")),
+    ]
+    for ax, (title, wanted) in zip(axes, groups, strict=True):
+        names = sorted(n for n in curves if wanted(n))
+        for name in names:
+            steps, values = curves[name]
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=name)
+        if names:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    if any(n.startswith("lr-") for n in curves):
+        axes[2].set_yscale("log")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def metric_table(metrics: dict, dataset: str, split: str) -> str:
+    """Markdown: each scalar metric, this run's value and the paper's where it has one."""
+    paper = PAPER.get(dataset, {})
+    lines = [
+        f"| metric | this run ({split} split) | paper ({dataset} test set) |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, value in metrics.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            ours = f"{value:.4f}" if math.isfinite(value) and abs(value) >= 1e-3 else f"{value:.3g}"
+            theirs = f"{paper[name][0]:g} ({paper[name][1]})" if name in paper else ""
+            lines.append(f"| {name} | {ours} | {theirs} |")
+    return "\n".join(lines)
+
+
+def legend(cell_data: bool) -> str:
+    """What the error colours mean, in Markdown."""
+    kinds = (1, 2, 3, 4) if cell_data else (5, 6)
+    meaning = {
+        1: "one predicted object covers two or more true cells",
+        2: "a true cell holds two or more predicted objects",
+        3: "a true cell that no predicted object covers",
+        4: "a predicted object outside every (annotated) true cell",
+        5: "true membrane predicted as cell (p > 0.5): may merge neighbours",
+        6: "true cell interior predicted as membrane: may split a cell",
+    }
+    rows = [f"- {KINDS[k][0]} (RGB {KINDS[k][1]}): {meaning[k]}" for k in kinds]
+    return "\n".join(rows)
+
+
+def file_name(split: str, name: str) -> str:
+    return f"{split}_{name.replace('/', '-')}.png"
+
+
+def write_report(
+    folder: str | Path,
+    title: str,
+    metrics: dict,
+    dataset: str,
+    split: str,
+    panels: Sequence[tuple[str, np.ndarray]],
+    curves: Sequence[Path] = (),
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write ``report.md`` and its PNGs to ``folder``; returns the path of ``report.md``.
+
+    Args:
+        title: the report's heading (e.g. the command that made the run).
+        metrics: the run's metrics (``val/`` names; non-numbers are listed under Settings).
+        dataset: :func:`dataset_name`; split: the split the metrics are of.
+        panels: (image id, picture from :func:`image_panel`) per image.
+        curves: Lightning CSV metric files (empty: no learning curves).
+        notes: extra lines under the heading.
+    """
+    folder = Path(folder)
+    pictures = folder / "report"
+    pictures.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", "", *notes, ""]
+    lines += ["## Scores", "", metric_table(metrics, dataset, split), ""]
+    lines.append(
+        f"Our numbers are on the {split} split of the data here; the paper's are on the "
+        "challenge's test set (Ronneberger et al. 2015), so they are a reference, not a match."
+    )
+    settings = {k: v for k, v in metrics.items() if not isinstance(v, int | float)}
+    if settings:
+        lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()]
+    lines += ["", "## Learning curves", ""]
+    if curves:
+        plot_curves(read_curves(curves), pictures / "curves.png")
+        lines.append("![learning curves](report/curves.png)")
+    else:
+        lines.append("No learning curves: the run had no CSV logger (`logger=csv`).")
+    lines += ["", f"## {split.capitalize()} images", ""]
+    lines += ["input | ground truth | prediction | errors. Error colours:", ""]
+    lines += [legend(dataset != "isbi2012"), ""]
+    for name, picture in panels:
+        png = write_png(pictures / file_name(split, name), picture)
+        lines += [f"### {name}", "", f"![{split} image {name}](report/{png.name})", ""]
+    path = folder / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def linked_images(report: str | Path) -> list[Path]:
+    """The image files that a ``report.md`` links, relative to its folder."""
+    report = Path(report)
+    found = []
+    for line in report.read_text().splitlines():
+        start = line.find("](")
+        if line.startswith("![") and start > 0:
+            found.append(report.parent / line[start + 2 : line.index(")", start)])
+    return found
