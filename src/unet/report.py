@@ -62,10 +62,19 @@ class ReportImage:
 
 
 def image_panel(item: ReportImage, postprocess: PostProcessing) -> np.ndarray:
-    """Cell data: instances made by ``postprocess`` with object errors; ISBI: membranes."""
+    """Cell data: instances made by ``postprocess`` with object errors; ISBI: membranes.
+
+    Multi-channel images are shown as their channel mean; for K > 2 classes the panel
+    shows foreground (any class but 0) against background, as ``prob`` is the foreground
+    probability there.
+    """
+    image = item.image if item.image.ndim == 2 else item.image.mean(axis=0)
     if item.instances is not None:
-        return cell_panel(item.image, item.instances, postprocess(item.prob), item.weight)
-    return membrane_panel(item.image, item.classes, item.prob, item.weight)
+        return cell_panel(image, item.instances, postprocess(item.prob), item.weight)
+    classes = item.classes
+    if classes.max(initial=0) > 1:  # K classes: foreground against background
+        classes = (classes > 0).astype(item.classes.dtype)
+    return membrane_panel(image, classes, item.prob, item.weight)
 
 
 def read_curves(files: Sequence[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
