@@ -83,6 +83,12 @@ def net_config_of(checkpoint: dict, path: Path) -> NetConfig:
             f"{path}: expected a checkpoint written by unet's training (with 'net_config' and "
             "'state_dict'), found none"
         )
+    return parse_net_config(stored, path)
+
+
+def parse_net_config(stored: dict, path: Path) -> NetConfig:
+    """``stored`` (an architecture record) as a NetConfig; a CheckpointError naming ``path``
+    if its entries are unusable. Checkpoints and exported models share it."""
     try:
         return NetConfig.from_dict(stored)
     except (TypeError, ValueError) as err:

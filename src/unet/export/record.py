@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unet import shapes
-from unet.checkpoint import CheckpointError, TrainedModel
+from unet.checkpoint import CheckpointError, TrainedModel, parse_net_config
 from unet.network import NetConfig
 from unet.postprocess import PostProcessing, PostProcessingError
 
@@ -40,10 +40,7 @@ def config_from_record(record: dict, path: Path) -> NetConfig:
             f"{path}: expected a model exported by unet (with a '{KEY}' record holding "
             "'net_config'), found none"
         )
-    try:
-        return NetConfig.from_dict(stored)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its architecture record cannot be used: {err}") from None
+    return parse_net_config(stored, path)
 
 
 def postprocess_from_record(record: dict, path: Path) -> PostProcessing | None:
