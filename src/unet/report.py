@@ -129,7 +129,12 @@ def metric_table(metrics: dict, dataset: str, split: str) -> str:
     ]
     for name, value in metrics.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
-            ours = f"{value:.4f}" if math.isfinite(value) and abs(value) >= 1e-3 else f"{value:.3g}"
+            if math.isfinite(value) and float(value).is_integer():  # counts: 13, not 13.0000
+                ours = f"{int(value)}"
+            elif math.isfinite(value) and abs(value) >= 1e-3:
+                ours = f"{value:.4f}"
+            else:
+                ours = f"{value:.3g}"
             theirs = f"{paper[name][0]:g} ({paper[name][1]})" if name in paper else ""
             lines.append(f"| {name} | {ours} | {theirs} |")
     return "\n".join(lines)
