@@ -14,9 +14,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from unet import shapes
 from unet.checkpoint import CheckpointError, load_trained
@@ -44,21 +41,6 @@ POSTPROCESS = {
     "grow_threshold": 0.5,
     "border_min_area": 0,
 }
-
-
-@pytest.fixture(scope="module")
-def compose_export(configs_dir):
-    """``compose_export(overrides)``: the export config as src/export.py composes it."""
-
-    def compose_with(overrides: list[str]):
-        with initialize_config_dir(str(configs_dir), version_base="1.3"):
-            cfg = compose("export", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves
-        with open_dict(cfg):
-            del cfg.hydra
-        return cfg
-
-    return compose_with
 
 
 @pytest.fixture(scope="module")
