@@ -142,7 +142,7 @@ def test_package_validates_and_states_the_tiling_rule(exported):
     assert outputs.axes[2].size.offset == -shapes.halo(2, "valid") == -40
     # per-image standardisation as in training (the spec adds dtype steps around it)
     (standardise,) = [p for p in inputs.preprocessing if p.id == "zero_mean_unit_variance"]
-    assert list(map(str, standardise.kwargs.axes)) == ["channel", "y", "x"]
+    assert list(map(str, standardise.kwargs.axes)) == ["y", "x"]  # per channel
     assert "10.1007/978-3-319-24574-4_28" in {str(c.doi) for c in descr.cite}
     assert descr.config.unet["postprocess"]["threshold"] == POSTPROCESS["threshold"]
     with zipfile.ZipFile(exported["bioimageio"]) as archive:
