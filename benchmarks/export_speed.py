@@ -26,6 +26,7 @@ import torch
 from unet.checkpoint import TrainedModel, load_trained
 from unet.data.readers import read_tiff
 from unet.export.bioimageio import write_package
+from unet.export.datasets import DATASETS
 from unet.export.onnx import write_onnx
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import model_record
@@ -45,7 +46,7 @@ def export_cost(label: str, trained: TrainedModel, image: np.ndarray, folder: Pa
         image,
         "test-volume.tif[0]",
         output,
-        {**SETTINGS, "training_data": "isbi", "onnx": True},
+        {**SETTINGS, "dataset": DATASETS["isbi"], "onnx": True},
     )
     seconds = time.perf_counter() - start
     print(f"{label}: bioimage.io package {output.stat().st_size / 1e6:.1f} MB in {seconds:.1f} s")

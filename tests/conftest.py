@@ -20,6 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -81,6 +82,51 @@ def compose_train() -> Callable[..., DictConfig]:
     ``src/train.py`` composes it, writing to ``output_dir`` (the template's ``cfg_train``,
     as a function of the overrides)."""
     return _compose_train
+
+
+def _synthetic_rgb(root: Path, count: int = 4, size: int = 80, seed: int = 0) -> Path:
+    """RGB PNGs of red disks (class 1) and green squares (class 2) on gray noise, with
+    0/1/2 class masks; image 0 is of another size."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        h, w = (size, size) if k else (size + 16, size - 8)
+        image = rng.normal(90, 15, (h, w, 3))
+        mask = np.zeros((h, w), np.uint8)
+        yy, xx = np.mgrid[:h, :w]
+        for _ in range(3):
+            cy, cx = rng.integers(10, h - 10), rng.integers(10, w - 10)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 1
+            cy, cx = rng.integers(5, h - 15), rng.integers(5, w - 15)
+            mask[cy : cy + 10, cx : cx + 10] = 2
+        image[mask == 1] += (90, -40, -40)
+        image[mask == 2] += (-40, 90, -40)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / f"im{k}.png")
+        Image.fromarray(mask).save(root / "masks" / f"im{k}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_rgb() -> Callable[..., Path]:
+    """``synthetic_rgb(root, count=4, size=80, seed=0)``: a ``data=folder`` folder of RGB
+    images with 3-class masks (:func:`_synthetic_rgb`)."""
+    return _synthetic_rgb
+
+
+@pytest.fixture(scope="session")
+def compose_export() -> Callable[[list[str]], DictConfig]:
+    """``compose_export(overrides)``: the export config as src/export.py composes it."""
+
+    def compose_with(overrides: list[str]):
+        with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+            cfg = compose("export", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves
+        with open_dict(cfg):
+            del cfg.hydra
+        return cfg
+
+    return compose_with
 
 
 @pytest.fixture(scope="session")

@@ -32,29 +32,6 @@ def hela_folder(data_dir: Path, root: Path, frames=HELA_FRAMES) -> Path:
     return root
 
 
-def synthetic_rgb(root: Path, count: int = 4, size: int = 80, seed: int = 0) -> Path:
-    """RGB PNGs of red disks (class 1) and green squares (class 2) on gray noise, with
-    0/1/2 class masks; image 0 is of another size."""
-    rng = np.random.default_rng(seed)
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for k in range(count):
-        h, w = (size, size) if k else (size + 16, size - 8)
-        image = rng.normal(90, 15, (h, w, 3))
-        mask = np.zeros((h, w), np.uint8)
-        yy, xx = np.mgrid[:h, :w]
-        for _ in range(3):
-            cy, cx = rng.integers(10, h - 10), rng.integers(10, w - 10)
-            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 1
-            cy, cx = rng.integers(5, h - 15), rng.integers(5, w - 15)
-            mask[cy : cy + 10, cx : cx + 10] = 2
-        image[mask == 1] += (90, -40, -40)
-        image[mask == 2] += (-40, 90, -40)
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / f"im{k}.png")
-        Image.fromarray(mask).save(root / "masks" / f"im{k}.png")
-    return root
-
-
 def module(root: Path, **kwargs) -> FolderDataModule:
     settings = {"tile_size": 124, "num_workers": 0, "summary": False} | kwargs
     return FolderDataModule(str(root), **settings)
@@ -117,7 +94,7 @@ def test_validation_fraction_spreads_over_the_names():
     assert evenly_spaced(3, 0.1) == [1]
 
 
-def test_rgb_three_classes_train_and_validate_per_class(compose_train, tmp_path):
+def test_rgb_three_classes_train_and_validate_per_class(compose_train, synthetic_rgb, tmp_path):
     root = synthetic_rgb(tmp_path / "rgb")
     overrides = [
         "data=folder",

@@ -289,7 +289,19 @@ SETTINGS = [
     Setting("split", one_of("val", "train"), "val or train"),
     # export (configs/export.yaml)
     Setting("format", one_of(*EXPORT_FORMATS), "bioimageio, onnx or torchscript"),
-    Setting("training_data", one_of("isbi", "hela", "u373"), "isbi, hela or u373", nullable=True),
+    Setting(
+        "training_data",
+        one_of("isbi", "hela", "u373", "own"),
+        "isbi, hela, u373 or own",
+        nullable=True,
+    ),
+    Setting("training_data_name", string, "a name for the training data", nullable=True),
+    Setting(
+        "training_data_description",
+        string,
+        "a description of the training data",
+        nullable=True,
+    ),
     Setting("image", string, "an image file, a TIFF stack or a folder of frames", nullable=True),
     Setting("onnx", boolean, "true or false"),
     Setting(

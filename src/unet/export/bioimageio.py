@@ -7,11 +7,13 @@ needs this package installed), optionally ONNX weights, a test input cropped fro
 image with the output the weights give for it, a cover (image | probability overlay) and a
 README.
 
-The input is (batch, channel, y, x) with y and x of any valid size, ``smallest + k * step``
-(:func:`unet.shapes.size_rule`); the output's y and x are the input's minus the halo the
-valid convolutions consume (``same`` nets: equal sizes, with a halo to crop between
-tiles, :func:`unet.tiler.edge_reach`). Preprocessing is the training's per-image zero mean,
-unit variance; the weights end with a softmax, so the output is class probabilities.
+The input is (batch, channel, y, x) with the network's C input channels (1 gray, 3 RGB, or
+a C-channel stack) and y and x of any valid size, ``smallest + k * step``
+(:func:`unet.shapes.size_rule`); the output (batch, K classes, y, x) has the input's y and
+x minus the halo the valid convolutions consume (``same`` nets: equal sizes, with a halo
+to crop between tiles, :func:`unet.tiler.edge_reach`). Preprocessing is the training's
+per-image zero mean, unit variance, channel by channel (:func:`unet.data.samples.standardize`);
+the weights end with a softmax, so the output is class probabilities.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from unet.atomic import atomic_file
 from unet.checkpoint import TrainedModel
 from unet.data.samples import standardize
 from unet.errors import UserError
-from unet.export.datasets import DATASETS, UNET_PAPER
+from unet.export.datasets import UNET_PAPER
 from unet.export.onnx import OPSET, write_onnx
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import KEY
 from unet.export.torchscript import write_torchscript
 from unet.labels import CELL_CLASS
+from unet.panels import tint
 from unet.tiler import edge_reach
 
 INPUT, OUTPUT = "input", "output"
@@ -56,50 +59,87 @@ def axis_sizes(config) -> dict:
 
 
 def test_crop(image: np.ndarray, config, where: str) -> np.ndarray:
-    """The centre of ``image`` at the largest valid size that fits it (at most 512 px)."""
+    """The centre of ``image`` ((H, W) or (C, H, W)) at the largest valid size that fits it
+    (at most 512 px)."""
+    space = image.shape[-2:]
     sizes = []
-    for side in image.shape:
+    for side in space:
         below = shapes.nearest_valid_input_sizes(min(side, 512), config.depth, config.padding)
         if below[0] > side:
             smallest = shapes.size_rule(config.depth, config.padding)[0]
             raise PackageError(
-                f"image={where}: {image.shape[0]}x{image.shape[1]} px is smaller than the "
+                f"image={where}: {space[0]}x{space[1]} px is smaller than the "
                 f"network's smallest input ({smallest} px); choose a larger image"
             )
         sizes.append(below[0])
-    top, left = [(s - c) // 2 for s, c in zip(image.shape, sizes, strict=True)]
-    return image[top : top + sizes[0], left : left + sizes[1]]
+    top, left = [(s - c) // 2 for s, c in zip(space, sizes, strict=True)]
+    return image[..., top : top + sizes[0], left : left + sizes[1]]
 
 
-def cover_image(crop: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """(h, 2w, 3) uint8: the image where the output lies | the same with the probability of
-    not-cell (membrane, background) in red."""
-    h, w = cells.shape
-    top, left = (crop.shape[0] - h) // 2, (crop.shape[1] - w) // 2
-    gray = crop[top : top + h, left : left + w].astype(np.float32)
-    gray = (gray - gray.min()) / max(float(np.ptp(gray)), 1e-6) * 255
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    alpha = 0.6 * (1 - cells[..., None])
-    tinted = (1 - alpha) * rgb + alpha * np.array([255.0, 40.0, 40.0])
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float in [0, 255] of an (H, W) or (C, H, W) image: three channels as RGB,
+    other channel counts as their mean (as the run report shows them), stretched to the
+    full range."""
+    if image.ndim == 3 and image.shape[0] == 3:
+        rgb = np.moveaxis(image, 0, -1).astype(np.float32)
+    else:
+        gray = image.mean(axis=0) if image.ndim == 3 else image
+        rgb = np.repeat(gray.astype(np.float32)[..., None], 3, axis=2)
+    return (rgb - rgb.min()) / max(float(np.ptp(rgb)), 1e-6) * 255
+
+
+def cover_image(crop: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """(h, 2w, 3) uint8: the image where the output lies | the same with the prediction:
+    for two classes the probability of not-cell (membrane, background) in red, for K > 2
+    every pixel's most probable class but 0 (background) in its own colour.
+
+    Args:
+        crop: the test input, (h0, w0) or (C, h0, w0).
+        prob: the class probabilities for it, (K, h, w) with h <= h0, w <= w0 (centred).
+    """
+    h, w = prob.shape[-2:]
+    top, left = (crop.shape[-2] - h) // 2, (crop.shape[-1] - w) // 2
+    rgb = display_rgb(crop[..., top : top + h, left : left + w])
+    if prob.shape[0] == 2:
+        alpha = 0.6 * (1 - prob[CELL_CLASS][..., None])
+        tinted = (1 - alpha) * rgb + alpha * np.array([255.0, 40.0, 40.0])
+    else:
+        tinted = tint(rgb / 255, prob.argmax(axis=0), alpha=0.5) * 255
     return np.concatenate([rgb, tinted], axis=1).round().astype(np.uint8)
 
 
-def readme(name: str, dataset: dict, record: dict, sizes: dict, pytorch: str) -> str:
+def channel_names(config) -> tuple[list[str], list[str]]:
+    """(input, output) channel names: ``gray`` or ``channel0``..; ``background``, ``cell``
+    for two classes, ``background``, ``class1``.. for more."""
+    c = config.in_channels
+    inputs = ["gray"] if c == 1 else [f"channel{i}" for i in range(c)]
+    if config.num_classes == 2:
+        return inputs, ["background", "cell"]
+    return inputs, ["background", *(f"class{k}" for k in range(1, config.num_classes))]
+
+
+def readme(name: str, dataset: dict, record: dict, config, pytorch: str) -> str:
     """The package's documentation (README.md)."""
+    c, k = config.in_channels, config.num_classes
+    # the probability post-processing turns into objects (unet.labels.foreground_probability)
+    p = "p(cell)" if k == 2 else "p(foreground) = 1 - p(class 0)"
     chosen = record.get("postprocess_chosen_on") or {}
     post = record.get("postprocess")
     if post:
         validated = (
             f"Post-processing chosen on the {chosen.get('split', '?')} split of the training data "
-            f"({chosen.get('score', '?')} = {chosen.get('value', float('nan')):.4f}): cell "
-            f"seeds where p(cell) > {post['threshold']}, then {post}."
+            f"({chosen.get('score', '?')} = {chosen.get('value', float('nan')):.4f}): object "
+            f"seeds where {p} > {post['threshold']}, then {post}."
         )
     else:
-        validated = "No post-processing was validated; the plain rule is p(cell) > 0.5."
+        validated = f"No post-processing was validated; the plain rule is {p} > 0.5."
+    sizes = axis_sizes(config)
+    image = "a gray-value image" if c == 1 else f"a {c}-channel image (RGB or a channel stack)"
+    classes = "channel 1 = cell" if k == 2 else f"{k} channels, class 0 = background"
     return f"""# {name}
 
-U-Net (Ronneberger et al. 2015) trained on {dataset["name"]}: a gray-value image in,
-per-pixel class probabilities out (channel 1 = cell).
+U-Net (Ronneberger et al. 2015) trained on {dataset["name"]}: {image} in,
+per-pixel class probabilities out ({classes}).
 
 ## Input sizes (tiling)
 
@@ -109,8 +149,8 @@ the output is {-sizes["offset"]} pixels smaller than the input, centred
 
 ## Preprocessing and output
 
-Each image is standardised to zero mean and unit variance (as in training). The weights
-end with a softmax: the output holds class probabilities.
+Each image is standardised to zero mean and unit variance, each channel on its own (as in
+training). The weights end with a softmax: the output holds class probabilities.
 
 ## Validation
 
@@ -182,9 +222,10 @@ def tensor_descriptions(config, folder: Path) -> tuple[list, list]:
     )
 
     sizes = axis_sizes(config)
+    in_names, classes = channel_names(config)
     in_axes = [
         BatchAxis(),
-        ChannelAxis(channel_names=["gray"]),
+        ChannelAxis(channel_names=in_names),
         *(
             SpaceInputAxis(id=a, size=ParameterizedSize(min=sizes["min"], step=sizes["step"]))
             for a in ("y", "x")
@@ -198,17 +239,17 @@ def tensor_descriptions(config, folder: Path) -> tuple[list, list]:
             if sizes["halo"]
             else SpaceOutputAxis(id=a, size=size)
         )
-    classes = ["background", "cell"] if config.num_classes == 2 else None
-    classes = classes or [f"class{k}" for k in range(config.num_classes)]
+    image = "gray-value image" if config.in_channels == 1 else f"{config.in_channels}-channel image"
     inputs = InputTensorDescr(
         id=INPUT,
-        description="gray-value image (any intensity range; standardised per image)",
+        description=f"{image} (any intensity range; standardised per image and channel)",
         axes=in_axes,
         test_tensor=FileDescr(source=folder / "test_input.npy"),
         preprocessing=[
             EnsureDtypeDescr(kwargs=EnsureDtypeKwargs(dtype="float32")),
             ZeroMeanUnitVarianceDescr(
-                kwargs=ZeroMeanUnitVarianceKwargs(axes=["channel", "y", "x"], eps=EPS)
+                # over y and x: each channel of each image on its own, as in training
+                kwargs=ZeroMeanUnitVarianceKwargs(axes=["y", "x"], eps=EPS)
             ),
         ],
     )
@@ -224,13 +265,16 @@ def tensor_descriptions(config, folder: Path) -> tuple[list, list]:
 
 @torch.no_grad()
 def write_test_tensors(model: ProbabilityUNet, image: np.ndarray, where: str, folder: Path):
-    """test_input.npy (a raw crop, (1, 1, h, w)), test_output.npy and cover.png."""
+    """test_input.npy (a raw crop, (1, C, h, w)), test_output.npy and cover.png.
+
+    ``image``: (H, W) for a gray network, (C, H, W) for one of C input channels.
+    """
     crop = test_crop(image, model.config, where)
-    raw = crop.astype(np.float32)[None, None]  # (1, 1, h, w)
-    prob = model(torch.from_numpy(standardize(crop))[None, None]).numpy()  # (1, K, h', w')
+    raw = crop.astype(np.float32).reshape(1, -1, *crop.shape[-2:])  # (1, C, h, w)
+    prob = model(torch.from_numpy(standardize(raw[0]))[None]).numpy()  # (1, K, h', w')
     np.save(folder / "test_input.npy", raw)
     np.save(folder / "test_output.npy", prob)
-    Image.fromarray(cover_image(crop, prob[0, CELL_CLASS])).save(folder / "cover.png")
+    Image.fromarray(cover_image(raw[0], prob[0])).save(folder / "cover.png")
 
 
 def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, weights: dict):
@@ -246,10 +290,11 @@ def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, 
     )
     from pydantic import ValidationError
 
-    dataset = DATASETS[settings["training_data"]]
+    dataset = settings["dataset"]
     inputs, outputs = tensor_descriptions(trained.config, folder)
     pytorch = torch.__version__.split("+")[0]
-    text = readme(settings["name"], dataset, record, axis_sizes(trained.config), pytorch)
+    text = readme(settings["name"], dataset, record, trained.config, pytorch)
+    papers = [UNET_PAPER, *(c for c in dataset["cite"] if c != UNET_PAPER)]
     (folder / "README.md").write_text(text)
     try:
         return ModelDescr(
@@ -257,7 +302,7 @@ def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, 
             description=f"U-Net for {dataset['modality']}: class probabilities per pixel "
             f"(trained on {dataset['name']}).",
             authors=[Author(name=name) for name in settings["authors"]],
-            cite=[CiteEntry(**UNET_PAPER), *(CiteEntry(**c) for c in dataset["cite"])],
+            cite=[CiteEntry(**c) for c in papers],
             license=settings["license"],
             tags=["unet", "segmentation", "2d", "pytorch", *dataset["tags"]],
             documentation=FileDescr(source=folder / "README.md"),
@@ -296,7 +341,8 @@ def write_package(
         image_path: where ``image`` came from (for messages).
         output: the zip file to write (refused if it exists, unless ``overwrite``).
         settings: ``name``, ``authors`` (list of names), ``license`` (SPDX id),
-            ``training_data`` (a :data:`DATASETS` key) and ``onnx`` (also ONNX weights).
+            ``dataset`` (the training data: a :data:`unet.export.datasets.DATASETS` entry or
+            :func:`unet.export.datasets.own_dataset`) and ``onnx`` (also ONNX weights).
     """
     from bioimageio.spec import load_model_description, save_bioimageio_package
     from bioimageio.spec.model.v0_5 import ModelDescr

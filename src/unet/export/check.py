@@ -36,14 +36,16 @@ def largest_difference(
     sizes: list[tuple[int, int]],
     batch: int = 2,
 ) -> float:
-    """max |run(x) - model(x)| over random standardised inputs (batch, 1, H, W) of ``sizes``.
+    """max |run(x) - model(x)| over random standardised inputs (batch, C, H, W) of ``sizes``,
+    C = ``model.config.in_channels``.
 
     ``run`` maps a float32 NumPy array to the exported model's output.
     """
     generator = torch.Generator().manual_seed(0)
+    channels = model.config.in_channels
     worst = 0.0
     for h, w in sizes:
-        x = torch.randn(batch, 1, h, w, generator=generator)
+        x = torch.randn(batch, channels, h, w, generator=generator)
         expected = model(x).numpy()
         found = run(x.numpy())
         if found.shape != expected.shape:

@@ -1,6 +1,14 @@
-"""The training data sets a package can name: what they are and the papers to cite."""
+"""The training data sets a package can name: what they are and the papers to cite.
+
+The paper's data sets (``isbi``, ``hela``, ``u373``) are described here once; a model
+trained on a user's own folder (``data=folder``) gets a description built from what its
+checkpoint recorded (:func:`own_dataset`). :func:`dataset_key` tells them apart by the
+data module's stored hyperparameters.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 UNET_PAPER = {
     "text": "Ronneberger O, Fischer P, Brox T. U-Net: Convolutional Networks for Biomedical "
@@ -66,3 +74,55 @@ DATASETS = {
         "cite": _CTC_PAPERS,
     },
 }
+
+CTC_KEYS = {"DIC-C2DH-HeLa": "hela", "PhC-C2DH-U373": "u373"}
+OWN = "own"  # training_data=own: the user's own folder of images and masks
+
+
+def dataset_key(hparams: dict) -> str | None:
+    """The data set a checkpoint's data module hyperparameters belong to (``isbi``,
+    ``hela``, ``u373`` or ``own``), or None if they fit none of them.
+
+    Each data module stores its constructor arguments: only ISBI's have ``val_slices``,
+    only the Cell Tracking Challenge's ``dataset`` (its name), only the folder's
+    ``mask_type``.
+    """
+    if "val_slices" in hparams:
+        return "isbi"
+    if "dataset" in hparams:
+        return CTC_KEYS.get(str(hparams["dataset"]))
+    if "mask_type" in hparams:
+        return OWN
+    return None
+
+
+def own_images(hparams: dict) -> Path | None:
+    """The folder of training images a ``data=folder`` checkpoint recorded (None if it
+    recorded none); an absolute ``images`` replaces ``data_dir``, as in training."""
+    if "data_dir" not in hparams:
+        return None
+    return Path(str(hparams["data_dir"])) / str(hparams.get("images", "images"))
+
+
+def own_dataset(hparams: dict, in_channels: int, num_classes: int) -> dict:
+    """The description of a model's own training data, in the shape of :data:`DATASETS`
+    (``image``: None; the caller finds one). ``hparams`` may be empty (a checkpoint that
+    recorded no data settings); the channels and classes are the network's."""
+    folder = Path(str(hparams["data_dir"])).name if "data_dir" in hparams else None
+    masks = {
+        "semantic": "semantic masks (one class index per pixel)",
+        "instance": "instance masks (one id per object, 0 = background)",
+    }.get(str(hparams.get("mask_type")), "masks")
+    channels = "gray" if in_channels == 1 else f"{in_channels}-channel"
+    where = f"the folder {folder}" if folder else "a folder (its name was not recorded)"
+    return {
+        "name": f"own images ({folder})" if folder else "own images",
+        "description": f"The model authors' own {channels} images and {masks} from {where}, "
+        f"{num_classes} classes (class 0 = background), trained with data=folder of this "
+        "U-Net repository.",
+        "modality": "the authors' own images",
+        "tags": [],
+        "image": None,
+        # nothing is known about these images' source: only the method is cited
+        "cite": [UNET_PAPER],
+    }

@@ -1,4 +1,4 @@
-"""ONNX weights, with dynamic batch, height and width.
+"""ONNX weights, with dynamic batch, height and width (the channels are the network's).
 
 Exported with PyTorch's TorchScript-based ONNX exporter (``dynamo=False``): the newer
 ``torch.export``-based one needs ``onnxscript`` and symbolic shapes that express "188 + 16k",
@@ -37,7 +37,7 @@ def write_onnx(model: ProbabilityUNet, path: str | Path, record: dict) -> float:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             model,
-            (torch.zeros(1, 1, h, w),),
+            (torch.zeros(1, model.config.in_channels, h, w),),
             str(path),
             dynamo=False,
             opset_version=OPSET,
@@ -71,6 +71,6 @@ def session_record(session) -> dict:
 
 
 def run_session(session, x: np.ndarray) -> np.ndarray:
-    """The session's output for a float32 (B, 1, H, W) array."""
+    """The session's output for a float32 (B, C, H, W) array."""
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]

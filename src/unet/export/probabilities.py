@@ -3,8 +3,9 @@
 Exported weights produce class probabilities (B, K, H', W') themselves, so that every
 consumer (Fiji/deepImageJ, ilastik, QuPath, ONNX Runtime) gets probabilities without a
 softmax step of its own (the zoo tools do not all implement one). The input is the image
-after per-image standardisation (zero mean, unit variance), which the bioimage.io package
-declares as preprocessing and ``unet.inference`` does before tiling.
+(C channels) after per-image standardisation (zero mean, unit variance, channel by
+channel), which the bioimage.io package declares as preprocessing and ``unet.inference``
+does before tiling.
 """
 
 from __future__ import annotations
@@ -35,5 +36,5 @@ class ProbabilityUNet(nn.Module):
         return model.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) standardised images -> (B, K, H', W') class probabilities."""
+        """(B, C, H, W) standardised images -> (B, K, H', W') class probabilities."""
         return self.net(x).softmax(dim=1)

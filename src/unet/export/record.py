@@ -28,7 +28,8 @@ def model_record(trained: TrainedModel) -> dict:
         # in words for people reading rdf.yaml: inputs smallest + k * step, output smaller by
         "input_size": {"smallest": smallest, "step": step},
         "output_smaller_by": shapes.halo(config.depth, config.padding),
-        "output": "softmax class probabilities; class 1 = cell",
+        "output": "softmax class probabilities; "
+        + ("class 1 = cell" if config.num_classes == 2 else "class 0 = background"),
     }
 
 

@@ -1,12 +1,16 @@
 """``src/export.py``: a checkpoint to a bioimage.io package, an ONNX or a TorchScript file.
 
 Everything that can be wrong with the settings (format, output name, an existing output,
-the data set a package must name) is checked before the checkpoint is loaded; the file
-appears under its name only once it is complete and checked against PyTorch.
+the data set a package must name, its test image) is checked before the network is built;
+the file appears under its name only once it is complete and checked against PyTorch.
+
+A package names its training data: ``training_data=`` if given, else the data set the
+checkpoint's stored data module settings belong to (:func:`unet.export.datasets.dataset_key`).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -14,12 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from unet.atomic import atomic_file
-from unet.checkpoint import load_trained
+from unet.checkpoint import load_trained, net_config_of, read_checkpoint
 from unet.data.frames import FrameSource
+from unet.data.pairs import image_files
+from unet.data.readers import DataError
 from unet.errors import OutputExistsError, UserError
-from unet.export.datasets import DATASETS
+from unet.export.datasets import DATASETS, OWN, dataset_key, own_dataset, own_images
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import model_record
+from unet.network import NetConfig
 from unet.validation import check_config
 
 SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
@@ -50,25 +57,70 @@ def check_output(output: str | Path, fmt: str, overwrite: bool) -> Path:
     return output
 
 
-def package_settings(cfg: DictConfig) -> dict:
-    """The bioimage.io settings of ``cfg``; an error for one a package cannot do without."""
-    if cfg.training_data is None:
+def first_training_image(hparams: dict, ckpt_path: str) -> Path:
+    """The first image (by name) of the training images folder the checkpoint recorded;
+    an error asking for ``image=`` if there is none."""
+    folder = own_images(hparams)
+    try:
+        if folder is not None:
+            return next(iter(image_files(folder, "images").values()))
+    except DataError:  # no such folder, or no images in it
+        pass
+    found = f"its training images {folder} are not there" if folder else "it names no images"
+    raise ExportSettingError(
+        f"format=bioimageio with training_data=own needs image=<one of the training images> "
+        f"(the package's test tensors and cover are cut from it): {ckpt_path}: {found}"
+    )
+
+
+def training_dataset(cfg: DictConfig, checkpoint: dict, config: NetConfig) -> dict:
+    """The description of the training data the package names (:data:`DATASETS`' fields):
+    ``training_data=`` if set, else the data set the checkpoint's data module settings
+    belong to; ``training_data_name`` / ``_description`` replace its wording."""
+    hparams = checkpoint.get("datamodule_hyper_parameters")
+    hparams = dict(hparams) if isinstance(hparams, dict) else {}
+    key = cfg.training_data or dataset_key(hparams)
+    if key is None:
+        found = "match none of these" if hparams else "are not stored in it"
         raise ExportSettingError(
-            "format=bioimageio needs training_data=isbi|hela|u373 (the data set the "
-            "checkpoint was trained on: its description and papers go into the package)"
+            f"format=bioimageio needs training_data=isbi|hela|u373|own: {cfg.ckpt_path} does "
+            f"not say which data it was trained on (its data settings {found}); the package "
+            "describes the data and cites its papers"
         )
+    if key == OWN:
+        dataset = own_dataset(hparams, config.in_channels, config.num_classes)
+        if cfg.image is None:
+            dataset["image"] = first_training_image(hparams, cfg.ckpt_path)
+    else:
+        dataset = {**DATASETS[key], "image": Path(cfg.paths.data_dir) / DATASETS[key]["image"]}
+    if cfg.training_data_name:
+        dataset["name"] = cfg.training_data_name
+    if cfg.training_data_description:
+        dataset["description"] = cfg.training_data_description
+    return dataset
+
+
+def default_name(dataset: dict) -> str:
+    """``U-Net <training data>``, other characters than a bioimage.io model name may use
+    (letters, digits, ``_+-()`` and spaces) replaced by ``_``."""
+    return "U-Net " + re.sub(r"[^A-Za-z0-9_+\- ()]", "_", dataset["name"])
+
+
+def package_settings(cfg: DictConfig, checkpoint: dict, config: NetConfig) -> dict:
+    """The bioimage.io settings of ``cfg`` and the checkpoint (its training data); an error
+    for one a package cannot do without."""
+    dataset = training_dataset(cfg, checkpoint, config)
     if not cfg.authors:
         raise ExportSettingError(
             'format=bioimageio needs authors=["Your Name"] (the zoo lists who made the model)'
         )
-    dataset = DATASETS[cfg.training_data]
     return {
-        "training_data": cfg.training_data,
-        "name": cfg.name or f"U-Net {dataset['name']}",
+        "dataset": dataset,
+        "name": cfg.name or default_name(dataset),
         "authors": list(OmegaConf.to_container(cfg.authors)),
         "license": cfg.license,
         "onnx": cfg.onnx,
-        "image": cfg.image or str(Path(cfg.paths.data_dir) / dataset["image"]),
+        "image": str(cfg.image or dataset["image"]),
     }
 
 
@@ -87,10 +139,14 @@ def export(cfg: DictConfig) -> dict:
     (format, output, seconds, bytes)."""
     check_config(cfg)
     output = check_output(cfg.output, cfg.format, cfg.overwrite)
-    settings = package_settings(cfg) if cfg.format == "bioimageio" else None
-    image = None
-    if settings is not None:  # read before the slow part: a wrong path shows at once
-        _, image = next(iter(FrameSource(settings["image"])))
+    settings, image = None, None
+    if cfg.format == "bioimageio":  # before the slow part: a wrong setting shows at once
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        config = net_config_of(checkpoint, Path(cfg.ckpt_path))
+        settings = package_settings(cfg, checkpoint, config)
+        del checkpoint
+        frames = FrameSource(settings["image"], channels=config.in_channels)
+        _, image = next(iter(frames))
     trained = load_trained(cfg.ckpt_path)
     record = model_record(trained)
     start = time.perf_counter()

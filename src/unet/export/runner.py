@@ -31,7 +31,7 @@ PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
 class ExportedNet(nn.Module):
     """Exported weights (TorchScript module or ONNX Runtime session) as a network.
 
-    ``forward`` maps standardised images (B, 1, H, W) to log class probabilities
+    ``forward`` maps standardised images (B, C, H, W) to log class probabilities
     (B, K, H', W'). ``config`` is the architecture the weights were exported from. ONNX
     Runtime runs on the CPU whatever the input's device.
     """
@@ -78,7 +78,8 @@ def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
 
 
 def load_onnx(source, path: Path) -> TrainedModel:
-    """An ONNX model with one (B, 1, H, W) input and the unet record."""
+    """An ONNX model with the unet record and one (B, C, H, W) input, C = the recorded
+    network's ``in_channels``."""
     from unet.export.onnx import onnx_session, session_record
 
     try:
@@ -86,18 +87,17 @@ def load_onnx(source, path: Path) -> TrainedModel:
     except Exception as err:  # onnxruntime raises its own types for unreadable files
         first = " ".join(str(err).split())[:200]
         raise CheckpointError(f"{path}: not a readable ONNX model ({first})") from None
-    inputs = session.get_inputs()
-    found = [tuple(i.shape) for i in inputs]
-    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 1:
-        shown = ", ".join(str(s).replace("'", "") for s in found)
-        raise CheckpointError(
-            f"{path}: expected an ONNX model with one input of shape (B, 1, H, W), found "
-            f"input shape(s) {shown}"
-        )
     record = session_record(session)
-    return trained_model(
-        ExportedNet(config_from_record(record, path), session=session), record, path
-    )
+    config = config_from_record(record, path)
+    inputs = session.get_inputs()
+    channels = config.in_channels
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != channels:
+        shown = ", ".join(str(tuple(i.shape)).replace("'", "") for i in inputs)
+        raise CheckpointError(
+            f"{path}: expected an ONNX model with one input of shape (B, {channels}, H, W) "
+            f"(its record's in_channels = {channels}), found input shape(s) {shown}"
+        )
+    return trained_model(ExportedNet(config, session=session), record, path)
 
 
 def load_torchscript(source, path: Path) -> TrainedModel:

@@ -29,7 +29,8 @@ def trace(model: ProbabilityUNet) -> torch.jit.ScriptModule:
         # UNet.forward's input-size check (a Python int computation) is not part of the
         # graph; the tracer warns about it. The size rule is in the record instead.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        return torch.jit.trace(model, torch.zeros(1, 1, h, w), check_trace=False)
+        x = torch.zeros(1, model.config.in_channels, h, w)
+        return torch.jit.trace(model, x, check_trace=False)
 
 
 def write_torchscript(model: ProbabilityUNet, path: str | Path, record: dict) -> float:
