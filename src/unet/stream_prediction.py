@@ -2,7 +2,8 @@
 
     input (OME-Zarr level / TIFF, read lazily) -> image statistics (stored) ->
     ``unet.streaming.predict_streaming`` over the chunk rows not yet written ->
-    ``unet.zarr_io.PredictionStore`` -> chunk-wise labels (``unet.chunked_labels``)
+    ``unet.zarr_io.PredictionStore`` -> chunk-wise labels (``unet.chunked_labels``,
+    ``unet.chunked_holes``)
 
 A rerun with the same output continues with the chunk rows that are not marked done; a
 store written by another network (or with other tiling settings) is refused. With
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
+from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, progress_bar, resolve_device
@@ -28,14 +30,14 @@ from unet.zarr_io import PredictionStore, StoreError, open_image, open_store
 
 
 def check_labels_settings(postprocess: PostProcessing) -> None:
-    """Chunk-wise labels do threshold and min_area only; refuse what they cannot do."""
-    local = {"fill_holes": False, "regrow": "none", "border_min_area": 0}
+    """Chunk-wise labels do threshold, min_area and fill_holes; refuse what they cannot do."""
+    local = {"regrow": "none", "border_min_area": 0}
     for key, off in local.items():
         if getattr(postprocess, key) != off:
             raise StoreError(
                 f"postprocess.{key}={getattr(postprocess, key)!r}: chunk-wise labels of a zarr "
-                f"output support threshold and min_area only; set postprocess.{key}={off} or "
-                "labels=false"
+                "output support threshold, min_area and fill_holes only; set "
+                f"postprocess.{key}={off} or labels=false"
             )
 
 
@@ -174,13 +176,18 @@ def predict_to_zarr(
 
 
 def write_labels(store: PredictionStore, postprocess: PostProcessing) -> int:
-    """Chunk-wise instance labels of the store's cell probability (``labels/cells``)."""
+    """Chunk-wise instance labels of the store's cell probability (``labels/cells``), with
+    their holes filled if ``postprocess.fill_holes``; returns the object count."""
     if len(store.done_rows()) < -(-store.probability.shape[0] // store.chunk):
         raise StoreError(f"{store.path}: chunk rows are missing; labels need the whole map")
-    return label_chunks(
+    labels = store.labels(create=True)
+    count = label_chunks(
         lambda ys, xs: store.read_probability((ys, xs)),
-        store.labels(create=True),
+        labels,
         store.probability.chunks,
         postprocess.threshold,
         postprocess.min_area,
     )
+    if postprocess.fill_holes:
+        fill_holes_chunks(labels, store.probability.chunks, count)
+    return count
