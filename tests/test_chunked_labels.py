@@ -3,6 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.postprocess import PostProcessing
 
@@ -54,3 +55,44 @@ def test_a_cell_winding_through_many_chunks_keeps_one_label():
     labels = np.zeros(mask.shape, np.uint32)
     count = label_chunks(lambda ys, xs: mask[ys, xs].astype(np.float32), labels, (7, 6))
     assert count == 1 and np.array_equal(labels > 0, mask)
+
+
+def labels_and_holes(probability: np.ndarray, chunk: tuple[int, int], min_area: int = 0):
+    """Chunk-wise labels with holes filled (unet.chunked_labels, then unet.chunked_holes)."""
+    labels = np.zeros(probability.shape, np.uint32)
+    count = label_chunks(lambda ys, xs: probability[ys, xs], labels, chunk, min_area=min_area)
+    fill_holes_chunks(labels, chunk, count)
+    return labels
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 80),
+    st.integers(1, 80),
+    st.integers(2, 30),
+    st.integers(2, 30),
+    st.sampled_from([0, 5, 30]),
+    st.integers(0, 10**6),
+)
+def test_chunk_wise_fill_holes_equals_whole_image(h, w, ch, cw, min_area, seed):
+    probability = cell_map(h, w, seed)
+    expected = PostProcessing(min_area=min_area, fill_holes=True)(probability)
+    assert same_up_to_renumbering(labels_and_holes(probability, (ch, cw), min_area), expected)
+
+
+def test_nested_holes_across_chunk_borders_take_the_outermost_cell():
+    # a ring holding a ring holding a ring with a speck inside, a cell touching the image
+    # border and one in the outer ring's hole; every ring crosses chunk borders. The
+    # whole-image fill gives each hole the outermost ring around it.
+    mask = np.zeros((40, 40), np.float32)
+    for y0, y1 in ((2, 38), (6, 30), (10, 20)):
+        mask[y0:y1, y0:y1] = 1
+        mask[y0 + 1 : y1 - 1, y0 + 1 : y1 - 1] = 0
+    mask[14:16, 14:16] = 1
+    mask[0:5, 20] = 1
+    mask[33:36, 33:36] = 1
+    expected = PostProcessing(fill_holes=True)(mask)
+    assert (expected[3:37, 3:37] == expected[2, 2]).sum() > 0.5 * 34 * 34  # outer ring fills
+    assert not np.array_equal(expected, PostProcessing()(mask))
+    for chunk in ((3, 4), (7, 7), (5, 13), (40, 40)):
+        assert same_up_to_renumbering(labels_and_holes(mask, chunk), expected), chunk

@@ -16,6 +16,7 @@ INFERENCE = [
     "unet.zarr_io",
     "unet.stream_prediction",
     "unet.chunked_labels",
+    "unet.chunked_holes",
     "unet.tiler",
     "unet.shapes",
     "unet.export.probabilities",

@@ -16,7 +16,8 @@ labelling: equal up to renumbering). Three passes over the chunks:
 Why a union-find and not dask-image: the border pass needs only one row or column of ids on
 each side of a border, the lookup table is one integer per provisional id, and nothing here
 needs a task scheduler; plain SciPy adds no dependency and keeps memory at one chunk plus the
-table. Watershed regrowth and hole filling are not local to a chunk and are not offered here.
+table. Hole filling follows in ``unet.chunked_holes``; watershed regrowth and the border
+rule are not local to a chunk and are not offered here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from scipy import ndimage
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
-def _find(parent: np.ndarray, a: int) -> int:
+def find_root(parent: np.ndarray, a: int) -> int:
+    """The root of ``a`` in the union-find forest ``parent``."""
     root = a
     while parent[root] != root:
         root = parent[root]
@@ -38,9 +40,10 @@ def _find(parent: np.ndarray, a: int) -> int:
     return root
 
 
-def _union_pairs(parent: np.ndarray, pairs: np.ndarray) -> None:
+def union_pairs(parent: np.ndarray, pairs: np.ndarray) -> None:
+    """Join the two ids of each row of ``pairs`` (the smaller id becomes the root)."""
     for a, b in pairs:
-        ra, rb = _find(parent, int(a)), _find(parent, int(b))
+        ra, rb = find_root(parent, int(a)), find_root(parent, int(b))
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
 
@@ -80,12 +83,10 @@ def label_chunks(
     # pass 2: union-find over the pixel pairs across every chunk border
     parent = np.arange(offset + 1, dtype=np.int64)
     for y in range(ch, h, ch):  # row y - 1 against row y
-        _union_pairs(parent, _pairs(labels[y - 1, :], labels[y, :]))
+        union_pairs(parent, _pairs(labels[y - 1, :], labels[y, :]))
     for x in range(cw, w, cw):  # column x - 1 against column x
-        _union_pairs(parent, _pairs(labels[:, x - 1], labels[:, x]))
-    roots = parent
-    while not np.array_equal(roots, parent[roots]):  # every id straight to its root
-        roots = parent[roots]
+        union_pairs(parent, _pairs(labels[:, x - 1], labels[:, x]))
+    roots = flatten(parent)
     total = np.bincount(roots, weights=area, minlength=offset + 1)
     keep = (total >= max(min_area, 1)) & (np.arange(offset + 1) == roots)
     keep[0] = False
@@ -96,6 +97,14 @@ def label_chunks(
     for ys, xs in blocks:
         labels[ys, xs] = lut[np.asarray(labels[ys, xs])]
     return int(keep.sum())
+
+
+def flatten(parent: np.ndarray) -> np.ndarray:
+    """Every id's root (pointer jumping until nothing changes)."""
+    roots = parent
+    while not np.array_equal(roots, parent[roots]):
+        roots = parent[roots]
+    return roots
 
 
 def _pairs(first: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -151,40 +151,89 @@ def predict_path(
     autocast_dtype(precision)  # checks the setting before anything is written
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
     staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
-    pixels = sum(h * w for h, w in source.shapes) * (1 if num_classes == 2 else num_classes)
-    stack = ProbabilityStackWriter(staged.path / "probabilities.tif", 4 * pixels > 2**32 - 2**25)
     start = time.perf_counter()
     thumbnails: list[tuple[str, np.ndarray]] = []
+    stack = probability_stack(staged.path, source, num_classes)
     with progress_bar(progress) as bar, staged, stack:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar)
         ):
-            cells = foreground_probability(prob, instance_class)  # (H, W), float32
-            if num_classes == 2:
-                stack.write(cells)
-            else:  # all K classes, and the argmax
-                stack.write(prob)
-                write_class_image(staged.path / "classes" / f"{name}.tif", prob.argmax(axis=0))
-            if labels or overlays:
-                objects = postprocess(cells)
-                label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
-                picture = write_objects(
-                    staged.path, name, label_file, frame, objects, labels, overlays
-                )
-                if picture is not None:
-                    thumbnails.append((name, thumbnail(picture)))
-        if len(thumbnails) > 1:
-            names, pictures = [n for n, _ in thumbnails], [p for _, p in thumbnails]
-            write_png(staged.path / "contact_sheet.png", contact_sheet(pictures, names))
-    seconds = time.perf_counter() - start
+            page, small = write_frame(
+                staged.path,
+                index,
+                name,
+                frame,
+                prob,
+                postprocess,
+                labels=labels,
+                overlays=overlays,
+                instance_class=instance_class,
+                challenge_naming=challenge_naming,
+            )
+            stack.write(page)
+            if small is not None:
+                thumbnails.append((name, small))
+        write_contact_sheet(staged.path, thumbnails)
+    return frames_summary(source, staged.final, stack, num_classes, time.perf_counter() - start)
+
+
+def probability_stack(folder: Path, source: FrameSource, num_classes: int):
+    """The writer of ``probabilities.tif`` (BigTIFF where the stack may pass 4 GB)."""
+    pixels = frame_pixels(source, num_classes)
+    return ProbabilityStackWriter(folder / "probabilities.tif", 4 * pixels > 2**32 - 2**25)
+
+
+def frame_pixels(source: FrameSource, num_classes: int) -> int:
+    """Probability values written for ``source``: one map per frame, K for K > 2 classes."""
+    return sum(h * w for h, w in source.shapes) * (1 if num_classes == 2 else num_classes)
+
+
+def frames_summary(source: FrameSource, final: Path, stack, num_classes: int, seconds) -> dict:
+    """Frame count, sizes, the TIFF's series, seconds and megapixels/s of a prediction."""
     return {
         "frames": len(source),
         "sizes": sorted(set(source.shapes)),
-        "probabilities": str(staged.final / "probabilities.tif"),
+        "probabilities": str(final / "probabilities.tif"),
         "series": stack.num_series,
         "seconds": seconds,
-        "megapixels_per_second": pixels / 1e6 / seconds,
+        "megapixels_per_second": frame_pixels(source, num_classes) / 1e6 / seconds,
     }
+
+
+def write_frame(
+    folder: Path,
+    index: int,
+    name: str,
+    frame: np.ndarray,
+    prob: np.ndarray,
+    postprocess: PostProcessing,
+    *,
+    labels: bool,
+    overlays: bool,
+    instance_class: int | None,
+    challenge_naming: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Write the files of frame number ``index`` (``classes/``, ``labels/``, ``overlays/``);
+    returns its page(s) of ``probabilities.tif`` (the (H, W) cell probability, or all K
+    classes) and the thumbnail of its overlay (None without overlays)."""
+    cells = foreground_probability(prob, instance_class)  # (H, W), float32
+    page = cells
+    if len(prob) > 2:  # all K classes, and the argmax
+        page = prob
+        write_class_image(folder / "classes" / f"{name}.tif", prob.argmax(axis=0))
+    picture = None
+    if labels or overlays:
+        objects = postprocess(cells)
+        label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
+        picture = write_objects(folder, name, label_file, frame, objects, labels, overlays)
+    return page, None if picture is None else thumbnail(picture)
+
+
+def write_contact_sheet(folder: Path, thumbnails: list[tuple[str, np.ndarray]]) -> None:
+    """``contact_sheet.png``: every frame's overlay thumbnail, titled (two frames or more)."""
+    if len(thumbnails) > 1:
+        names, pictures = [n for n, _ in thumbnails], [p for _, p in thumbnails]
+        write_png(folder / "contact_sheet.png", contact_sheet(pictures, names))
 
 
 def predict_frames(
@@ -195,16 +244,21 @@ def predict_frames(
     tiles_task = bar.add_task("tiles", total=None)
     channels = net.config.in_channels
     for name, frame in source:
-        if frame.ndim != (2 if channels == 1 else 3):
-            raise DataError(
-                f"{name}: expected a frame of {channels} channel(s), found shape {frame.shape}"
-            )
+        check_frame(name, frame, channels)
         bar.reset(tiles_task, total=count_tiles(net, frame.shape, tiler, tta))
         prob = predict_image(
             net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
         )
         yield name, frame, prob
         bar.advance(frames_task)
+
+
+def check_frame(name: str, frame: np.ndarray, channels: int) -> None:
+    """A DataError unless ``frame`` is (H, W) for one channel or (C, H, W) for several."""
+    if frame.ndim != (2 if channels == 1 else 3):
+        raise DataError(
+            f"{name}: expected a frame of {channels} channel(s), found shape {frame.shape}"
+        )
 
 
 def write_objects(
@@ -266,9 +320,15 @@ def progress_bar(enabled: bool) -> Progress:
 def predict(cfg: DictConfig) -> dict:
     """Predict ``cfg.input`` with the network of ``cfg.ckpt_path`` (a checkpoint, or a
     bioimage.io package, ONNX or TorchScript file from ``src/export.py``); results go to
-    ``cfg.output``."""
+    ``cfg.output``. With a ``trainer`` (``trainer=ddp``), on the ranks of a Lightning
+    Trainer (:mod:`unet.distributed_prediction`)."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
-    if str(cfg.output).rstrip("/").endswith(".zarr"):
+    if cfg.get("trainer") is not None:
+        # imported here: only this route needs Lightning, the inference modules do not
+        from unet.distributed_prediction import predict_on_ranks
+
+        return predict_on_ranks(cfg)
+    if is_store(cfg.output):
         return predict_large(cfg)
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
     trained = load_for_prediction(cfg.ckpt_path)  # a checkpoint or an exported model
@@ -291,9 +351,20 @@ def predict(cfg: DictConfig) -> dict:
         overwrite=cfg.overwrite,
         progress=cfg.progress,
     )
+    report_frames(summary, cfg.output)
+    return summary
+
+
+def is_store(output) -> bool:
+    """Whether ``output`` names an OME-Zarr store (``<name>.zarr``), not a folder."""
+    return str(output).rstrip("/").endswith(".zarr")
+
+
+def report_frames(summary: dict, output) -> None:
+    """One line on what a folder prediction wrote (and a note on mixed frame sizes)."""
     sizes = ", ".join(f"{h}x{w}" for h, w in summary["sizes"])
     Console().print(
-        f"{summary['frames']} frame(s) ({sizes}) -> {cfg.output} in {summary['seconds']:.1f} s "
+        f"{summary['frames']} frame(s) ({sizes}) -> {output} in {summary['seconds']:.1f} s "
         f"({summary['megapixels_per_second']:.2f} megapixels/s)"
     )
     if summary["series"] > 1:
@@ -301,20 +372,22 @@ def predict(cfg: DictConfig) -> dict:
             f"note: frames of different sizes; {summary['probabilities']} holds "
             f"{summary['series']} series (read them with tifffile.TiffFile(path).series)"
         )
-    return summary
 
 
-def predict_large(cfg: DictConfig) -> dict:
-    """Stream one image into the OME-Zarr store ``cfg.output`` (README, "Large images")."""
-    # imported here: zarr and ome-zarr are an optional extra (pip install .[zarr])
-    from unet.stream_prediction import predict_to_zarr
+def report_store(summary: dict, output) -> None:
+    """One line on what a .zarr prediction wrote."""
+    h, w = summary["shape"]
+    Console().print(
+        f"{h}x{w} -> {output}: {summary['rows_predicted']} rows predicted in "
+        f"{summary['seconds']:.1f} s"
+    )
 
-    if cfg.tta != "none":
-        raise PredictionSettingError(
-            f"tta={cfg.tta}: a .zarr output is predicted without test-time augmentation; "
-            "set tta=none"
-        )
-    trained = load_for_prediction(cfg.ckpt_path)
+
+def store_options(cfg: DictConfig, trained) -> dict:
+    """The settings of ``unet.stream_prediction`` for a .zarr output of ``trained``, after
+    refusing what a streamed prediction cannot do (test-time augmentation; K > 2 classes
+    or several channels)."""
+    check_store_tta(cfg)
     config = trained.config
     if config.in_channels != 1 or config.num_classes != 2:
         raise PredictionSettingError(
@@ -322,24 +395,41 @@ def predict_large(cfg: DictConfig) -> dict:
             f"networks; this network takes {config.in_channels} channel(s) and predicts "
             f"{config.num_classes} classes: use a folder output"
         )
+    return {
+        "input": cfg.input,
+        "output": cfg.output,
+        "level": cfg.zarr.level,
+        "chunk": cfg.zarr.chunk,
+        "probability_dtype": cfg.zarr.probability_dtype,
+        "tiler": build(cfg, "tiler"),
+        "precision": cfg.precision,
+        "postprocess": postprocessing_for(trained.postprocess, cfg.get("postprocess")),
+        "labels": cfg.labels,
+    }
+
+
+def check_store_tta(cfg: DictConfig) -> None:
+    """A .zarr output is predicted without test-time augmentation."""
+    if cfg.tta != "none":
+        raise PredictionSettingError(
+            f"tta={cfg.tta}: a .zarr output is predicted without test-time augmentation; "
+            "set tta=none"
+        )
+
+
+def predict_large(cfg: DictConfig) -> dict:
+    """Stream one image into the OME-Zarr store ``cfg.output`` (README, "Large images")."""
+    # imported here: zarr and ome-zarr are an optional extra (pip install .[zarr])
+    from unet.stream_prediction import predict_to_zarr
+
+    check_store_tta(cfg)  # before the checkpoint is read
+    trained = load_for_prediction(cfg.ckpt_path)
     summary = predict_to_zarr(
         trained.net,
-        cfg.input,
-        cfg.output,
-        level=cfg.zarr.level,
-        chunk=cfg.zarr.chunk,
-        probability_dtype=cfg.zarr.probability_dtype,
-        tiler=build(cfg, "tiler"),
+        **store_options(cfg, trained),
         device=cfg.device,
-        precision=cfg.precision,
-        postprocess=postprocessing_for(trained.postprocess, cfg.get("postprocess")),
-        labels=cfg.labels,
         overwrite=cfg.overwrite,
         progress=cfg.progress,
     )
-    h, w = summary["shape"]
-    Console().print(
-        f"{h}x{w} -> {cfg.output}: {summary['rows_predicted']} rows predicted in "
-        f"{summary['seconds']:.1f} s"
-    )
+    report_store(summary, cfg.output)
     return summary

@@ -2,7 +2,8 @@
 
     input (OME-Zarr level / TIFF, read lazily) -> image statistics (stored) ->
     ``unet.streaming.predict_streaming`` over the chunk rows not yet written ->
-    ``unet.zarr_io.PredictionStore`` -> chunk-wise labels (``unet.chunked_labels``)
+    ``unet.zarr_io.PredictionStore`` -> chunk-wise labels (``unet.chunked_labels``,
+    ``unet.chunked_holes``)
 
 A rerun with the same output continues with the chunk rows that are not marked done; a
 store written by another network (or with other tiling settings) is refused. With
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
+from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, progress_bar, resolve_device
@@ -28,14 +30,14 @@ from unet.zarr_io import PredictionStore, StoreError, open_image, open_store
 
 
 def check_labels_settings(postprocess: PostProcessing) -> None:
-    """Chunk-wise labels do threshold and min_area only; refuse what they cannot do."""
-    local = {"fill_holes": False, "regrow": "none", "border_min_area": 0}
+    """Chunk-wise labels do threshold, min_area and fill_holes; refuse what they cannot do."""
+    local = {"regrow": "none", "border_min_area": 0}
     for key, off in local.items():
         if getattr(postprocess, key) != off:
             raise StoreError(
                 f"postprocess.{key}={getattr(postprocess, key)!r}: chunk-wise labels of a zarr "
-                f"output support threshold and min_area only; set postprocess.{key}={off} or "
-                "labels=false"
+                "output support threshold, min_area and fill_holes only; set "
+                f"postprocess.{key}={off} or labels=false"
             )
 
 
@@ -112,28 +114,16 @@ def predict_to_zarr(
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
-    if labels:
-        check_labels_settings(postprocess)
-    source = open_image(input, level)
-    net = check_network(net).to(resolve_device(device)).eval()
-    check_band_memory(net, tiler, source.shape, chunk)
-    plan = tiler.plan(net, source.shape)
-    record = {
-        "network_sha256": network_hash(net),
-        "level": level,
-        "tile": [plan.rows.in_sizes[0], plan.cols.in_sizes[0]],
-        "precision": str(precision),
-    }
+    net, source, record = checked_inputs(
+        net, input, level, chunk, tiler, device, precision, postprocess, labels
+    )
     start = time.perf_counter()
     # rank 0 creates the store and its statistics first; the others then open it
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
-            store = open_store(
-                output, source, record, chunk, probability_dtype, overwrite and rank == 0
+            store, statistics = open_with_statistics(
+                output, source, record, chunk, probability_dtype, overwrite and rank == 0, rank
             )
-            statistics = store.record.get("statistics") or list(image_statistics(source))
-            if rank == 0 and "statistics" not in store.record:
-                store.group.attrs["unet"] = {**store.record, "statistics": statistics}
         if turn == 0 and barrier is not None:
             barrier()
     lo, hi = rank_rows(source.shape[0], chunk, rank, world_size)
@@ -173,14 +163,72 @@ def predict_to_zarr(
     }
 
 
+def create_store(
+    net: nn.Module,
+    input: str | Path,
+    output: str | Path,
+    *,
+    level: int = 0,
+    chunk: int = 1024,
+    probability_dtype: str = "float16",
+    tiler: Tiler | None = None,
+    device: str = "cpu",
+    precision: str | int = 32,
+    postprocess: PostProcessing | None = None,
+    labels: bool = True,
+    overwrite: bool = False,
+) -> PredictionStore:
+    """What rank 0 of :func:`predict_to_zarr` does first, alone: check the settings, then
+    create the store with the image statistics (or open the store of this prediction to
+    continue). Arguments as in :func:`predict_to_zarr`; a refusal is a UserError."""
+    tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
+    _, source, record = checked_inputs(
+        net, input, level, chunk, tiler, device, precision, postprocess, labels
+    )
+    return open_with_statistics(output, source, record, chunk, probability_dtype, overwrite, 0)[0]
+
+
+def checked_inputs(net, input, level, chunk, tiler, device, precision, postprocess, labels):
+    """(network on its device, image source, the store's record of this prediction), after
+    checking the label settings, the image and the memory for a band of rows."""
+    if labels:
+        check_labels_settings(postprocess)
+    source = open_image(input, level)
+    net = check_network(net).to(resolve_device(device)).eval()
+    check_band_memory(net, tiler, source.shape, chunk)
+    plan = tiler.plan(net, source.shape)
+    record = {
+        "network_sha256": network_hash(net),
+        "level": level,
+        "tile": [plan.rows.in_sizes[0], plan.cols.in_sizes[0]],
+        "precision": str(precision),
+    }
+    return net, source, record
+
+
+def open_with_statistics(output, source, record, chunk, dtype, overwrite, rank):
+    """(store, image statistics): rank 0 computes and stores the statistics of a new store,
+    the others read them."""
+    store = open_store(output, source, record, chunk, dtype, overwrite)
+    statistics = store.record.get("statistics") or list(image_statistics(source))
+    if rank == 0 and "statistics" not in store.record:
+        store.group.attrs["unet"] = {**store.record, "statistics": statistics}
+    return store, statistics
+
+
 def write_labels(store: PredictionStore, postprocess: PostProcessing) -> int:
-    """Chunk-wise instance labels of the store's cell probability (``labels/cells``)."""
+    """Chunk-wise instance labels of the store's cell probability (``labels/cells``), with
+    their holes filled if ``postprocess.fill_holes``; returns the object count."""
     if len(store.done_rows()) < -(-store.probability.shape[0] // store.chunk):
         raise StoreError(f"{store.path}: chunk rows are missing; labels need the whole map")
-    return label_chunks(
+    labels = store.labels(create=True)
+    count = label_chunks(
         lambda ys, xs: store.read_probability((ys, xs)),
-        store.labels(create=True),
+        labels,
         store.probability.chunks,
         postprocess.threshold,
         postprocess.min_area,
     )
+    if postprocess.fill_holes:
+        fill_holes_chunks(labels, store.probability.chunks, count)
+    return count

@@ -5,7 +5,7 @@ on the same TIFF reader, ``unet.data.readers.read_tiff``.)"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -189,14 +189,23 @@ class FrameSource:
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         """(name, (H, W) array) per frame ((C, H, W) for ``channels`` > 1), read when
         needed (one file at a time)."""
+        return self.frames(range(len(self)))
+
+    def frames(self, indices: Sequence[int]) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, frame) of the frames ``indices`` only, in that order (a folder's other
+        files are not read; a stack file is read once)."""
+        if not indices:
+            return
         if self.channels > 1:
-            frames = (read_channels(f, self.nonfinite) for f in self.files)
+            frames = (read_channels(self.files[i], self.nonfinite) for i in indices)
         elif self.path.is_dir():
-            frames = (read_image(f, self.nonfinite) for f in self.files)
+            frames = (read_image(self.files[i], self.nonfinite) for i in indices)
         else:
-            frames = read_image(self.path, self.nonfinite)
-            frames = frames[None] if frames.ndim == 2 else frames
-        for name, frame in zip(self.names, frames, strict=True):
+            stack = read_image(self.path, self.nonfinite)
+            stack = stack[None] if stack.ndim == 2 else stack
+            frames = (stack[i] for i in indices)
+        names = [self.names[i] for i in indices]
+        for name, frame in zip(names, frames, strict=True):
             if frame.size and frame.min() == frame.max():  # not an error: blank frames happen
                 print(f"warning: {name}: every pixel is {frame.flat[0]}; nothing to segment")
             yield name, frame

@@ -1,0 +1,249 @@
+"""Prediction on the ranks of a Lightning Trainer: ``src/predict.py trainer=ddp``.
+
+Lightning provides the processes, their devices and the process group (``trainer=ddp``
+with ``trainer.devices`` and ``trainer.num_nodes``, or the SLURM tasks of
+``cluster=slurm``); the work is that of :mod:`unet.prediction` and
+:mod:`unet.stream_prediction`, which import no Lightning. Each rank's predict dataloader
+yields its own work units:
+
+- a stack or folder of frames: the frames ``rank, rank + world_size, ...`` (no frame goes
+  to two ranks and none is repeated to even out the shares). Each rank writes its frames'
+  files (``labels/``, ``overlays/``, ``classes/``) into the staged output folder, and its
+  pages of ``probabilities.tif`` and overlay thumbnails as scratch files; rank 0 then
+  writes ``probabilities.tif`` and ``contact_sheet.png`` in frame order and gives the
+  folder its name. Labels are computed per frame, so instances never cross ranks. The
+  folder equals that of one process.
+- a ``.zarr`` output: one unit per rank, its contiguous run of whole chunk rows
+  (:func:`unet.stream_prediction.predict_to_zarr`; no two ranks write one chunk); labels
+  are computed by rank 0 over the whole store once every rank is done, so instances are
+  consistent across tile, chunk and rank borders.
+
+What must happen once happens on rank 0 in ``setup``, before any rank writes: the checks of
+the output (an existing one is never replaced without ``overwrite=true``), creating the
+staged folder or the store. A refusal there stops every rank; rank 0 reports it in one line.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, IterableDataset
+
+from unet.atomic import partial_path
+from unet.data.frames import FrameSource
+from unet.distributed import relaunch_as_this_job
+from unet.errors import UserError
+from unet.export.runner import load_for_prediction
+from unet.inference import autocast_dtype, predict_image
+from unet.postprocess import postprocessing_for
+from unet.prediction import (
+    check_frame,
+    check_network,
+    frames_summary,
+    is_store,
+    probability_stack,
+    report_frames,
+    report_store,
+    stage_output,
+    store_options,
+    write_contact_sheet,
+    write_frame,
+)
+from unet.tta import count_tiles
+from unet.validation import build
+
+SCRATCH = ".pages"  # inside the staged folder: each frame's pages and thumbnail, by index
+
+
+def frame_share(count: int, rank: int, world_size: int) -> list[int]:
+    """Rank ``rank``'s frames of ``count``: every ``world_size``-th from ``rank``."""
+    return list(range(rank, count, world_size))
+
+
+def as_is(unit):
+    """Leave a work unit as it is (the default collate would make tensors of frames)."""
+    return unit
+
+
+class RankFrames(IterableDataset):
+    """(index, name, frame) of one rank's frames, read as they are predicted."""
+
+    def __init__(self, source: FrameSource, indices: list[int]):
+        self.source, self.indices = source, indices
+
+    def __iter__(self):
+        for index, (name, frame) in zip(
+            self.indices, self.source.frames(self.indices), strict=True
+        ):
+            yield index, name, frame
+
+
+class RankedPrediction(L.LightningModule):
+    """Rank 0 prepares the output in ``setup`` (:meth:`prepare`); every rank learns whether
+    it could, and all stop if not."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def prepare(self) -> None:
+        """What rank 0 does once before any rank writes (raises a UserError to refuse)."""
+
+    def setup(self, stage: str) -> None:
+        refusal = None
+        if self.trainer.is_global_zero:
+            try:
+                self.prepare()
+            except UserError as err:
+                refusal = err
+        refusal = self.trainer.strategy.broadcast(refusal, src=0)
+        if refusal is not None:
+            if self.trainer.is_global_zero:
+                raise refusal
+            raise SystemExit(2)  # rank 0 reports it
+
+
+class FramePrediction(RankedPrediction):
+    """Each rank predicts and writes its share of the frames of ``source`` (module doc)."""
+
+    def __init__(self, net, source: FrameSource, cfg: DictConfig, postprocess):
+        super().__init__(net)
+        self.source, self.cfg, self.postprocess = source, cfg, postprocess
+        self.tiler = build(cfg, "tiler")
+        self.folder = partial_path(cfg.output)  # the staged folder (unet.atomic.StagedFolder)
+        self.staged = None
+
+    def prepare(self) -> None:
+        cfg = self.cfg
+        classes = self.net.config.num_classes > 2
+        self.staged = stage_output(cfg.output, cfg.overwrite, cfg.labels, cfg.overlays, classes)
+        (self.folder / SCRATCH).mkdir()
+
+    def predict_dataloader(self) -> DataLoader:
+        share = frame_share(len(self.source), self.global_rank, self.trainer.world_size)
+        return DataLoader(RankFrames(self.source, share), batch_size=None, collate_fn=as_is)
+
+    def predict_step(self, unit) -> None:
+        index, name, frame = unit
+        cfg = self.cfg
+        check_frame(name, frame, self.net.config.in_channels)
+        prob = predict_image(self.net, frame, self.tiler, cfg.tta, cfg.precision)
+        page, small = write_frame(
+            self.folder,
+            index,
+            name,
+            frame,
+            prob,
+            self.postprocess,
+            labels=cfg.labels,
+            overlays=cfg.overlays,
+            instance_class=cfg.get("instance_class"),
+            challenge_naming=cfg.challenge_naming,
+        )
+        np.save(self.folder / SCRATCH / f"{index}.npy", page)
+        if small is not None:
+            np.save(self.folder / SCRATCH / f"{index}.thumbnail.npy", small)
+
+    def finish(self, seconds_since: float) -> dict:
+        """Rank 0, once every rank is done: ``probabilities.tif`` and the contact sheet in
+        frame order, then the folder under its name; returns the summary."""
+        scratch = self.folder / SCRATCH
+        num_classes = self.net.config.num_classes
+        stack = probability_stack(self.folder, self.source, num_classes)
+        thumbnails = []
+        with self.staged, stack:
+            for index, name in enumerate(self.source.names):
+                stack.write(np.load(scratch / f"{index}.npy"))
+                small = scratch / f"{index}.thumbnail.npy"
+                if small.exists():
+                    thumbnails.append((name, np.load(small)))
+            write_contact_sheet(self.folder, thumbnails)
+            shutil.rmtree(scratch)
+        seconds = time.perf_counter() - seconds_since
+        return frames_summary(self.source, self.staged.final, stack, num_classes, seconds)
+
+
+class StorePrediction(RankedPrediction):
+    """Each rank predicts its chunk rows of one image into one OME-Zarr store (module doc)."""
+
+    def __init__(self, net, options: dict, cfg: DictConfig):
+        super().__init__(net)
+        self.options, self.cfg = options, cfg
+        self.summary: dict = {}
+
+    def prepare(self) -> None:
+        from unet.stream_prediction import create_store
+
+        create_store(
+            self.net, **self.options, device=str(self.device), overwrite=self.cfg.overwrite
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader([self.global_rank], batch_size=None, collate_fn=as_is)
+
+    def predict_step(self, unit) -> None:
+        from unet.stream_prediction import predict_to_zarr
+
+        summary = predict_to_zarr(
+            self.net,
+            **self.options,
+            device=str(self.device),
+            overwrite=False,  # rank 0 has created the store in prepare()
+            progress=self.cfg.progress and self.trainer.is_global_zero,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size,
+            barrier=self.trainer.strategy.barrier,
+        )
+        rows = torch.tensor(summary["rows_predicted"], device=self.device)
+        summary["rows_predicted"] = int(self.trainer.strategy.reduce(rows, reduce_op="sum"))
+        self.summary = summary
+
+
+def predict_on_ranks(cfg: DictConfig) -> dict:
+    """``src/predict.py`` with a ``trainer``: the frames or chunk rows of ``cfg.input`` shared
+    over the Trainer's ranks; rank 0 prints the summary."""
+    trained = load_for_prediction(cfg.ckpt_path)
+    if is_store(cfg.output):
+        module = StorePrediction(trained.net, store_options(cfg, trained), cfg)
+    else:
+        net = check_network(trained.net, cfg.get("instance_class"))
+        source = FrameSource(cfg.input, net.config.in_channels, cfg.get("nonfinite", "refuse"))
+        autocast_dtype(cfg.precision)  # the settings every rank checks before any writing
+        count_tiles(net, source.shapes[0], build(cfg, "tiler"), cfg.tta)
+        postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
+        module = FramePrediction(net, source, cfg, postprocess)
+    trainer = build(
+        cfg,
+        "trainer",
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.progress and not is_store(cfg.output),
+        sync_batchnorm=False,  # no batch statistics are computed in prediction
+    )
+    start = time.perf_counter()
+    with relaunch_as_this_job(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        try:
+            trainer.predict(module, return_predictions=False)
+            trainer.strategy.barrier()  # every rank has written its share
+        except BaseException:
+            if isinstance(module, FramePrediction) and module.staged is not None:
+                module.staged.abort()
+            raise
+        if not trainer.is_global_zero:
+            return {}
+        if isinstance(module, StorePrediction):
+            summary = module.summary
+            report_store(summary, cfg.output)
+        else:
+            summary = module.finish(start)
+            report_frames(summary, cfg.output)
+    return summary
