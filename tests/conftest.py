@@ -114,19 +114,28 @@ def synthetic_rgb() -> Callable[..., Path]:
     return _synthetic_rgb
 
 
+def _compose_entry(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config of an entry point (``predict``, ``export``, ...) as Hydra composes it for
+    ``src/<config_name>.py``; ``${hydra:...}`` resolves without an earlier test's help."""
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def compose_export() -> Callable[[list[str]], DictConfig]:
     """``compose_export(overrides)``: the export config as src/export.py composes it."""
+    return lambda overrides: _compose_entry("export", overrides)
 
-    def compose_with(overrides: list[str]):
-        with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-            cfg = compose("export", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves
-        with open_dict(cfg):
-            del cfg.hydra
-        return cfg
 
-    return compose_with
+@pytest.fixture(scope="session")
+def compose_predict() -> Callable[[list[str]], DictConfig]:
+    """``compose_predict(overrides)``: the prediction config as src/predict.py composes it,
+    without a progress bar."""
+    return lambda overrides: _compose_entry("predict", ["progress=false", *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, _compose_entry
 from conftest import _compose_train as compose_train
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from omegaconf import open_dict
@@ -119,13 +118,7 @@ def truncate(path: Path, fraction: float = 0.5) -> None:
 
 
 def compose_predict(overrides: list[str]):
-    """The predict config as src/predict.py composes it, ``${hydra:...}`` resolvable."""
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("predict", overrides=["progress=false", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
+    return _compose_entry("predict", ["progress=false", *overrides])
 
 
 def compose_eval(overrides: list[str], out: Path):

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import _compose_entry
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from unet.distributed_prediction import frame_share
 from unet.network import UNet
@@ -40,12 +41,7 @@ def blobs(h: int, w: int, seed: int) -> np.ndarray:
 
 def predict_here(configs_dir, overrides):
     """src/predict.py's work in this process (one process, no trainer)."""
-    with initialize_config_dir(str(configs_dir), version_base="1.3"):
-        cfg = compose("predict", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves
-    with open_dict(cfg):
-        del cfg.hydra
-    return predict(cfg)
+    return predict(_compose_entry("predict", overrides))
 
 
 def run_predict(repo_root, args):

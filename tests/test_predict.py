@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from unet.checkpoint import CheckpointError, load_network, load_trained
@@ -30,17 +29,6 @@ from unet.tiler import Tiler
 from unet.training import OutputExistsError, train
 from unet.validation import ConfigError
 from unet.writers import overlay
-
-
-@pytest.fixture(scope="session")
-def compose_predict(configs_dir):
-    """``compose_predict(overrides)``: the prediction config, without a progress bar."""
-
-    def compose_with(overrides: list[str]):
-        with initialize_config_dir(str(configs_dir), version_base="1.3"):
-            return compose("predict", overrides=["progress=false", *overrides])
-
-    return compose_with
 
 
 def save_checkpoint(path: Path, net: UNet, config: NetConfig | None = None) -> Path:

@@ -188,11 +188,8 @@ def test_bad_inputs_give_one_line_messages(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(tmp_path, configs_dir):
+def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(tmp_path, compose_predict):
     import tifffile
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     from unet.errors import UserError
     from unet.prediction import predict
@@ -205,24 +202,9 @@ def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(tmp_path, configs_di
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64))  # read lazily, tile by tile
 
     def run(*overrides):
-        with initialize_config_dir(str(configs_dir), version_base="1.3"):
-            cfg = compose(
-                "predict",
-                overrides=[
-                    "progress=false",
-                    f"ckpt_path={ckpt}",
-                    f"input={tmp_path / 'big.tif'}",
-                    f"output={tmp_path / 'out.zarr'}",
-                    "zarr.chunk=64",
-                    "tiler.tile_size=92",
-                    *overrides,
-                ],
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves
-        with open_dict(cfg):
-            del cfg.hydra
-        return predict(cfg)
+        settings = [f"ckpt_path={ckpt}", f"input={tmp_path / 'big.tif'}"]
+        settings += [f"output={tmp_path / 'out.zarr'}", "zarr.chunk=64", "tiler.tile_size=92"]
+        return predict(compose_predict([*settings, *overrides]))
 
     with pytest.raises(UserError, match="tta=flips8"):
         run("tta=flips8")
