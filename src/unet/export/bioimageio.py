@@ -88,20 +88,23 @@ def display_rgb(image: np.ndarray) -> np.ndarray:
     return (rgb - rgb.min()) / max(float(np.ptp(rgb)), 1e-6) * 255
 
 
-def cover_image(crop: np.ndarray, prob: np.ndarray) -> np.ndarray:
+def cover_image(crop: np.ndarray, prob: np.ndarray, membranes: bool = False) -> np.ndarray:
     """(h, 2w, 3) uint8: the image where the output lies | the same with the prediction:
-    for two classes the probability of not-cell (membrane, background) in red, for K > 2
-    every pixel's most probable class but 0 (background) in its own colour.
+    for two classes the cell probability in red (``membranes``: the probability of class 0,
+    ISBI's membranes, instead), for K > 2 every pixel's most probable class but 0
+    (background) in its own colour.
 
     Args:
         crop: the test input, (h0, w0) or (C, h0, w0).
         prob: the class probabilities for it, (K, h, w) with h <= h0, w <= w0 (centred).
+        membranes: show class 0 (ISBI 2012: membranes between cells) rather than cells.
     """
     h, w = prob.shape[-2:]
     top, left = (crop.shape[-2] - h) // 2, (crop.shape[-1] - w) // 2
     rgb = display_rgb(crop[..., top : top + h, left : left + w])
     if prob.shape[0] == 2:
-        alpha = 0.6 * (1 - prob[CELL_CLASS][..., None])
+        shown = 1 - prob[CELL_CLASS] if membranes else prob[CELL_CLASS]
+        alpha = 0.6 * shown[..., None]
         tinted = (1 - alpha) * rgb + alpha * np.array([255.0, 40.0, 40.0])
     else:
         tinted = tint(rgb / 255, prob.argmax(axis=0), alpha=0.5) * 255
@@ -264,17 +267,20 @@ def tensor_descriptions(config, folder: Path) -> tuple[list, list]:
 
 
 @torch.no_grad()
-def write_test_tensors(model: ProbabilityUNet, image: np.ndarray, where: str, folder: Path):
+def write_test_tensors(
+    model: ProbabilityUNet, image: np.ndarray, where: str, folder: Path, membranes: bool = False
+):
     """test_input.npy (a raw crop, (1, C, h, w)), test_output.npy and cover.png.
 
-    ``image``: (H, W) for a gray network, (C, H, W) for one of C input channels.
+    ``image``: (H, W) for a gray network, (C, H, W) for one of C input channels;
+    ``membranes``: the cover shows class 0 (ISBI's membranes), see :func:`cover_image`.
     """
     crop = test_crop(image, model.config, where)
     raw = crop.astype(np.float32).reshape(1, -1, *crop.shape[-2:])  # (1, C, h, w)
     prob = model(torch.from_numpy(standardize(raw[0]))[None]).numpy()  # (1, K, h', w')
     np.save(folder / "test_input.npy", raw)
     np.save(folder / "test_output.npy", prob)
-    Image.fromarray(cover_image(raw[0], prob[0])).save(folder / "cover.png")
+    Image.fromarray(cover_image(raw[0], prob[0], membranes)).save(folder / "cover.png")
 
 
 def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, weights: dict):
@@ -351,7 +357,8 @@ def write_package(
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         folder = Path(tmp)
         weights = write_weights(model, folder, record, settings["onnx"])
-        write_test_tensors(model, image, image_path, folder)
+        membranes = settings["dataset"].get("membranes", False)
+        write_test_tensors(model, image, image_path, folder, membranes)
         descr = describe(trained, record, folder, settings, weights)
         staged = save_bioimageio_package(descr, output_path=folder / "package.zip")
         written = load_model_description(staged, perform_io_checks=True)

@@ -35,6 +35,7 @@ _CTC_TERMS = (
 DATASETS = {
     "isbi": {
         "name": "ISBI 2012 EM segmentation challenge",
+        "membranes": True,  # class 0 is what the eye follows: the cover shows it in red
         "description": "Serial-section transmission electron microscopy of the Drosophila "
         "first-instar larva ventral nerve cord, 512x512 px slices; labels: cell interior vs. "
         "membrane.",
