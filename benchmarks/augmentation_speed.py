@@ -28,7 +28,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy is imported
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -40,20 +39,11 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from unet.augmentation import resample  # noqa: E402
 from unet.data.samples import RandomTileDataset, keep_freed_memory, standardize  # noqa: E402
+from unet.machine import cpu_model  # noqa: E402
 from unet.mirror import crop_with_mirror  # noqa: E402
 from unet.weight_maps import instance_weight_map  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sample_frame(data_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
@@ -145,7 +135,7 @@ def main() -> None:
     name, raw, instances = sample_frame(args.data_dir)
     classes, weights = instance_weight_map(instances)
     image = standardize(raw)
-    print(f"cpu: {cpu_name()}; 1 thread (torch, OpenCV {cv2.__version__}, BLAS)")
+    print(f"cpu: {cpu_model()}; 1 thread (torch, OpenCV {cv2.__version__}, BLAS)")
     print(f"freed buffers kept for reuse (as in a worker): {'yes' if kept else 'no'}")
     print(f"frame: {name}; {augmentation}")
     print(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,15 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from unet.machine import cpu_model
 
 
 def isbi_cpu_net():
@@ -117,7 +108,7 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.size, args.chunk, args.tile, args.memory_gb)))
         return
     print(
-        f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}"
     )
     runs = [("stream", args.size), ("memory", args.compare_size), ("stream", args.compare_size)]
