@@ -1,7 +1,7 @@
 """Peak memory and throughput of streamed (OME-Zarr) against in-memory prediction.
 
     python benchmarks/stream_memory.py [--size 16384] [--compare-size 2048] [--chunk 1024]
-        [--tile 508] [--memory-gb 1]
+        [--tile 508] [--memory-gb 1] [--sections 1]
 
 The isbi_cpu network (``configs/experiment/isbi_cpu.yaml``: depth 4, valid convs, 16 base
 channels, batch norm; random weights, eval mode). Each measurement runs in its own process
@@ -9,7 +9,8 @@ channels, batch norm; random weights, eval mode). Each measurement runs in its o
 
 - ``stream``, size x size: a synthetic uint16 image written chunk by chunk to a zarr store
   (never whole in memory), predicted by ``unet.stream_prediction.predict_to_zarr`` into a
-  float16 OME-Zarr store, without labels;
+  float16 OME-Zarr store, without labels; with ``--sections N``, a (z, y, x) stack of N
+  such sections into one (z, y, x) store (memory should not grow with N);
 - ``stream`` and ``memory`` (``unet.inference.predict_image``, today's path, the image and
   its (K, H, W) float32 map in memory) on a compare-size image that fits, for throughput.
 Megapixels/s count the whole run (statistics pass, reading, writing).
@@ -46,20 +47,27 @@ def synthetic_rows(y0: int, y1: int, w: int) -> np.ndarray:
     return (1000 + 300 * np.sin(yy / 23.0) * np.cos(xx / 31.0)).astype(np.uint16)
 
 
-def write_input(path: Path, size: int, chunk: int) -> None:
+def write_input(path: Path, size: int, chunk: int, sections: int = 1) -> None:
+    """A (y, x) OME-Zarr image, or a (z, y, x) stack of ``sections`` (> 1) such images."""
     import zarr
 
     group = zarr.open_group(str(path), mode="w")
-    axes = [{"name": a, "type": "space"} for a in "yx"]
-    scale = [{"type": "scale", "scale": [1.0, 1.0]}]
+    names = "zyx" if sections > 1 else "yx"
+    axes = [{"name": a, "type": "space"} for a in names]
+    scale = [{"type": "scale", "scale": [1.0] * len(names)}]
     datasets = [{"path": "0", "coordinateTransformations": scale}]
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
-    array = group.create_array("0", shape=(size, size), chunks=(chunk, chunk), dtype="uint16")
-    for y in range(0, size, chunk):
-        array[y : y + chunk, :] = synthetic_rows(y, min(y + chunk, size), size)
+    shape, chunks = (sections, size, size), (1, chunk, chunk)
+    array = group.create_array(
+        "0", shape=shape[-len(names) :], chunks=chunks[-len(names) :], dtype="uint16"
+    )
+    for z in range(sections):
+        for y in range(0, size, chunk):
+            rows = synthetic_rows(y, min(y + chunk, size), size) + np.uint16(100 * z)
+            array[(z, slice(y, y + chunk)) if sections > 1 else slice(y, y + chunk)] = rows
 
 
-def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float) -> dict:
+def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float, sections: int) -> dict:
     from unet.tiler import Tiler
 
     net, tiler = isbi_cpu_net(), Tiler(tile_size=tile, memory_gb=memory_gb)
@@ -67,7 +75,7 @@ def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float) -> di
         if mode == "stream":
             from unet.stream_prediction import predict_to_zarr
 
-            write_input(Path(tmp) / "in.zarr", size, chunk)
+            write_input(Path(tmp) / "in.zarr", size, chunk, sections)
             start = time.perf_counter()
             predict_to_zarr(
                 net,
@@ -81,6 +89,7 @@ def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float) -> di
         else:
             from unet.inference import predict_image
 
+            sections = 1
             image = synthetic_rows(0, size, size)
             start = time.perf_counter()
             predict_image(net, image, tiler)
@@ -89,9 +98,10 @@ def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float) -> di
     return {
         "mode": mode,
         "size": size,
+        "sections": sections,
         "seconds": seconds,
         "peak_gb": peak / 2**30,
-        "megapixels_per_second": size * size / 1e6 / seconds,
+        "megapixels_per_second": sections * size * size / 1e6 / seconds,
     }
 
 
@@ -102,10 +112,12 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--tile", type=int, default=508)
     parser.add_argument("--memory-gb", type=float, default=1.0)
+    parser.add_argument("--sections", type=int, default=1, help="stack this many (streamed runs)")
     parser.add_argument("--one", choices=["stream", "memory"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.size, args.chunk, args.tile, args.memory_gb)))
+        result = run_one(args.one, args.size, args.chunk, args.tile, args.memory_gb, args.sections)
+        print(json.dumps(result))
         return
     print(
         f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
@@ -127,14 +139,17 @@ def main() -> None:
             str(args.tile),
             "--memory-gb",
             str(args.memory_gb),
+            "--sections",
+            str(args.sections),
         ]
         result = json.loads(
             subprocess.run(command, check=True, capture_output=True, text=True)
             .stdout.strip()
             .splitlines()[-1]
         )
+        stack = f"{result['sections']} x " if result["sections"] > 1 else ""
         print(
-            f"{mode:6s} {size:6d}^2: {result['seconds']:8.1f} s, "
+            f"{mode:6s} {stack}{size:6d}^2: {result['seconds']:8.1f} s, "
             f"{result['megapixels_per_second']:.3f} Mpx/s, peak {result['peak_gb']:.2f} GB"
         )
 

@@ -109,10 +109,15 @@ def test_two_ranks_write_the_folder_of_one_process(tmp_path, repo_root, configs_
     assert files(tmp_path / "two") == two and not list(tmp_path.glob("*.partial"))
 
 
-def test_two_ranks_write_the_store_of_one_process(tmp_path, repo_root, configs_dir):
+@pytest.mark.parametrize("stack", [False, True], ids=["image", "stack"])
+def test_two_ranks_write_the_store_of_one_process(tmp_path, repo_root, configs_dir, stack):
     zarr = pytest.importorskip("zarr")
     ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt")
-    tifffile.imwrite(tmp_path / "big.tif", blobs(200, 120, seed=0), tile=(64, 64))
+    if stack:  # three sections, 3 chunk rows each: rank 0 gets 4, rank 1 gets 5
+        images = np.stack([blobs(150, 120, seed=k) for k in range(3)])
+        tifffile.imwrite(tmp_path / "big.tif", images, photometric="minisblack")
+    else:
+        tifffile.imwrite(tmp_path / "big.tif", blobs(200, 120, seed=0), tile=(64, 64))
     common = [
         f"ckpt_path={ckpt}",
         f"input={tmp_path / 'big.tif'}",
@@ -125,7 +130,8 @@ def test_two_ranks_write_the_store_of_one_process(tmp_path, repo_root, configs_d
     args = [*common, f"output={tmp_path / 'two.zarr'}", *TWO_CPU_RANKS]
     code, log = run_predict(repo_root, [*args, f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 0, log[-3000:]
-    assert "200 rows predicted" in " ".join(log.split())  # both ranks' rows, counted once
+    rows = 450 if stack else 200  # both ranks' rows, counted once
+    assert f"{rows} rows predicted" in " ".join(log.split())
     for name in ("0", "labels/cells/0"):
         two = zarr.open_array(str(tmp_path / "two.zarr" / name), mode="r")[:]
         one = zarr.open_array(str(tmp_path / "one.zarr" / name), mode="r")[:]

@@ -14,6 +14,7 @@ INFERENCE = [
     # streamed prediction of large images (README, "Large images")
     "unet.streaming",
     "unet.zarr_io",
+    "unet.prediction_store",
     "unet.stream_prediction",
     "unet.chunked_labels",
     "unet.chunked_holes",

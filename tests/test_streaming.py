@@ -8,10 +8,11 @@ ome_zarr_writer = pytest.importorskip("ome_zarr.writer")
 from unet.data.samples import standardize  # noqa: E402
 from unet.inference import predict_image  # noqa: E402
 from unet.network import UNet  # noqa: E402
+from unet.prediction_store import StoreError  # noqa: E402
 from unet.stream_prediction import predict_to_zarr  # noqa: E402
-from unet.streaming import image_statistics, predict_streaming, rank_rows  # noqa: E402
+from unet.streaming import image_statistics, predict_streaming, rank_share  # noqa: E402
 from unet.tiler import Tiler  # noqa: E402
-from unet.zarr_io import StoreError, open_image  # noqa: E402
+from unet.zarr_io import open_image  # noqa: E402
 
 from unet.data.readers import DataError  # noqa: E402  # isort: skip
 
@@ -131,8 +132,8 @@ def test_two_ranks_write_the_store_of_one_process(tmp_path):
     for rank in (1, 0):  # ranks write disjoint chunk rows, in any order
         predict_to_zarr(net, source, tmp_path / "two.zarr", rank=rank, world_size=2, **options)
     np.testing.assert_array_equal(_store(tmp_path / "two.zarr"), _store(tmp_path / "one.zarr"))
-    shares = [rank_rows(330, 64, r, 2) for r in (0, 1)]
-    assert shares == [(0, 192), (192, 330)]  # 6 chunk rows, 3 each
+    shares = [rank_share(1, 330, 64, r, 2) for r in (0, 1)]
+    assert shares == [[(0, 0, 3)], [(0, 3, 6)]]  # 6 chunk rows, 3 each
 
 
 def test_output_opens_with_ome_zarr_reader_with_axes_and_scale(tmp_path):

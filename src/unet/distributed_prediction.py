@@ -13,10 +13,11 @@ yields its own work units:
   writes ``probabilities.tif`` and ``contact_sheet.png`` in frame order and gives the
   folder its name. Labels are computed per frame, so instances never cross ranks. The
   folder equals that of one process.
-- a ``.zarr`` output: one unit per rank, its contiguous run of whole chunk rows
-  (:func:`unet.stream_prediction.predict_to_zarr`; no two ranks write one chunk); labels
-  are computed by rank 0 over the whole store once every rank is done, so instances are
-  consistent across tile, chunk and rank borders.
+- a ``.zarr`` output (one image or a stack of sections): one unit per rank, its
+  contiguous run of the stack's whole chunk rows
+  (:func:`unet.stream_prediction.predict_to_zarr`; no two ranks write one chunk); each
+  section is labelled over the whole section by one rank once every rank is done, so
+  instances are consistent across tile, chunk and rank borders.
 
 What must happen once happens on rank 0 in ``setup``, before any rank writes: the checks of
 the output (an existing one is never replaced without ``overwrite=true``), creating the
@@ -170,7 +171,8 @@ class FramePrediction(RankedPrediction):
 
 
 class StorePrediction(RankedPrediction):
-    """Each rank predicts its chunk rows of one image into one OME-Zarr store (module doc)."""
+    """Each rank predicts its chunk rows of one image or stack into one OME-Zarr store
+    (module doc)."""
 
     def __init__(self, net, options: dict, cfg: DictConfig):
         super().__init__(net)
@@ -231,6 +233,7 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     with relaunch_as_this_job(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*predict returned None.*")  # each rank writes
         try:
             trainer.predict(module, return_predictions=False)
             trainer.strategy.barrier()  # every rank has written its share

@@ -376,10 +376,12 @@ def report_frames(summary: dict, output) -> None:
 
 def report_store(summary: dict, output) -> None:
     """One line on what a .zarr prediction wrote."""
-    h, w = summary["shape"]
+    shape = "x".join(str(n) for n in summary["shape"])
+    sections = f" ({summary['sections']} sections)" if len(summary["shape"]) == 3 else ""
+    objects = f", {summary['objects']} objects" if summary.get("objects") is not None else ""
     Console().print(
-        f"{h}x{w} -> {output}: {summary['rows_predicted']} rows predicted in "
-        f"{summary['seconds']:.1f} s"
+        f"{shape}{sections} -> {output}: {summary['rows_predicted']} rows predicted in "
+        f"{summary['seconds']:.1f} s{objects}"
     )
 
 
@@ -388,6 +390,11 @@ def store_options(cfg: DictConfig, trained) -> dict:
     refusing what a streamed prediction cannot do (test-time augmentation; K > 2 classes
     or several channels)."""
     check_store_tta(cfg)
+    if cfg.get("nonfinite", "refuse") != "refuse":
+        raise PredictionSettingError(
+            f"nonfinite={cfg.nonfinite}: a .zarr output refuses NaN or infinite pixels; set "
+            "nonfinite=refuse, or use a folder output"
+        )
     config = trained.config
     if config.in_channels != 1 or config.num_classes != 2:
         raise PredictionSettingError(
@@ -418,7 +425,8 @@ def check_store_tta(cfg: DictConfig) -> None:
 
 
 def predict_large(cfg: DictConfig) -> dict:
-    """Stream one image into the OME-Zarr store ``cfg.output`` (README, "Large images")."""
+    """Stream one image, or a stack of sections, into the OME-Zarr store ``cfg.output``
+    (README, "Large images")."""
     # imported here: zarr and ome-zarr are an optional extra (pip install .[zarr])
     from unet.stream_prediction import predict_to_zarr
 

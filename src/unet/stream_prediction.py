@@ -1,44 +1,68 @@
-"""Predict one large image into an OME-Zarr store, streamed, resumable and shareable by ranks.
+"""Predict a large image, or a stack of sections, into an OME-Zarr store: streamed,
+resumable and shared by ranks.
 
-    input (OME-Zarr level / TIFF, read lazily) -> image statistics (stored) ->
-    ``unet.streaming.predict_streaming`` over the chunk rows not yet written ->
-    ``unet.zarr_io.PredictionStore`` -> chunk-wise labels (``unet.chunked_labels``,
-    ``unet.chunked_holes``)
+    input sections (OME-Zarr, TIFF, folder; read lazily, ``unet.zarr_io``) -> each section's
+    image statistics (noted in the store) -> ``unet.streaming.predict_streaming`` over the
+    chunk rows not yet written -> ``unet.prediction_store.PredictionStore`` -> chunk-wise
+    labels per section (``unet.chunked_labels``, ``unet.chunked_holes``)
 
-A rerun with the same output continues with the chunk rows that are not marked done; a
-store written by another network (or with other tiling settings) is refused. With
-``world_size`` ranks, rank r predicts a contiguous run of whole chunk rows
-(:func:`unet.streaming.rank_rows`): no two ranks write one chunk. Labels are computed over
-the whole store once all its chunk rows are written (by rank 0 after the others finished),
-so instances are consistent across tile, chunk and rank borders.
+A rerun with the same output continues with the chunk rows that are not marked done (and
+labels only the sections not yet labelled with the same post-processing); a store written
+by another network, other tiling settings or other sections is refused. With ``world_size``
+ranks, rank r predicts a contiguous run of the stack's whole chunk rows
+(:func:`unet.streaming.rank_share`): no two ranks write one chunk. Labels are computed per
+section over the whole section, once every rank has written its rows (section s by rank
+s mod world size), so instances are consistent across tile, chunk and rank borders.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import nn
 
 from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
+from unet.data.readers import DataError
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, progress_bar, resolve_device
-from unet.streaming import image_statistics, network_hash, predict_streaming, rank_rows
-from unet.tiler import Tiler
-from unet.zarr_io import PredictionStore, StoreError, open_image, open_store
+from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
+from unet.streaming import image_statistics, network_hash, predict_streaming, rank_share
+from unet.tiler import Tiler, available_memory_bytes
+from unet.zarr_io import ImageSource, open_sections
+
+STATISTICS = "statistics.json"  # a section's note: (mean, standard deviation) of its pixels
+# peak memory of PostProcessing with regrow on a whole section, beyond its probability map:
+# 33 (distance) and 38 (probability) bytes per pixel measured on 4,096 x 4,096; with margin
+LABEL_BYTES_PER_PIXEL = 64
+CPU = torch.device("cpu")
 
 
-def check_labels_settings(postprocess: PostProcessing) -> None:
-    """Chunk-wise labels do threshold, min_area and fill_holes; refuse what they cannot do."""
-    local = {"regrow": "none", "border_min_area": 0}
-    for key, off in local.items():
-        if getattr(postprocess, key) != off:
-            raise StoreError(
-                f"postprocess.{key}={getattr(postprocess, key)!r}: chunk-wise labels of a zarr "
-                "output support threshold, min_area and fill_holes only; set "
-                f"postprocess.{key}={off} or labels=false"
-            )
+def chunk_local(postprocess: PostProcessing) -> bool:
+    """Whether chunk-wise labels can do ``postprocess``: threshold, min_area and fill_holes
+    are; ``regrow`` and ``border_min_area`` need a whole section."""
+    return postprocess.regrow == "none" and postprocess.border_min_area == 0
+
+
+def check_labels_settings(postprocess: PostProcessing, shape: tuple[int, int]) -> None:
+    """Refuse settings that need a whole section in memory when a section does not fit
+    (half the available RAM, at ``LABEL_BYTES_PER_PIXEL``)."""
+    if chunk_local(postprocess):
+        return
+    need, free = LABEL_BYTES_PER_PIXEL * shape[0] * shape[1], available_memory_bytes(CPU)
+    if need > free // 2:
+        key = "regrow" if postprocess.regrow != "none" else "border_min_area"
+        raise StoreError(
+            f"postprocess.{key}={getattr(postprocess, key)!r} labels a whole section in memory: "
+            f"a {shape[0]}x{shape[1]} section needs about {need / 2**30:.1f} GB, more than half "
+            f"the {free / 2**30:.1f} GB available; set postprocess.regrow=none and "
+            "postprocess.border_min_area=0 (chunk-wise labels) or labels=false"
+        )
 
 
 def check_band_memory(net: nn.Module, tiler: Tiler, shape, chunk: int) -> None:
@@ -97,38 +121,43 @@ def predict_to_zarr(
     barrier=None,
     on_batch=None,
 ) -> dict:
-    """Predict the image ``input`` into the OME-Zarr store ``output``; returns a summary.
+    """Predict the image or stack ``input`` into the OME-Zarr store ``output``; returns a
+    summary (shape, sections, rows predicted by this rank, object count on rank 0, seconds).
 
     Args:
+        input: one 2D image, a TIFF stack, a folder of frames or an OME-Zarr image with a z
+            or t axis (``unet.zarr_io``).
         level: the input's resolution level (OME-Zarr, pyramidal TIFF).
         chunk: the store's chunk side (px); predicted bands are whole chunk rows.
         probability_dtype: ``float16`` or ``uint8`` (``round(255 p)``).
         labels: also write chunk-wise instance labels (``labels/cells``).
         overwrite: start over; otherwise an existing store of this network continues.
         rank, world_size, barrier: this process's share of the chunk rows; ``barrier()``
-            waits for all ranks before rank 0 computes the labels. None: those of an
-            initialised torch.distributed group (gloo or NCCL), else one process.
+            waits for all ranks (before labels, and before rank 0 counts the objects).
+            None: those of an initialised torch.distributed group (gloo or NCCL), else one
+            process.
         on_batch: called with the number of tiles after each forward pass (tests).
         Others: as in :func:`unet.prediction.predict_path`.
     """
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
-    net, source, record = checked_inputs(
+    net, sections, record = checked_inputs(
         net, input, level, chunk, tiler, device, precision, postprocess, labels
     )
     start = time.perf_counter()
-    # rank 0 creates the store and its statistics first; the others then open it
+    # rank 0 creates the store first; the others then open it
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
-            store, statistics = open_with_statistics(
-                output, source, record, chunk, probability_dtype, overwrite and rank == 0, rank
+            store = open_store(
+                output, sections, record, chunk, probability_dtype, overwrite and rank == 0
             )
+            if labels:  # rank 0 creates it; the others find it there
+                store.create_labels()
         if turn == 0 and barrier is not None:
             barrier()
-    lo, hi = rank_rows(source.shape[0], chunk, rank, world_size)
-    first, last = lo // chunk, -(-hi // chunk)  # this rank's chunk rows
-    runs = missing_runs(store.done_rows(), first, last)
+    height = sections.shape[0]
+    predicted = 0
     with progress_bar(progress) as bar:
         task = bar.add_task("tiles", total=None)
 
@@ -137,28 +166,45 @@ def predict_to_zarr(
             if on_batch is not None:
                 on_batch(n)
 
-        for a, b in runs:
-            rows = (a * chunk, min(b * chunk, source.shape[0]))
-            predict_streaming(
-                net,
-                source,
-                store.write_rows,
-                chunk_rows=chunk,
-                tiler=tiler,
-                precision=precision,
-                rows=rows,
-                statistics=tuple(statistics),
-                on_batch=advance,
+        for index, first, last in rank_share(len(sections), height, chunk, rank, world_size):
+            plane = store.plane(index)
+            runs = missing_runs(plane.done_rows(), first, last)
+            if not runs:
+                continue
+            image = sections.open(index)
+            where = (
+                f"{input}" if len(sections) == 1 else f"{input}, section {sections.names[index]}"
             )
+            statistics = section_statistics(plane, image, where)
+            for a, b in runs:
+                rows = (a * chunk, min(b * chunk, height))
+                predict_streaming(
+                    net,
+                    image,
+                    plane.write_rows,
+                    chunk_rows=chunk,
+                    tiler=tiler,
+                    precision=precision,
+                    rows=rows,
+                    statistics=statistics,
+                    on_batch=advance,
+                )
+                predicted += rows[1] - rows[0]
     if barrier is not None:
         barrier()
-    count = None
-    if labels and rank == 0:
-        count = write_labels(store, postprocess)
+    objects = None
+    if labels:
+        for index in range(rank, len(store), world_size):
+            label_section(store.plane(index), postprocess)
+        if barrier is not None:
+            barrier()
+        if rank == 0:
+            objects = sum(store.plane(i).note(LABELS_DONE)["objects"] for i in range(len(store)))
     return {
-        "shape": source.shape,
-        "rows_predicted": sum(min(b * chunk, source.shape[0]) - a * chunk for a, b in runs),
-        "objects": count,
+        "shape": tuple(store.probability.shape),
+        "sections": len(sections),
+        "rows_predicted": predicted,
+        "objects": objects,
         "seconds": time.perf_counter() - start,
     }
 
@@ -179,56 +225,81 @@ def create_store(
     overwrite: bool = False,
 ) -> PredictionStore:
     """What rank 0 of :func:`predict_to_zarr` does first, alone: check the settings, then
-    create the store with the image statistics (or open the store of this prediction to
-    continue). Arguments as in :func:`predict_to_zarr`; a refusal is a UserError."""
+    create the store (or open the store of this prediction to continue). Arguments as in
+    :func:`predict_to_zarr`; a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
-    _, source, record = checked_inputs(
+    _, sections, record = checked_inputs(
         net, input, level, chunk, tiler, device, precision, postprocess, labels
     )
-    return open_with_statistics(output, source, record, chunk, probability_dtype, overwrite, 0)[0]
+    store = open_store(output, sections, record, chunk, probability_dtype, overwrite)
+    if labels:
+        store.create_labels()
+    return store
 
 
 def checked_inputs(net, input, level, chunk, tiler, device, precision, postprocess, labels):
-    """(network on its device, image source, the store's record of this prediction), after
-    checking the label settings, the image and the memory for a band of rows."""
+    """(network on its device, input sections, the store's record of this prediction), after
+    checking the label settings, the input and the memory for a band of rows."""
+    sections = open_sections(input, level)
     if labels:
-        check_labels_settings(postprocess)
-    source = open_image(input, level)
+        check_labels_settings(postprocess, sections.shape)
     net = check_network(net).to(resolve_device(device)).eval()
-    check_band_memory(net, tiler, source.shape, chunk)
-    plan = tiler.plan(net, source.shape)
+    check_band_memory(net, tiler, sections.shape, chunk)
+    plan = tiler.plan(net, sections.shape)
     record = {
         "network_sha256": network_hash(net),
         "level": level,
         "tile": [plan.rows.in_sizes[0], plan.cols.in_sizes[0]],
         "precision": str(precision),
     }
-    return net, source, record
+    return net, sections, record
 
 
-def open_with_statistics(output, source, record, chunk, dtype, overwrite, rank):
-    """(store, image statistics): rank 0 computes and stores the statistics of a new store,
-    the others read them."""
-    store = open_store(output, source, record, chunk, dtype, overwrite)
-    statistics = store.record.get("statistics") or list(image_statistics(source))
-    if rank == 0 and "statistics" not in store.record:
-        store.group.attrs["unet"] = {**store.record, "statistics": statistics}
-    return store, statistics
+def section_statistics(plane: Plane, image: ImageSource, name: str) -> tuple[float, float]:
+    """The (mean, std) a section is standardised with: noted in the store by the first rank
+    that needs them (two ranks sharing a section compute the same numbers). NaN or infinite
+    pixels are refused (``name`` says where)."""
+    noted = plane.note(STATISTICS)
+    if noted is None:
+        noted = list(image_statistics(image))
+        if not np.isfinite(noted).all():
+            raise DataError(
+                f"{name}: NaN or infinite pixels; a .zarr output refuses them: replace them "
+                "first, or use a folder output with nonfinite=median or nonfinite=zero"
+            )
+        plane.write_note(STATISTICS, noted)
+    return tuple(noted)
 
 
-def write_labels(store: PredictionStore, postprocess: PostProcessing) -> int:
-    """Chunk-wise instance labels of the store's cell probability (``labels/cells``), with
-    their holes filled if ``postprocess.fill_holes``; returns the object count."""
-    if len(store.done_rows()) < -(-store.probability.shape[0] // store.chunk):
-        raise StoreError(f"{store.path}: chunk rows are missing; labels need the whole map")
-    labels = store.labels(create=True)
+def label_section(plane: Plane, postprocess: PostProcessing) -> None:
+    """Label one section (unless it is labelled with these settings) and note it."""
+    settings = json.loads(json.dumps(asdict(postprocess)))  # as the note reads back
+    done = plane.note(LABELS_DONE)
+    if done is not None and done["postprocess"] == settings:
+        return
+    count = write_labels(plane, postprocess)
+    plane.write_note(LABELS_DONE, {"postprocess": settings, "objects": count})
+
+
+def write_labels(plane: Plane, postprocess: PostProcessing) -> int:
+    """Instance labels of a section's cell probability (``labels/cells``); returns the
+    object count. Chunk-wise (:func:`chunk_local` settings: components, min_area, holes
+    filled if ``postprocess.fill_holes``), else ``postprocess`` on the whole section in
+    memory (checked to fit by :func:`check_labels_settings`)."""
+    if not plane.complete():
+        raise StoreError(f"{plane.progress}: chunk rows are missing; labels need the whole map")
+    labels = plane.labels()
+    if not chunk_local(postprocess):
+        objects = postprocess(plane.read_probability((slice(None), slice(None))))
+        labels[:, :] = objects.astype(np.uint32)
+        return int(objects.max())  # ids 1..n
     count = label_chunks(
-        lambda ys, xs: store.read_probability((ys, xs)),
+        lambda ys, xs: plane.read_probability((ys, xs)),
         labels,
-        store.probability.chunks,
+        labels.chunks,
         postprocess.threshold,
         postprocess.min_area,
     )
     if postprocess.fill_holes:
-        fill_holes_chunks(labels, store.probability.chunks, count)
+        fill_holes_chunks(labels, labels.chunks, count)
     return count

@@ -14,9 +14,10 @@ done, and whole chunk rows of them are handed to the sink.
 Output rows ``[start, stop)`` (multiples of the chunk height) can be asked for alone: the
 tile rows that touch them are run and nothing else is written. That is how a killed run
 resumes (``start`` = the rows already written) and how ranks share one image (disjoint
-chunk rows each, :func:`rank_rows`).
+chunk rows each, :func:`rank_share`).
 
-Plain torch and NumPy; imports neither Lightning nor zarr (``unet.zarr_io`` provides stores).
+Plain torch and NumPy; imports neither Lightning nor zarr (``unet.zarr_io`` reads the
+inputs, ``unet.prediction_store`` writes the stores).
 """
 
 from __future__ import annotations
@@ -89,11 +90,22 @@ def network_hash(net: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def rank_rows(height: int, chunk: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rank ``rank``'s share of output rows: a contiguous run of whole chunk rows."""
-    n = -(-height // chunk)
-    first, last = n * rank // world_size, n * (rank + 1) // world_size
-    return min(first * chunk, height), min(last * chunk, height)
+def rank_share(
+    sections: int, height: int, chunk: int, rank: int, world_size: int
+) -> list[tuple[int, int, int]]:
+    """Rank ``rank``'s share of a stack of ``sections`` images of ``height`` rows: a
+    contiguous run of the stack's chunk rows (section by section, top to bottom), as
+    (section, first chunk row, stop chunk row) runs. Shares are equal to one chunk row, for
+    one huge image as for many small ones; no two ranks get one chunk row."""
+    per = -(-height // chunk)  # chunk rows per section
+    total = sections * per
+    first, last = total * rank // world_size, total * (rank + 1) // world_size
+    share = []
+    for s in range(first // per, -(-last // per)):
+        a, b = max(first, s * per) - s * per, min(last, (s + 1) * per) - s * per
+        if a < b:
+            share.append((s, a, b))
+    return share
 
 
 Sink = Callable[[int, int, np.ndarray], None]  # (first row, stop row, (rows, W) float32)
