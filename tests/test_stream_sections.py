@@ -237,7 +237,7 @@ def test_bad_stacks_give_one_line_messages(tmp_path):
     tifffile.imwrite(mixed / "b.tif", images[0][:100])
     cases = [
         (tmp_path / "rgb.zarr", "one gray channel: expected a channel axis of length 1"),
-        (tmp_path / "tz.zarr", "expected at most one axis besides y and x longer than 1"),
+        (tmp_path / "tz.zarr", "expected at most one axis besides y, x and channels longer than 1"),
         (mixed, "frames of 2 sizes (100x130, 150x130)"),
     ]
     for source, message in cases:
@@ -338,3 +338,80 @@ def test_whole_section_settings_are_refused_when_a_section_does_not_fit(tmp_path
         tiny_net(), tmp_path / "stack.tif", tmp_path / "out.zarr", postprocess=FILLED, **OPTIONS
     )
     assert summary["objects"] > 0
+
+
+def rgb_net(num_classes: int = 2, seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    return UNet(
+        in_channels=3, num_classes=num_classes, base_channels=2, depth=2, padding="valid"
+    ).eval()
+
+
+def rgb_stack(n: int = 2) -> np.ndarray:
+    """(Z, 3, H, W) uint8 colour sections, channels of different brightness."""
+    gray = np.stack([blobs(seed) for seed in range(n)]).astype(np.float32)
+    channels = [(gray - 700) / (4 + k) + 40 * k for k in range(3)]
+    return np.clip(np.stack(channels, axis=1), 0, 255).astype(np.uint8)
+
+
+def test_colour_sections_stream_as_predict_image_reads_them(tmp_path):
+    images = rgb_stack()  # (Z, C, H, W)
+    net = rgb_net()
+    group = zarr.open_group(str(tmp_path / "czyx.zarr"), mode="w")  # NGFF: c before z
+    ome_zarr_writer.write_image(np.moveaxis(images, 1, 0), group, scale_factors=[], axes="czyx")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for z, image in enumerate(images):  # RGB PNG frames, (H, W, 3) on disk
+        Image.fromarray(np.moveaxis(image, 0, -1)).save(folder / f"f{z}.png")
+    tifffile.imwrite(tmp_path / "one.tif", np.moveaxis(images[1], 0, -1), photometric="rgb")
+    for name, source in [("zarr", tmp_path / "czyx.zarr"), ("folder", folder)]:
+        predict_to_zarr(net, source, tmp_path / f"{name}.zarr", **OPTIONS)
+    got = read(tmp_path / "zarr.zarr")
+    np.testing.assert_array_equal(read(tmp_path / "folder.zarr"), got)
+    for z, image in enumerate(images):  # standardised per channel, as in training
+        expected = predict_image(net, image, OPTIONS["tiler"])[1]
+        np.testing.assert_allclose(got[z].astype(np.float32), expected, atol=HALF_ULP + 1e-5)
+    predict_to_zarr(net, tmp_path / "one.tif", tmp_path / "one.zarr", **OPTIONS)  # YXS
+    np.testing.assert_array_equal(read(tmp_path / "one.zarr"), got[1])
+
+
+def test_k_class_networks_store_the_probability_their_labels_use(tmp_path):
+    from unet.labels import foreground_probability
+
+    tifffile.imwrite(tmp_path / "stack.tif", stack(2), photometric="minisblack")
+    torch.manual_seed(0)
+    net = UNet(num_classes=3, base_channels=2, depth=2, padding="valid").eval()
+    for instance_class, name in [(None, "foreground.zarr"), (2, "class2.zarr")]:
+        predict_to_zarr(
+            net,
+            tmp_path / "stack.tif",
+            tmp_path / name,
+            instance_class=instance_class,
+            **OPTIONS,
+        )
+        for z, image in enumerate(stack(2)):
+            probabilities = predict_image(net, image, OPTIONS["tiler"])  # (K, H, W)
+            expected = foreground_probability(probabilities, instance_class)
+            got = read(tmp_path / name)[z].astype(np.float32)
+            np.testing.assert_allclose(got, expected, atol=HALF_ULP + 1e-5)
+    record = zarr.open_group(str(tmp_path / "class2.zarr"), mode="r").attrs["unet"]
+    assert record["probability"] == "class 2"
+    with pytest.raises(StoreError, match="probability='class 2', this run has 'class 1'"):
+        predict_to_zarr(
+            net, tmp_path / "stack.tif", tmp_path / "class2.zarr", instance_class=1, **OPTIONS
+        )
+
+
+def test_channel_mismatches_give_one_line_messages(tmp_path):
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, blobs(0))
+    two = zarr.open_group(str(tmp_path / "two.zarr"), mode="w")
+    ome_zarr_writer.write_image(rgb_stack(1)[0, :2], two, scale_factors=[], axes="cyx")
+    for source in (gray, tmp_path / "two.zarr"):
+        with pytest.raises(
+            DataError, match="takes 3 channels: expected a channel axis of length 3"
+        ) as err:
+            predict_to_zarr(rgb_net(), source, tmp_path / "out.zarr", **OPTIONS)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="instance_class=3: expected a foreground class"):
+        predict_to_zarr(tiny_net(), gray, tmp_path / "out.zarr", instance_class=3, **OPTIONS)

@@ -387,20 +387,13 @@ def report_store(summary: dict, output) -> None:
 
 def store_options(cfg: DictConfig, trained) -> dict:
     """The settings of ``unet.stream_prediction`` for a .zarr output of ``trained``, after
-    refusing what a streamed prediction cannot do (test-time augmentation; K > 2 classes
-    or several channels)."""
+    refusing what a streamed prediction cannot do (test-time augmentation, replacing
+    non-finite pixels)."""
     check_store_tta(cfg)
     if cfg.get("nonfinite", "refuse") != "refuse":
         raise PredictionSettingError(
             f"nonfinite={cfg.nonfinite}: a .zarr output refuses NaN or infinite pixels; set "
             "nonfinite=refuse, or use a folder output"
-        )
-    config = trained.config
-    if config.in_channels != 1 or config.num_classes != 2:
-        raise PredictionSettingError(
-            f"output={cfg.output}: a .zarr output streams gray images through two-class "
-            f"networks; this network takes {config.in_channels} channel(s) and predicts "
-            f"{config.num_classes} classes: use a folder output"
         )
     return {
         "input": cfg.input,
@@ -412,6 +405,7 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "precision": cfg.precision,
         "postprocess": postprocessing_for(trained.postprocess, cfg.get("postprocess")),
         "labels": cfg.labels,
+        "instance_class": cfg.get("instance_class"),
     }
 
 

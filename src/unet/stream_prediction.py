@@ -36,7 +36,7 @@ from unet.streaming import image_statistics, network_hash, predict_streaming, ra
 from unet.tiler import Tiler, available_memory_bytes
 from unet.zarr_io import ImageSource, open_sections
 
-STATISTICS = "statistics.json"  # a section's note: (mean, standard deviation) of its pixels
+STATISTICS = "statistics.json"  # a section's note: per-channel mean and standard deviation
 # peak memory of PostProcessing with regrow on a whole section, beyond its probability map:
 # 33 (distance) and 38 (probability) bytes per pixel measured on 4,096 x 4,096; with margin
 LABEL_BYTES_PER_PIXEL = 64
@@ -113,6 +113,7 @@ def predict_to_zarr(
     device: str = "cpu",
     precision: str | int = 32,
     postprocess: PostProcessing | None = None,
+    instance_class: int | None = None,
     labels: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -143,7 +144,7 @@ def predict_to_zarr(
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
     net, sections, record = checked_inputs(
-        net, input, level, chunk, tiler, device, precision, postprocess, labels
+        net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
     )
     start = time.perf_counter()
     # rank 0 creates the store first; the others then open it
@@ -187,6 +188,7 @@ def predict_to_zarr(
                     precision=precision,
                     rows=rows,
                     statistics=statistics,
+                    instance_class=instance_class,
                     on_batch=advance,
                 )
                 predicted += rows[1] - rows[0]
@@ -221,6 +223,7 @@ def create_store(
     device: str = "cpu",
     precision: str | int = 32,
     postprocess: PostProcessing | None = None,
+    instance_class: int | None = None,
     labels: bool = True,
     overwrite: bool = False,
 ) -> PredictionStore:
@@ -229,7 +232,7 @@ def create_store(
     :func:`predict_to_zarr`; a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     _, sections, record = checked_inputs(
-        net, input, level, chunk, tiler, device, precision, postprocess, labels
+        net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
     )
     store = open_store(output, sections, record, chunk, probability_dtype, overwrite)
     if labels:
@@ -237,13 +240,15 @@ def create_store(
     return store
 
 
-def checked_inputs(net, input, level, chunk, tiler, device, precision, postprocess, labels):
+def checked_inputs(
+    net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
+):
     """(network on its device, input sections, the store's record of this prediction), after
-    checking the label settings, the input and the memory for a band of rows."""
-    sections = open_sections(input, level)
+    checking the network, the input, the label settings and the memory for a band of rows."""
+    net = check_network(net, instance_class).to(resolve_device(device)).eval()
+    sections = open_sections(input, level, net.config.in_channels)
     if labels:
         check_labels_settings(postprocess, sections.shape)
-    net = check_network(net).to(resolve_device(device)).eval()
     check_band_memory(net, tiler, sections.shape, chunk)
     plan = tiler.plan(net, sections.shape)
     record = {
@@ -251,24 +256,33 @@ def checked_inputs(net, input, level, chunk, tiler, device, precision, postproce
         "level": level,
         "tile": [plan.rows.in_sizes[0], plan.cols.in_sizes[0]],
         "precision": str(precision),
+        "probability": stored_probability(net.config.num_classes, instance_class),
     }
     return net, sections, record
 
 
-def section_statistics(plane: Plane, image: ImageSource, name: str) -> tuple[float, float]:
-    """The (mean, std) a section is standardised with: noted in the store by the first rank
-    that needs them (two ranks sharing a section compute the same numbers). NaN or infinite
-    pixels are refused (``name`` says where)."""
+def stored_probability(num_classes: int, instance_class: int | None) -> str:
+    """What the store's probability is (``unet.labels.foreground_probability``)."""
+    if instance_class is not None:
+        return f"class {instance_class}"
+    return "class 1 (cells)" if num_classes == 2 else "1 - class 0 (foreground)"
+
+
+def section_statistics(plane: Plane, image: ImageSource, name: str) -> tuple[list, list]:
+    """The per-channel (mean, std) a section is standardised with: noted in the store by
+    the first rank that needs them (two ranks sharing a section compute the same numbers).
+    NaN or infinite pixels are refused (``name`` says where)."""
     noted = plane.note(STATISTICS)
     if noted is None:
-        noted = list(image_statistics(image))
-        if not np.isfinite(noted).all():
+        mean, std = image_statistics(image)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
             raise DataError(
                 f"{name}: NaN or infinite pixels; a .zarr output refuses them: replace them "
                 "first, or use a folder output with nonfinite=median or nonfinite=zero"
             )
+        noted = {"mean": mean.tolist(), "std": std.tolist()}
         plane.write_note(STATISTICS, noted)
-    return tuple(noted)
+    return noted["mean"], noted["std"]
 
 
 def label_section(plane: Plane, postprocess: PostProcessing) -> None:

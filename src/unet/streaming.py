@@ -31,13 +31,14 @@ import torch
 from torch import nn
 
 from unet.inference import autocast_dtype, net_device
-from unet.labels import CELL_CLASS
+from unet.labels import foreground_probability
 from unet.mirror import reflect_indices
 from unet.tiler import Tiler
 
 
 class LazyImage(Protocol):
-    """A 2D image read on demand: ``shape`` (H, W), ``dtype`` and 2D slicing to NumPy."""
+    """A 2D image read on demand: ``shape`` (H, W), ``dtype`` and 2D slicing to NumPy
+    windows, (h, w) for one channel or (C, h, w) for several."""
 
     shape: tuple[int, int]
     dtype: np.dtype
@@ -45,40 +46,36 @@ class LazyImage(Protocol):
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray: ...
 
 
-def image_statistics(image: LazyImage, rows_per_read: int = 1024) -> tuple[float, float]:
-    """(mean, standard deviation) of all pixels, read a band of rows at a time.
+def image_statistics(image: LazyImage, rows_per_read: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, standard deviation) of all pixels per channel, arrays of shape (C,) (C = 1 for
+    a gray image), read a band of rows at a time.
 
-    Sums in float64 over bands: the same numbers as ``unet.data.samples.standardize``
-    computes on the whole image in float32, to float32 rounding (its per-image zero mean,
-    unit variance is what the network was trained on).
+    Sums in float64 over bands, the deviations in a second pass about the mean (no
+    cancellation for large means): the same numbers as ``unet.data.samples.standardize``
+    computes on the whole image in float32, channel by channel, to float32 rounding (its
+    per-image zero mean, unit variance is what the network was trained on).
     """
     h, w = image.shape
-    total = total_sq = 0.0
-    for y in range(0, h, rows_per_read):
-        band = np.asarray(image[y : y + rows_per_read, 0:w]).astype(np.float32).astype(np.float64)
-        total += band.sum()
-        total_sq += np.square(band).sum()
-    n = h * w
-    mean = total / n
-    var = max(total_sq / n - mean * mean, 0.0)
-    if var > 0:  # a second pass about the mean: no cancellation for large means
-        sq = 0.0
+
+    def bands():
         for y in range(0, h, rows_per_read):
             band = np.asarray(image[y : y + rows_per_read, 0:w]).astype(np.float32)
-            sq += np.square(band.astype(np.float64) - mean).sum()
-        var = sq / n
-    return float(mean), float(np.sqrt(var))
+            yield (band[None] if band.ndim == 2 else band).astype(np.float64)  # (C, rows, W)
+
+    mean = sum(band.sum(axis=(1, 2)) for band in bands()) / (h * w)
+    var = sum(np.square(band - mean[:, None, None]).sum(axis=(1, 2)) for band in bands())
+    return mean, np.sqrt(var / (h * w))
 
 
 def read_window(image: LazyImage, top: int, left: int, height: int, width: int) -> np.ndarray:
     """Window of the mirror-extended image (as ``unet.mirror.crop_with_mirror``), reading
-    only the part of ``image`` it needs."""
+    only the part of ``image`` it needs; (height, width) or (C, height, width)."""
     h, w = image.shape
     rows = reflect_indices(top, top + height, h)
     cols = reflect_indices(left, left + width, w)
     r0, c0 = int(rows.min()), int(cols.min())
     block = np.asarray(image[r0 : int(rows.max()) + 1, c0 : int(cols.max()) + 1])
-    return block[np.ix_(rows - r0, cols - c0)]
+    return block[(..., *np.ix_(rows - r0, cols - c0))]
 
 
 def network_hash(net: nn.Module) -> str:
@@ -121,7 +118,8 @@ def predict_streaming(
     tiler: Tiler | None = None,
     precision: str | int = 32,
     rows: tuple[int, int] | None = None,
-    statistics: tuple[float, float] | None = None,
+    statistics: tuple | None = None,
+    instance_class: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
     """Cell probability of ``image``, handed to ``sink`` band by band, top to bottom.
@@ -135,7 +133,11 @@ def predict_streaming(
         tiler: tile size, overlap and memory budget, as for the in-memory tiler.
         precision: ``32`` or ``bf16`` (autocast).
         rows: output rows [start, stop) to predict (multiples of ``chunk_rows``); default all.
-        statistics: the image's (mean, std) if known; default :func:`image_statistics`.
+        statistics: the image's (mean, std) per channel if known; default
+            :func:`image_statistics`.
+        instance_class: which probability is handed on, as in
+            :func:`unet.labels.foreground_probability`: None, the cell class of a two-class
+            network or 1 - p(background) of a K-class one; k, class k.
         on_batch: called with the number of tiles after every forward pass.
     """
     h, w = image.shape
@@ -145,7 +147,8 @@ def predict_streaming(
     tiler = tiler or Tiler()
     plan = tiler.plan(net, (h, w))
     mean, std = statistics if statistics is not None else image_statistics(image)
-    scale = np.float32(std if std > 0 else 1.0)
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)  # (C,)
+    scale = np.where(std > 0, std, 1.0)
     dtype = autocast_dtype(precision)
     device = net_device(net)
     tile_rows, cols = plan.rows, plan.cols
@@ -186,28 +189,28 @@ def predict_streaming(
             done = done // chunk_rows * chunk_rows
         if done > lo:
             n = done - lo
-            prob = (band[:, :n] / total[:n]).softmax(dim=0)[CELL_CLASS]
-            sink(lo, done, prob.numpy())
+            probabilities = (band[:, :n] / total[:n]).softmax(dim=0)  # (K, n, W)
+            sink(lo, done, foreground_probability(probabilities, instance_class).numpy())
             band, total, lo = band[:, n:].clone(), total[n:].clone(), done
         if lo >= stop:
             break
 
 
 def _run_tiles(net, tiles, mean, scale, batch_size, device, dtype, on_batch) -> list:
-    """Logits (K, h', w') of each tile (a list of raw (h, w) windows), float32, on the CPU.
-
-    Tiles of one shape go through the network ``batch_size`` at a time.
-    """
+    """Logits (K, h', w') of each tile (a list of raw (h, w) or (C, h, w) windows), float32,
+    on the CPU. Tiles of one shape go through the network ``batch_size`` at a time."""
     outs: list = [None] * len(tiles)
-    by_shape: dict[tuple[int, int], list[int]] = {}
+    by_shape: dict[tuple[int, ...], list[int]] = {}
     for j, t in enumerate(tiles):
         by_shape.setdefault(t.shape, []).append(j)
+    # standardised as unet.data.samples.standardize does, with the whole image's statistics
+    mean32 = mean.astype(np.float32)[:, None, None]  # (C, 1, 1)
+    scale32 = scale.astype(np.float32)[:, None, None]
     for group in by_shape.values():
         for first in range(0, len(group), batch_size):
             part = group[first : first + batch_size]
-            # standardised as unet.data.samples.standardize does, with the whole image's stats
-            x = np.stack([(tiles[j].astype(np.float32) - np.float32(mean)) / scale for j in part])
-            x = torch.from_numpy(x)[:, None].to(device)  # (B, 1, h, w)
+            x = np.stack([(tiles[j].astype(np.float32) - mean32) / scale32 for j in part])
+            x = torch.from_numpy(x).to(device)  # (B, C, h, w)
             with torch.autocast(
                 device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ):

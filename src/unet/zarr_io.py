@@ -4,13 +4,17 @@ An input is a list of equally sized 2D **sections** (:class:`Sections`), each re
 (:class:`ImageSource`: nothing is read until a window is asked for):
 
 - an OME-Zarr image (NGFF 0.4 or 0.5; one resolution level). Axes other than y and x have
-  length 1, except at most one z or t axis: its planes are the sections. A channel axis
-  longer than 1 is refused (the network takes one gray channel);
+  length 1, except at most one z or t axis, whose planes are the sections, and the
+  channel axis of a network of C > 1 channels, of length C;
 - a TIFF read through tifffile's zarr interface (a pyramidal TIFF's levels are levels here
-  too); a multi-page stack's pages are the sections;
+  too); a multi-page stack's pages are the sections; samples or channels (RGB) are the
+  channel axis;
 - a folder of 2D frames (TIFF or PNG; sorted by name, as ``unet.data.frames`` lists them),
-  one section per file, all of one size;
+  one section per file, all of one size; colour frames are read whole, as a folder output
+  reads them;
 - any other 2D image ``unet.data.frames`` reads (read whole: it has to fit).
+
+Windows of a section are (h, w) for a gray network, (C, h, w) for a network of C channels.
 
 One 2D image has no stack axis (``Sections.axis`` is None); a stack's axis is carried over to
 the output store (``unet.prediction_store``) with its name, unit and scale.
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from unet.data.frames import FrameSource, read_image
+from unet.data.frames import FrameSource, read_channels, read_image
 from unet.data.readers import DataError
 
 ZARR_MARKERS = ("zarr.json", ".zattrs", ".zgroup")  # a zarr v3 or v2 group, whatever its name
@@ -33,10 +37,11 @@ ZARR_MARKERS = ("zarr.json", ".zattrs", ".zgroup")  # a zarr v3 or v2 group, wha
 
 @dataclass
 class ImageSource:
-    """A 2D image read on demand (``unet.streaming.LazyImage``) and what to carry over."""
+    """A 2D image read on demand (``unet.streaming.LazyImage``) and what to carry over:
+    windows are (h, w), or (C, h, w) where ``index`` keeps a channel axis ("c")."""
 
     array: object  # zarr array (any number of axes) or NumPy array
-    index: tuple  # fixed indices of the axes other than y and x ("y" and "x" where they go)
+    index: tuple  # per axis: "y", "x", "c" (kept whole) or the fixed index of another axis
     shape: tuple[int, int]
     dtype: np.dtype
     scale: tuple[float, float]  # pixel size along y and x (1.0 where unknown)
@@ -44,8 +49,10 @@ class ImageSource:
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         ys, xs = key
-        full = tuple(ys if i == "y" else xs if i == "x" else i for i in self.index)
-        return np.asarray(self.array[full])
+        where = {"y": ys, "x": xs, "c": slice(None)}
+        window = np.asarray(self.array[tuple(where.get(i, i) for i in self.index)])
+        kept = [i for i in self.index if i in where]  # the window's axes, in stored order
+        return np.moveaxis(window, kept.index("c"), 0) if "c" in kept else window
 
 
 @dataclass
@@ -86,9 +93,9 @@ def _ome_metadata(attrs: dict) -> dict | None:
     return multiscales[0] if multiscales else None
 
 
-def open_image(path: str | Path, level: int = 0) -> ImageSource:
+def open_image(path: str | Path, level: int = 0, channels: int = 1) -> ImageSource:
     """The one 2D image at ``path`` (OME-Zarr, TIFF or another 2D image), at ``level``."""
-    sections = open_sections(path, level)
+    sections = open_sections(path, level, channels)
     if sections.axis is not None:
         raise DataError(
             f"{path}: found {len(sections)} section(s) along {sections.axis.name}; expected one 2D "
@@ -97,45 +104,67 @@ def open_image(path: str | Path, level: int = 0) -> ImageSource:
     return sections.open(0)
 
 
-def open_sections(path: str | Path, level: int = 0) -> Sections:
-    """The sections of the input ``path`` (module docstring), at resolution ``level``."""
+def open_sections(path: str | Path, level: int = 0, channels: int = 1) -> Sections:
+    """The sections of the input ``path`` (module docstring), at resolution ``level``, for a
+    network of ``channels`` input channels (more than 1: a channel axis of that length)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"input={path}: no such file or folder")
     if path.suffix.lower() == ".zarr" or any((path / f).exists() for f in ZARR_MARKERS):
-        return _open_ome_zarr(path, level)
+        return _open_ome_zarr(path, level, channels)
     if path.is_dir():
-        return _open_folder(path, level)
+        return _open_folder(path, level, channels)
     if path.suffix.lower() in (".tif", ".tiff"):
-        return _open_tiff(path, level)
+        return _open_tiff(path, level, channels)
     if level != 0:
         raise DataError(f"{path}: level={level} asked for, but the image has only level 0")
-    image = read_image(path)
-    if image.ndim != 2:
-        raise DataError(f"{path}: expected one 2D gray-value image, found shape {image.shape}")
-    source = ImageSource(image, ("y", "x"), image.shape, image.dtype, (1.0, 1.0), (None, None))
-    return Sections([path.stem], image.shape, None, lambda i: source)
+    source = _in_memory(path, channels)
+    return Sections([path.stem], source.shape, None, lambda i: source)
 
 
-def _stack_axis(path: Path, sizes: dict[str, int], channel_axes: set[str]) -> str | None:
-    """The one axis besides y and x longer than 1 (None if there is none), after refusing
-    channels and a second such axis."""
-    long = [a for a, n in sizes.items() if a not in "yx" and n > 1]
-    found = ", ".join(f"{a}={n}" for a, n in sizes.items())
-    if any(a in channel_axes for a in long):
+def _in_memory(path: Path, channels: int) -> ImageSource:
+    """A PNG (or a frame of a folder of colour frames), read whole."""
+    if channels == 1:
+        image = read_image(path)
+        if image.ndim != 2:
+            raise DataError(f"{path}: expected one 2D gray-value image, found shape {image.shape}")
+        return ImageSource(image, ("y", "x"), image.shape, image.dtype, (1.0, 1.0), (None, None))
+    image = read_channels(path)  # (C, H, W), as unet.data.frames reads colour frames
+    if image.ndim != 3 or image.shape[0] != channels:
         raise DataError(
-            f"{path}: found axes {found}; the network takes one gray channel: expected a "
-            "channel axis of length 1"
+            f"{path}: an image of shape {image.shape}; the network takes {channels} channels"
         )
+    return ImageSource(
+        image, ("c", "y", "x"), image.shape[1:], image.dtype, (1.0, 1.0), (None, None)
+    )
+
+
+def _roles(
+    path: Path, sizes: dict[str, int], channel_axes: set[str], channels: int
+) -> tuple[str | None, str | None]:
+    """(stack axis, channel axis) among the axes besides y and x, each None if absent,
+    after refusing a channel axis whose length is not the network's ``channels`` and more
+    than one other axis longer than 1."""
+    found = ", ".join(f"{a}={n}" for a, n in sizes.items())
+    channel = next((a for a in sizes if a in channel_axes and sizes[a] > 1), None)
+    if channels > 1:
+        channel = next((a for a in sizes if a in channel_axes), None)
+    if (sizes[channel] if channel else 1) != channels:
+        expected = "one gray channel" if channels == 1 else f"{channels} channels"
+        raise DataError(
+            f"{path}: found axes {found}; the network takes {expected}: expected a channel "
+            f"axis of length {channels}"
+        )
+    long = [a for a, n in sizes.items() if a not in "yx" and a != channel and n > 1]
     if len(long) > 1:
         raise DataError(
-            f"{path}: found axes {found}; expected at most one axis besides y and x longer "
-            "than 1 (the sections: z or t)"
+            f"{path}: found axes {found}; expected at most one axis besides y, x and channels "
+            "longer than 1 (the sections: z or t)"
         )
-    return long[0] if long else None
+    return (long[0] if long else None), (channel if channels > 1 else None)
 
 
-def _open_ome_zarr(path: Path, level: int) -> Sections:
+def _open_ome_zarr(path: Path, level: int, channels: int) -> Sections:
     try:
         group = zarr.open_group(str(path), mode="r")
     except Exception as err:  # zarr raises several types for a folder that is not a store
@@ -154,8 +183,8 @@ def _open_ome_zarr(path: Path, level: int) -> Sections:
         )
     array = group[datasets[level]["path"]]
     sizes = dict(zip(axes, array.shape, strict=True))
-    channels = {a["name"] for a in described if a.get("type") == "channel" or a["name"] == "c"}
-    stack = _stack_axis(path, sizes, channels)
+    channel_axes = {a["name"] for a in described if a.get("type") == "channel" or a["name"] == "c"}
+    stack, channel = _roles(path, sizes, channel_axes, channels)
     scale = [1.0] * len(axes)
     for t in datasets[level].get("coordinateTransformations", []):
         if t.get("type") == "scale":
@@ -165,8 +194,10 @@ def _open_ome_zarr(path: Path, level: int) -> Sections:
     shape, dtype = (array.shape[iy], array.shape[ix]), np.dtype(array.dtype)
     yx_scale, yx_units = (float(scale[iy]), float(scale[ix])), (units.get("y"), units.get("x"))
 
+    roles = {"y": "y", "x": "x", channel: "c"}
+
     def section(i: int) -> ImageSource:
-        index = tuple(a if a in "yx" else i if a == stack else 0 for a in axes)
+        index = tuple(roles.get(a, i if a == stack else 0) for a in axes)
         return ImageSource(array, index, shape, dtype, yx_scale, yx_units)
 
     if stack is None:
@@ -182,7 +213,7 @@ def _numbered(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:0{digits}d}" for i in range(n)]
 
 
-def _open_tiff(path: Path, level: int) -> Sections:
+def _open_tiff(path: Path, level: int, channels: int) -> Sections:
     import tifffile
 
     try:
@@ -202,12 +233,13 @@ def _open_tiff(path: Path, level: int) -> Sections:
         raise DataError(f"{path}: found axes {axes} of shape {shape}; expected y and x")
     names = [a.lower() for a in axes]  # tifffile's axis letters, one per axis
     sizes = dict(zip(names, shape, strict=True))
-    stack = _stack_axis(path, sizes, {"s", "c"})  # S: colour samples, C: channels
+    stack, channel = _roles(path, sizes, {"s", "c"}, channels)  # S: colour samples
     iy, ix = axes.index("Y"), axes.index("X")
     yx = (shape[iy], shape[ix])
+    roles = {"y": "y", "x": "x", channel: "c"}
 
     def section(i: int) -> ImageSource:
-        index = tuple(n if n in "yx" else i if n == stack else 0 for n in names)
+        index = tuple(roles.get(n, i if n == stack else 0) for n in names)
         return ImageSource(array, index, yx, np.dtype(array.dtype), (1.0, 1.0), (None, None))
 
     if stack is None:
@@ -218,11 +250,11 @@ def _open_tiff(path: Path, level: int) -> Sections:
     return Sections([f"{path.stem}_{i:0{digits}d}" for i in range(n)], yx, axis, section)
 
 
-def _open_folder(path: Path, level: int) -> Sections:
-    frames = FrameSource(path)  # lists the 2D frames and checks their headers
-    shapes = frames.shapes
+def _open_folder(path: Path, level: int, channels: int) -> Sections:
+    frames = FrameSource(path, channels)  # lists the 2D frames and checks them
+    shapes = [tuple(shape) for shape in frames.shapes]
     if level != 0:  # each frame's size at that level (TIFF headers; the others refuse it)
-        shapes = [open_image(file, level).shape for file in frames.files]
+        shapes = [open_image(file, level, channels).shape for file in frames.files]
     sizes = sorted(set(shapes))
     if len(sizes) > 1:
         found = ", ".join(f"{h}x{w}" for h, w in sizes)
@@ -230,9 +262,11 @@ def _open_folder(path: Path, level: int) -> Sections:
             f"{path}: frames of {len(sizes)} sizes ({found}); a .zarr output stacks them "
             "along z and needs one size: use a folder output, or one .zarr per frame"
         )
-    return Sections(
-        frames.names,
-        sizes[0],
-        StackAxis("z", None, 1.0),
-        lambda i: open_image(frames.files[i], level),
-    )
+
+    def section(i: int) -> ImageSource:
+        file = frames.files[i]
+        if channels > 1 and level == 0:  # colour frames are read whole, as for a folder output
+            return _in_memory(file, channels)
+        return open_image(file, level, channels)
+
+    return Sections(frames.names, sizes[0], StackAxis("z", None, 1.0), section)
