@@ -415,3 +415,16 @@ def test_channel_mismatches_give_one_line_messages(tmp_path):
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="instance_class=3: expected a foreground class"):
         predict_to_zarr(tiny_net(), gray, tmp_path / "out.zarr", instance_class=3, **OPTIONS)
+
+
+def test_float32_store_keeps_the_in_memory_probability(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", stack(2), photometric="minisblack")
+    net = tiny_net()
+    predict_to_zarr(
+        net, tmp_path / "stack.tif", tmp_path / "out.zarr", probability_dtype="float32", **OPTIONS
+    )
+    got = read(tmp_path / "out.zarr")
+    assert got.dtype == np.float32
+    for z, image in enumerate(stack(2)):
+        expected = predict_image(net, image, OPTIONS["tiler"])[1]
+        np.testing.assert_allclose(got[z], expected, rtol=1e-5, atol=1e-5)

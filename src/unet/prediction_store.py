@@ -1,10 +1,11 @@
 """The OME-Zarr store of a streamed prediction: written in chunk rows, resumable, shareable.
 
-An OME-Zarr 0.5 image (zarr v3) holding the cell probability at ``0``, float16 or uint8
-(``round(255 p)``): axes (y, x) for one 2D input, (z, y, x) or (t, y, x) for a stack of
-sections (``unet.zarr_io.Sections``; chunks of one section each), with the input's pixel
-size, units and section spacing. With labels, an OME-Zarr label image ``labels/cells``
-(uint32, chunked alike; a stack's instances are numbered per section, 1..n in each).
+An OME-Zarr 0.5 image (zarr v3) holding the cell probability at ``0``: float16, float32
+(the labels then equal a folder output's) or uint8 (``round(255 p)``). Axes (y, x) for one
+2D input, (z, y, x) or (t, y, x) for a stack of sections (``unet.zarr_io.Sections``;
+chunks of one section each), with the input's pixel size, units and section spacing.
+With labels, an OME-Zarr label image ``labels/cells`` (uint32, chunked alike; a stack's
+instances are numbered per section, 1..n in each).
 
 Its ``unet`` attributes record which network wrote it (SHA-256 of architecture and weights),
 the tiling, shape, chunk side and section names. ``unet-progress/`` holds one empty file per
@@ -28,7 +29,7 @@ import zarr
 from unet.errors import OutputExistsError, UserError
 from unet.zarr_io import Sections
 
-PROBABILITY_DTYPES = ("float16", "uint8")
+PROBABILITY_DTYPES = ("float16", "float32", "uint8")
 PROGRESS = "unet-progress"
 LABELS_DONE = "labels.json"  # a section's note: its labels are written (with what)
 
@@ -109,11 +110,9 @@ class Plane:
 
     def write_rows(self, y0: int, y1: int, prob: np.ndarray) -> None:
         """Rows y0..y1-1 (whole chunk rows) of cell probability; then marks them done."""
-        encoded = (
-            np.rint(prob * 255).astype(np.uint8)
-            if self.probability.dtype == np.uint8
-            else prob.astype(np.float16)
-        )
+        dtype = self.probability.dtype
+        encoded = np.rint(prob * 255) if dtype == np.uint8 else prob
+        encoded = encoded.astype(dtype)
         self.probability[y0:y1, :] = encoded
         self.progress.mkdir(parents=True, exist_ok=True)
         for k in range(y0 // self.chunk, -(-y1 // self.chunk)):

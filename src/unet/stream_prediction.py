@@ -130,7 +130,7 @@ def predict_to_zarr(
             or t axis (``unet.zarr_io``).
         level: the input's resolution level (OME-Zarr, pyramidal TIFF).
         chunk: the store's chunk side (px); predicted bands are whole chunk rows.
-        probability_dtype: ``float16`` or ``uint8`` (``round(255 p)``).
+        probability_dtype: ``float16``, ``float32`` or ``uint8`` (``round(255 p)``).
         labels: also write chunk-wise instance labels (``labels/cells``).
         overwrite: start over; otherwise an existing store of this network continues.
         rank, world_size, barrier: this process's share of the chunk rows; ``barrier()``

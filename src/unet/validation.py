@@ -285,7 +285,11 @@ SETTINGS = [
     Setting("tiler.memory_gb", number(1e-9), "a number of GB > 0", nullable=True),
     Setting("zarr.level", integer(0), "an integer >= 0 (0: full resolution)"),
     Setting("zarr.chunk", integer(16), "an integer >= 16 (px)"),
-    Setting("zarr.probability_dtype", one_of("float16", "uint8"), "float16 or uint8"),
+    Setting(
+        "zarr.probability_dtype",
+        one_of("float16", "float32", "uint8"),
+        "float16, float32 or uint8",
+    ),
     Setting("split", one_of("val", "train"), "val or train"),
     # export (configs/export.yaml)
     Setting("format", one_of(*EXPORT_FORMATS), "bioimageio, onnx or torchscript"),
