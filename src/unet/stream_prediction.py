@@ -131,7 +131,10 @@ def predict_to_zarr(
         level: the input's resolution level (OME-Zarr, pyramidal TIFF).
         chunk: the store's chunk side (px); predicted bands are whole chunk rows.
         probability_dtype: ``float16``, ``float32`` or ``uint8`` (``round(255 p)``).
-        labels: also write chunk-wise instance labels (``labels/cells``).
+        instance_class: for a K-class network, the class whose probability is stored and
+            labelled (None: 1 - p(background)); as in ``unet.labels.foreground_probability``.
+        labels: also write instance labels (``labels/cells``): chunk-wise, or per whole
+            section for settings that are not chunk-local (:func:`chunk_local`).
         overwrite: start over; otherwise an existing store of this network continues.
         rank, world_size, barrier: this process's share of the chunk rows; ``barrier()``
             waits for all ranks (before labels, and before rank 0 counts the objects).
@@ -157,8 +160,7 @@ def predict_to_zarr(
                 store.create_labels()
         if turn == 0 and barrier is not None:
             barrier()
-    height = sections.shape[0]
-    predicted = 0
+    share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
     with progress_bar(progress) as bar:
         task = bar.add_task("tiles", total=None)
 
@@ -167,31 +169,9 @@ def predict_to_zarr(
             if on_batch is not None:
                 on_batch(n)
 
-        for index, first, last in rank_share(len(sections), height, chunk, rank, world_size):
-            plane = store.plane(index)
-            runs = missing_runs(plane.done_rows(), first, last)
-            if not runs:
-                continue
-            image = sections.open(index)
-            where = (
-                f"{input}" if len(sections) == 1 else f"{input}, section {sections.names[index]}"
-            )
-            statistics = section_statistics(plane, image, where)
-            for a, b in runs:
-                rows = (a * chunk, min(b * chunk, height))
-                predict_streaming(
-                    net,
-                    image,
-                    plane.write_rows,
-                    chunk_rows=chunk,
-                    tiler=tiler,
-                    precision=precision,
-                    rows=rows,
-                    statistics=statistics,
-                    instance_class=instance_class,
-                    on_batch=advance,
-                )
-                predicted += rows[1] - rows[0]
+        predicted = predict_share(
+            net, str(input), sections, store, share, tiler, precision, instance_class, advance
+        )
     if barrier is not None:
         barrier()
     objects = None
@@ -209,6 +189,39 @@ def predict_to_zarr(
         "objects": objects,
         "seconds": time.perf_counter() - start,
     }
+
+
+def predict_share(
+    net, input: str, sections, store, share, tiler, precision, instance_class, on_batch
+) -> int:
+    """Predict the chunk rows of ``share`` (:func:`unet.streaming.rank_share`) that the store
+    does not mark as written; returns the number of rows predicted."""
+    height, chunk = sections.shape[0], store.chunk
+    predicted = 0
+    for index, first, last in share:
+        plane = store.plane(index)
+        runs = missing_runs(plane.done_rows(), first, last)
+        if not runs:
+            continue
+        image = sections.open(index)
+        where = input if len(sections) == 1 else f"{input}, section {sections.names[index]}"
+        statistics = section_statistics(plane, image, where)
+        for a, b in runs:
+            rows = (a * chunk, min(b * chunk, height))
+            predict_streaming(
+                net,
+                image,
+                plane.write_rows,
+                chunk_rows=chunk,
+                tiler=tiler,
+                precision=precision,
+                rows=rows,
+                statistics=statistics,
+                instance_class=instance_class,
+                on_batch=on_batch,
+            )
+            predicted += rows[1] - rows[0]
+    return predicted
 
 
 def create_store(
