@@ -153,11 +153,9 @@ def predict_to_zarr(
     # rank 0 creates the store first; the others then open it
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
-            store = open_store(
-                output, sections, record, chunk, probability_dtype, overwrite and rank == 0
+            store = store_with_labels(  # rank 0 creates the labels; the others find them
+                output, sections, record, chunk, probability_dtype, overwrite and rank == 0, labels
             )
-            if labels:  # rank 0 creates it; the others find it there
-                store.create_labels()
         if turn == 0 and barrier is not None:
             barrier()
     share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
@@ -247,7 +245,13 @@ def create_store(
     _, sections, record = checked_inputs(
         net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
     )
-    store = open_store(output, sections, record, chunk, probability_dtype, overwrite)
+    return store_with_labels(output, sections, record, chunk, probability_dtype, overwrite, labels)
+
+
+def store_with_labels(output, sections, record, chunk, dtype, overwrite, labels):
+    """The output store (:func:`unet.prediction_store.open_store`), with its label image
+    when ``labels``."""
+    store = open_store(output, sections, record, chunk, dtype, overwrite)
     if labels:
         store.create_labels()
     return store
