@@ -209,6 +209,7 @@ def _open_ome_zarr(path: Path, level: int, channels: int) -> Sections:
 
 
 def _numbered(prefix: str, n: int) -> list[str]:
+    """``prefix`` + index, zero-padded to at least 3 digits, for n sections."""
     digits = max(3, len(str(n - 1)))
     return [f"{prefix}{i:0{digits}d}" for i in range(n)]
 
@@ -246,8 +247,8 @@ def _open_tiff(path: Path, level: int, channels: int) -> Sections:
         return Sections([path.stem], yx, None, section)
     n = sizes[stack]
     axis = StackAxis("t" if stack == "t" else "z", None, 1.0)  # pages (I, Q, Z): z
-    digits = max(3, len(str(n - 1)))  # the names of unet.data.frames.FrameSource
-    return Sections([f"{path.stem}_{i:0{digits}d}" for i in range(n)], yx, axis, section)
+    # <stem>_NNN: the names unet.data.frames.FrameSource gives a stack's frames
+    return Sections(_numbered(f"{path.stem}_", n), yx, axis, section)
 
 
 def _open_folder(path: Path, level: int, channels: int) -> Sections:
