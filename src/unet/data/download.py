@@ -19,12 +19,11 @@ user passes (``--sha256``), a row of :data:`KNOWN_SHA256`, or a ``<file>.sha256`
 provides. When none exists the file is NOT verified: its computed SHA-256 is printed and
 recorded in ``<dataset>/.download.json`` so that a user can compare it with a trusted one.
 
-Resumable and atomic: everything is written inside ``<to>/<dataset>.partial/`` (each file as
-``<file>.partial`` while it downloads, resumed with an HTTP Range request where the server
-allows it), checked, unpacked there, and only then renamed to ``<to>/<dataset>/``. An
-interrupted or failed run leaves at most that ``.partial`` folder, which no reader opens. A
-dataset folder with a manifest whose files are all present is skipped. Nothing here runs at
-training time.
+Resumable and atomic: all is written in ``<to>/<dataset>.partial/`` (a file as ``<file>.partial``
+while it downloads, resumed by HTTP Range requests where the server allows them), checked,
+unpacked there, then renamed to ``<to>/<dataset>/``. A failed run leaves at most that
+``.partial`` folder, which no reader opens. A dataset folder whose manifest lists files that
+are all present is skipped. Nothing here runs at training time.
 """
 
 from __future__ import annotations
@@ -39,10 +38,12 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
+from unet.cli import run_or_exit
 from unet.errors import UserError
 
 MANIFEST = ".download.json"
@@ -61,16 +62,12 @@ class Source:
     needed: tuple[str, ...]  # paths (relative to folder) that must exist after unpacking
 
 
+_ISBI_URL = "http://brainiac2.mit.edu/isbi_challenge/sites/default/files"
+_ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 _CTC_URL = "https://data.celltrackingchallenge.net/training-datasets"
 _CTC_NEEDED = ("01", "01_GT/SEG", "02", "02_GT/SEG")
 SOURCES = {
-    "isbi": Source(
-        "isbi2012",
-        ("train-volume.tif", "train-labels.tif", "test-volume.tif"),
-        "http://brainiac2.mit.edu/isbi_challenge/sites/default/files",
-        "UNET_ISBI_BASE_URL",
-        ("train-volume.tif", "train-labels.tif", "test-volume.tif"),
-    ),
+    "isbi": Source("isbi2012", _ISBI_FILES, _ISBI_URL, "UNET_ISBI_BASE_URL", _ISBI_FILES),
     "hela": Source(
         "DIC-C2DH-HeLa", ("DIC-C2DH-HeLa.zip",), _CTC_URL, "UNET_CTC_BASE_URL", _CTC_NEEDED
     ),
@@ -100,30 +97,35 @@ def _is_sha256(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """How to talk to the server: request ``timeout`` (s), progress to ``out`` every
+    ``interval`` s, and the checksums the user gave (file name -> hex)."""
+
+    timeout: float
+    out: TextIO
+    interval: float
+    given: dict[str, str]
+
+
 class Progress:
     """Progress lines (bytes, rate) at most every ``interval`` s; ``\\r`` only on a tty."""
 
-    def __init__(self, name: str, total: int | None, done: int, out: TextIO, interval: float):
-        self.name, self.total, self.done, self.out = name, total, done, out
-        self.interval, self.tty = interval, out.isatty()
+    def __init__(self, name: str, total: int | None, done: int, t: Transfer):
+        self.name, self.total, self.done, self.first, self.t = name, total, done, done, t
         self.start = self.last = time.monotonic()
-        self.first = done
 
     def update(self, n: int, final: bool = False) -> None:
         self.done += n
-        now = time.monotonic()
-        if not final and now - self.last < self.interval:
+        now, tty = time.monotonic(), self.t.out.isatty()
+        if not final and now - self.last < self.t.interval:
             return
         self.last = now
         rate = (self.done - self.first) / max(now - self.start, 1e-6) / 1e6
-        of = (
-            f" of {self.total / 1e6:.1f} MB ({100 * self.done / self.total:.0f}%)"
-            if (self.total)
-            else " MB"
-        )
-        line = f"{self.name}: {self.done / 1e6:.1f}{of}, {rate:.1f} MB/s"
-        end = "\n" if final or not self.tty else ""
-        print(("\r" if self.tty else "") + line, end=end, file=self.out, flush=True)
+        of = f" of {self.total / 1e6:.1f}" if self.total else ""
+        line = f"{self.name}: {self.done / 1e6:.1f}{of} MB, {rate:.1f} MB/s"
+        end = "\n" if final or not tty else ""
+        print(("\r" if tty else "") + line, end=end, file=self.t.out, flush=True)
 
 
 def _open(url: str, timeout: float, start: int = 0):
@@ -143,8 +145,7 @@ def _open(url: str, timeout: float, start: int = 0):
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise DownloadError(
-            f"cannot reach {url}: {reason}; check the connection, or pass --base-url with a "
-            "mirror"
+            f"cannot reach {url}: {reason}; check the connection or pass --base-url with a mirror"
         ) from None
 
 
@@ -157,29 +158,29 @@ def _copy(response, target: Path, mode: str, progress: Progress, url: str) -> No
         except OSError as err:  # connection reset or timed out mid-file: keep it for resuming
             raise DownloadError(
                 f"{url}: the transfer broke off after {progress.done} bytes ({err}); "
-                f"{target.name} was kept: run the command again to resume"
+                f"{target} was kept: run the command again to resume"
             ) from None
     progress.update(0, final=True)
 
 
-def fetch(url: str, target: Path, timeout: float, out: TextIO, interval: float) -> None:
+def fetch(url: str, target: Path, t: Transfer) -> None:
     """Download ``url`` into ``target`` (``<file>.partial``), resuming what it already holds.
 
     Raises :class:`DownloadError` if fewer bytes arrive than the server announced.
     """
     start = target.stat().st_size if target.exists() else 0
-    response = _open(url, timeout, start)
+    response = _open(url, t.timeout, start)
     if response is None:  # 416: start over
         target.unlink()
-        start, response = 0, _open(url, timeout)
+        start, response = 0, _open(url, t.timeout)
     with response:
         resumed = start > 0 and response.status == 206
         if start and not resumed:
-            print(f"{target.name}: the server cannot resume; starting over", file=out)
+            print(f"{target.name}: the server cannot resume; starting over", file=t.out)
         first = start if resumed else 0
         length = response.headers.get("Content-Length")
         total = first + int(length) if length is not None else None
-        progress = Progress(target.name.removesuffix(PARTIAL), total, first, out, interval)
+        progress = Progress(target.name.removesuffix(PARTIAL), total, first, t)
         _copy(response, target, "ab" if resumed else "wb", progress, url)
     size = target.stat().st_size
     if total is not None and size != total:
@@ -189,70 +190,44 @@ def fetch(url: str, target: Path, timeout: float, out: TextIO, interval: float) 
         )
 
 
-def expected_sha256(
-    name: str, url: str, given: dict[str, str], timeout: float
-) -> tuple[str | None, str]:
+def expected_sha256(name: str, url: str, t: Transfer) -> tuple[str | None, str]:
     """The SHA-256 ``name`` must have and where it comes from (None, "nothing" if unknown)."""
-    if name in given:
-        return given[name], "--sha256"
+    if name in t.given:
+        return t.given[name], "--sha256"
     if name in KNOWN_SHA256:
         return KNOWN_SHA256[name][1], "the table of known checksums"
     try:
-        with urllib.request.urlopen(url + ".sha256", timeout=timeout) as response:
+        with urllib.request.urlopen(url + ".sha256", timeout=t.timeout) as response:
             text = response.read(4096).decode("ascii", "replace")
     except urllib.error.HTTPError:  # most servers provide none
         return None, "nothing"
     except (urllib.error.URLError, OSError) as err:
         raise DownloadError(f"cannot reach {url}.sha256: {getattr(err, 'reason', err)}") from None
     value = (text.split() or [""])[0].lower()
-    if not _is_sha256(value):
-        raise DownloadError(
-            f"{url}.sha256: expected 64 hex digits (a SHA-256), found {text[:40]!r}; pass "
-            f"the right checksum with --sha256 {name}=<hex>"
-        )
+    if not _is_sha256(value):  # some sites answer a missing file with an HTML page
+        print(f"{url}.sha256: not a SHA-256 ({text[:30]!r}); ignoring it", file=t.out)
+        return None, "nothing"
     return value, f"{url}.sha256"
 
 
-def download_file(
-    name: str,
-    url: str,
-    staging: Path,
-    given: dict[str, str],
-    timeout: float,
-    out: TextIO,
-    interval: float,
-) -> dict:
+def download_file(name: str, url: str, staging: Path, t: Transfer) -> dict:
     """Download, check and rename one file into ``staging``; returns its manifest entry."""
-    final = staging / name
-    expected, origin = expected_sha256(name, url, given, timeout)
-    if not final.exists():
-        partial = staging / (name + PARTIAL)
-        fetch(url, partial, timeout, out, interval)
-        _check(partial, expected, origin, url)
-        os.replace(partial, final)
-    else:  # finished by an earlier run that stopped later on
-        _check(final, expected, origin, url)
-    digest = sha256_of(final)
-    if expected is None:
-        print(
-            f"{name}: SHA-256 {digest} (not verified: no known checksum; compare it with "
-            "a trusted one)",
-            file=out,
-        )
-    return {"url": url, "size": final.stat().st_size, "sha256": digest, "checked_against": origin}
-
-
-def _check(path: Path, expected: str | None, origin: str, url: str) -> None:
-    """Delete ``path`` and raise if its SHA-256 is not ``expected``."""
-    if expected is None:
-        return
+    final, partial = staging / name, staging / (name + PARTIAL)
+    expected, origin = expected_sha256(name, url, t)
+    path = final if final.exists() else partial  # final: an earlier run got it, then stopped
+    if path == partial:
+        fetch(url, partial, t)
     digest = sha256_of(path)
-    if digest != expected:
+    if expected is not None and digest != expected:
         path.unlink()
         raise DownloadError(
             f"{url}: SHA-256 {digest} does not match {expected} from {origin}; the download "
             "was deleted. Run again, or check the checksum and the source"
         )
+    os.replace(path, final)
+    if expected is None:
+        print(f"{name}: SHA-256 {digest} (not verified: compare it with a trusted one)", file=t.out)
+    return {"url": url, "size": final.stat().st_size, "sha256": digest, "checked_against": origin}
 
 
 def member_path(name: str, archive: Path) -> PurePosixPath:
@@ -282,20 +257,20 @@ def unpack(archive: Path, folder: str, staging: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)  # zipfile checks each member's CRC
-    except (zipfile.BadZipFile, EOFError) as err:
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise DownloadError(
             f"{archive.name}: not a complete zip archive ({err}); it was deleted: run the "
             "command again to download it anew"
         ) from None
 
 
-def require_layout(staging: Path, source: Source, files: tuple[str, ...]) -> None:
+def require_layout(staging: Path, source: Source) -> None:
     """Raise unless every path the readers need is in ``staging``."""
     missing = [p for p in source.needed if not (staging / p).exists()]
     if missing:
         found = sorted(p.name for p in staging.iterdir())[:12]
         raise DownloadError(
-            f"{', '.join(files)}: does not hold the {source.folder} layout the readers open: "
+            f"{', '.join(source.files)}: not the {source.folder} layout the readers open: "
             f"{missing[0]} is missing (expected {', '.join(source.needed)}); found {found}. "
             "Check --base-url"
         )
@@ -322,7 +297,8 @@ def check_complete(final: Path) -> int:
         files = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError, TypeError):
         raise DownloadError(f"{manifest}: unreadable; delete {final} to download again") from None
-    wrong = [rel for rel, size in files.items() if listed_files(final).get(rel) != size]
+    present = listed_files(final)
+    wrong = [rel for rel, size in files.items() if present.get(rel) != size]
     if wrong or not files:
         raise DownloadError(
             f"{final}: {len(wrong)} of {len(files)} files listed in {MANIFEST} are missing or "
@@ -381,8 +357,10 @@ def download(
         return final
     staging = final.with_name(source.folder + PARTIAL)
     staging.mkdir(parents=True, exist_ok=True)
+    t = Transfer(timeout, out, interval, given)
     try:
-        entries = _fill(staging, source, base, given, timeout, out, interval)
+        entries = {name: download_file(name, f"{base}/{name}", staging, t) for name in source.files}
+        unpack_all(staging, source)
     finally:
         if staging.exists() and not any(staging.iterdir()):
             staging.rmdir()  # a failed first request leaves nothing behind
@@ -394,36 +372,22 @@ def download(
     return final
 
 
-def _fill(
-    staging: Path,
-    source: Source,
-    base: str,
-    given: dict[str, str],
-    timeout: float,
-    out: TextIO,
-    interval: float,
-) -> dict[str, dict]:
-    """Download every file of ``source`` into ``staging`` and unpack the archives."""
-    entries = {
-        name: download_file(name, f"{base}/{name}", staging, given, timeout, out, interval)
-        for name in source.files
-    }
+def unpack_all(staging: Path, source: Source) -> None:
+    """Unpack the downloaded archives in ``staging`` and check the layout; a bad archive
+    leaves nothing behind."""
     try:
         for name in source.files:
             if name.endswith(".zip"):
                 unpack(staging / name, source.folder, staging)
                 (staging / name).unlink()
-        require_layout(staging, source, source.files)
-    except DownloadError:  # the archive itself is bad: nothing in staging is worth keeping
+        require_layout(staging, source)
+    except DownloadError:  # nothing in staging is worth keeping
         shutil.rmtree(staging)
         raise
-    return entries
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python3 -m unet.data.download isbi|hela|u373 --to DIR``."""
-    from unet.cli import run_or_exit
-
     parser = argparse.ArgumentParser(
         prog="python3 -m unet.data.download",
         description="Download a benchmark dataset into the layout the readers open.",
