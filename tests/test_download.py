@@ -59,7 +59,7 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.files, srv.cut, srv.requests, srv.ranges = {}, {}, [], True
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -234,6 +234,8 @@ def test_existing_folders_that_this_command_did_not_finish_are_not_taken(server,
 
 def test_checksum_without_a_file_name_is_refused_for_a_dataset_of_several_files(tmp_path):
     assert "NAME=HEX" in fails("isbi", tmp_path, "http://127.0.0.1:9", sha256=["a" * 64])
+    assert "unknown dataset 'mnist'" in fails("mnist", tmp_path, "http://127.0.0.1:9")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_command_line_reads_the_mirror_from_the_environment_and_exits_2(

@@ -99,8 +99,7 @@ def _is_sha256(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Transfer:
-    """How to talk to the server: request ``timeout`` (s), progress to ``out`` every
-    ``interval`` s, and the checksums the user gave (file name -> hex)."""
+    """Request ``timeout`` (s), progress to ``out`` every ``interval`` s, ``--sha256`` by file."""
 
     timeout: float
     out: TextIO
@@ -164,10 +163,8 @@ def _copy(response, target: Path, mode: str, progress: Progress, url: str) -> No
 
 
 def fetch(url: str, target: Path, t: Transfer) -> None:
-    """Download ``url`` into ``target`` (``<file>.partial``), resuming what it already holds.
-
-    Raises :class:`DownloadError` if fewer bytes arrive than the server announced.
-    """
+    """Download ``url`` into ``target`` (``<file>.partial``), resuming what it already holds;
+    raises :class:`DownloadError` if fewer bytes arrive than the server announced."""
     start = target.stat().st_size if target.exists() else 0
     response = _open(url, t.timeout, start)
     if response is None:  # 416: start over
@@ -242,10 +239,8 @@ def member_path(name: str, archive: Path) -> PurePosixPath:
 
 
 def unpack(archive: Path, folder: str, staging: Path) -> None:
-    """Unpack ``archive`` into ``staging``, without the top folder ``folder/`` it may have.
-
-    Every member name is checked before anything is written.
-    """
+    """Unpack ``archive`` into ``staging`` without its top folder ``folder/`` if it has one;
+    every member name is checked before anything is written."""
     try:
         with zipfile.ZipFile(archive) as zf:
             members = [(i, member_path(i.filename, archive)) for i in zf.infolist()]
@@ -309,8 +304,9 @@ def check_complete(final: Path) -> int:
 
 def parse_checksums(values: list[str], dataset: str) -> dict[str, str]:
     """``--sha256`` values (``HEX`` for a one-file dataset, else ``NAME=HEX``) by file name."""
-    files = SOURCES[dataset].files
-    given = {}
+    if dataset not in SOURCES:
+        raise DownloadError(f"unknown dataset {dataset!r}; expected one of {sorted(SOURCES)}")
+    files, given = SOURCES[dataset].files, {}
     for value in values:
         name, sep, digest = value.rpartition("=")
         name = name if sep else files[0]
@@ -337,17 +333,13 @@ def download(
     Args:
         dataset: which benchmark.
         to: the data folder (what ``$UNET_DATA_DIR`` points at).
-        base_url: a mirror (default: ``$UNET_ISBI_BASE_URL`` / ``$UNET_CTC_BASE_URL``, else
-            the official source).
+        base_url: a mirror (default: ``$UNET_ISBI_BASE_URL``/``$UNET_CTC_BASE_URL`` or source).
         sha256: ``--sha256`` values the downloads must match.
         timeout: seconds any one request may wait for the server.
         out: where progress lines go.
         interval: seconds between progress lines (default 0.5 on a terminal, else 5).
     """
-    if dataset not in SOURCES:
-        raise DownloadError(f"unknown dataset {dataset!r}; expected one of {sorted(SOURCES)}")
-    source = SOURCES[dataset]
-    given = parse_checksums(sha256 or [], dataset)
+    given, source = parse_checksums(sha256 or [], dataset), SOURCES[dataset]
     base = (base_url or os.environ.get(source.env) or source.base_url).rstrip("/")
     interval = (0.5 if out.isatty() else 5.0) if interval is None else interval
     final = Path(to) / source.folder
@@ -395,9 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dataset", choices=sorted(SOURCES))
     parser.add_argument("--to", required=True, help="data folder (what $UNET_DATA_DIR names)")
     parser.add_argument("--base-url", help="a mirror to download from instead")
-    parser.add_argument(
-        "--sha256", action="append", default=[], help="expected checksum: HEX or NAME=HEX"
-    )
+    parser.add_argument("--sha256", action="append", default=[], help="HEX or NAME=HEX")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     args = parser.parse_args(argv)
     run_or_exit(download, args.dataset, args.to, args.base_url, args.sha256, args.timeout)
