@@ -251,3 +251,14 @@ def test_command_line_reads_the_mirror_from_the_environment_and_exits_2(
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / HELA / "01_GT" / "SEG" / "man_seg000.tif").is_file()
+
+
+def test_an_archive_finished_by_an_earlier_run_is_unpacked_without_fetching_it(server, tmp_path):
+    archive = ctc_zip()
+    staging = tmp_path / f"{HELA}.partial"
+    staging.mkdir()
+    (staging / f"{HELA}.zip").write_bytes(archive)  # the run stopped while unpacking
+    download("hela", tmp_path, server.url, timeout=TIMEOUT, out=io.StringIO())
+    assert (f"{HELA}.zip", None) not in server.requests  # the server does not even have it
+    assert len(read_annotated_frames(tmp_path, HELA, ["01", "02"])) == 2
+    assert not staging.exists()
