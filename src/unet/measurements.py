@@ -70,10 +70,11 @@ class PixelSize:
 
     @classmethod
     def of(cls, scale: tuple[float, float], units: tuple[str | None, str | None]) -> PixelSize:
-        """From a reader's (y, x) scale and units (``unet.zarr_io.Sections``); an image
-        without a unit is measured in pixels of that scale."""
-        unit = units[-1] or units[0] or "pixel"
-        return cls(float(scale[0]), float(scale[1]), unit)
+        """From a reader's (y, x) scale and units (``unet.zarr_io.Sections``). Without a
+        unit: ``pixel`` for a scale of 1, else ``unknown`` (a scale whose unit nobody wrote)."""
+        y, x = float(scale[0]), float(scale[1])
+        unit = units[-1] or units[0] or ("pixel" if (y, x) == (1.0, 1.0) else "unknown")
+        return cls(y, x, unit)
 
 
 PIXELS = PixelSize()  # the pixel size where none is known: 1 pixel

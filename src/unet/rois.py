@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from roifile import ImagejRoi
+from roifile import ROI_TYPE, ImagejRoi
 from scipy import ndimage
 from skimage.measure import find_contours
 
@@ -69,6 +69,9 @@ def write_roi_set(path: str | os.PathLike, shapes: dict[int, np.ndarray]) -> Non
     with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         for label, points in shapes.items():
             roi = ImagejRoi.frompoints(points, name=str(label))
+            # frompoints makes a freehand ROI; a polygon is what the outline is (both are
+            # area ROIs that Fiji measures alike)
+            roi.roitype = ROI_TYPE.POLYGON
             archive.writestr(f"{label}.roi", roi.tobytes())
 
 
