@@ -18,6 +18,11 @@ INFERENCE = [
     "unet.stream_prediction",
     "unet.chunked_labels",
     "unet.chunked_holes",
+    # per-object outputs (measurements.csv, rois/)
+    "unet.objects",
+    "unet.measurements",
+    "unet.chunked_measurements",
+    "unet.rois",
     "unet.tiler",
     "unet.shapes",
     "unet.export.probabilities",

@@ -15,7 +15,8 @@ The output folder holds
   (``maskNNN.tif`` with ``challenge_naming``, as the Cell Tracking Challenge expects);
 - ``overlays/``: PNGs of each frame with its labels tinted, for a quick look;
 - ``contact_sheet.png`` (a stack or folder of several frames, with overlays): every
-  frame's overlay as a titled thumbnail in one picture.
+  frame's overlay as a titled thumbnail in one picture;
+- ``measurements.csv`` and ``rois/`` (with ``measurements``/``rois``): ``unet.objects``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from unet.errors import OutputExistsError, UserError
 from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image
 from unet.labels import foreground_probability
+from unet.objects import ObjectOutputs, check_object_outputs
 from unet.panels import contact_sheet, thumbnail
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.tiler import Tiler
@@ -127,6 +129,8 @@ def predict_path(
     overlays: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    measurements: bool = False,
+    rois: bool = False,
 ) -> dict:
     """Predict every frame of ``source`` and write the results to the folder ``output``;
     returns a summary (frame count, sizes, TIFF series, seconds, megapixels/s).
@@ -143,6 +147,7 @@ def predict_path(
             a two-class network, the foreground of a K-class one).
         overwrite: replace an existing output folder (all of it, once complete).
         progress: show a progress bar over frames and tiles.
+        measurements, rois: write ``measurements.csv`` and ``rois/`` (``unet.objects``).
     """
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
     channels, num_classes = net.config.in_channels, net.config.num_classes
@@ -154,7 +159,8 @@ def predict_path(
     start = time.perf_counter()
     thumbnails: list[tuple[str, np.ndarray]] = []
     stack = probability_stack(staged.path, source, num_classes)
-    with progress_bar(progress) as bar, staged, stack:
+    per_object = ObjectOutputs(staged.path, measurements, rois)
+    with progress_bar(progress) as bar, staged, stack, per_object:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar)
         ):
@@ -169,6 +175,7 @@ def predict_path(
                 overlays=overlays,
                 instance_class=instance_class,
                 challenge_naming=challenge_naming,
+                on_objects=per_object if per_object.wanted else None,
             )
             stack.write(page)
             if small is not None:
@@ -212,18 +219,22 @@ def write_frame(
     overlays: bool,
     instance_class: int | None,
     challenge_naming: bool,
+    on_objects=None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Write the files of frame number ``index`` (``classes/``, ``labels/``, ``overlays/``);
     returns its page(s) of ``probabilities.tif`` (the (H, W) cell probability, or all K
-    classes) and the thumbnail of its overlay (None without overlays)."""
+    classes) and the thumbnail of its overlay (None without overlays). ``on_objects``, if
+    given, is called with (name, labels, cell probability)."""
     cells = foreground_probability(prob, instance_class)  # (H, W), float32
     page = cells
     if len(prob) > 2:  # all K classes, and the argmax
         page = prob
         write_class_image(folder / "classes" / f"{name}.tif", prob.argmax(axis=0))
     picture = None
-    if labels or overlays:
+    if labels or overlays or on_objects is not None:
         objects = postprocess(cells)
+        if on_objects is not None:
+            on_objects(name, objects, cells)
         label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
         picture = write_objects(folder, name, label_file, frame, objects, labels, overlays)
     return page, None if picture is None else thumbnail(picture)
@@ -323,6 +334,14 @@ def predict(cfg: DictConfig) -> dict:
     ``cfg.output``. With a ``trainer`` (``trainer=ddp``), on the ranks of a Lightning
     Trainer (:mod:`unet.distributed_prediction`)."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
+    measurements, rois = cfg.get("measurements", False), cfg.get("rois", False)
+    check_object_outputs(
+        measurements,
+        rois,
+        labels=cfg.labels,
+        store=is_store(cfg.output),
+        ranks=cfg.get("trainer") is not None,
+    )
     if cfg.get("trainer") is not None:
         # imported here: only this route needs Lightning, the inference modules do not
         from unet.distributed_prediction import predict_on_ranks
@@ -350,6 +369,8 @@ def predict(cfg: DictConfig) -> dict:
         overlays=cfg.overlays,
         overwrite=cfg.overwrite,
         progress=cfg.progress,
+        measurements=measurements,
+        rois=rois,
     )
     report_frames(summary, cfg.output)
     return summary
@@ -429,6 +450,7 @@ def predict_large(cfg: DictConfig) -> dict:
     summary = predict_to_zarr(
         trained.net,
         **store_options(cfg, trained),
+        measurements=cfg.get("measurements", False),
         device=cfg.device,
         overwrite=cfg.overwrite,
         progress=cfg.progress,

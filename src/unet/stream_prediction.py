@@ -28,7 +28,9 @@ from torch import nn
 
 from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
+from unet.chunked_measurements import write_store_measurements
 from unet.data.readers import DataError
+from unet.measurements import PixelSize
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, progress_bar, resolve_device
 from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
@@ -117,6 +119,7 @@ def predict_to_zarr(
     labels: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    measurements: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
     barrier=None,
@@ -136,6 +139,8 @@ def predict_to_zarr(
         labels: also write instance labels (``labels/cells``): chunk-wise, or per whole
             section for settings that are not chunk-local (:func:`chunk_local`).
         overwrite: start over; otherwise an existing store of this network continues.
+        measurements: rank 0 writes ``measurements.csv`` into the store from its labels
+            (``unet.chunked_measurements``).
         rank, world_size, barrier: this process's share of the chunk rows; ``barrier()``
             waits for all ranks (before labels, and before rank 0 counts the objects).
             None: those of an initialised torch.distributed group (gloo or NCCL), else one
@@ -180,6 +185,9 @@ def predict_to_zarr(
             barrier()
         if rank == 0:
             objects = sum(store.plane(i).note(LABELS_DONE)["objects"] for i in range(len(store)))
+            if measurements:
+                pixel_size = PixelSize.of(sections.scale, sections.units)
+                write_store_measurements(store, sections.names, pixel_size)
     return {
         "shape": tuple(store.probability.shape),
         "sections": len(sections),

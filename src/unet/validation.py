@@ -277,6 +277,8 @@ SETTINGS = [
     Setting("instance_class", integer(1), "a foreground class index >= 1", nullable=True),
     Setting("challenge_naming", boolean, "true or false"),
     Setting("overlays", boolean, "true or false"),
+    Setting("measurements", boolean, "true or false"),
+    Setting("rois", boolean, "true or false"),
     Setting("nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),
     Setting("progress", boolean, "true or false"),
     Setting("tiler.tile_size", integer(1), "a valid input size, e.g. 572", nullable=True),
