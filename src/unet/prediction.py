@@ -333,7 +333,12 @@ def predict(cfg: DictConfig) -> dict:
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
     trained = load_for_prediction(cfg.ckpt_path)  # a checkpoint or an exported model
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
-    source = FrameSource(cfg.input, trained.config.in_channels, cfg.get("nonfinite", "refuse"))
+    source = FrameSource(
+        cfg.input,
+        trained.config.in_channels,
+        cfg.get("nonfinite", "refuse"),
+        cfg.get("input_axes", "auto"),
+    )
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
     summary = predict_path(
         trained.net,
@@ -399,6 +404,7 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "input": cfg.input,
         "output": cfg.output,
         "level": cfg.zarr.level,
+        "input_axes": cfg.get("input_axes", "auto"),
         "chunk": cfg.zarr.chunk,
         "probability_dtype": cfg.zarr.probability_dtype,
         "tiler": build(cfg, "tiler"),

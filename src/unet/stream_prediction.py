@@ -107,6 +107,7 @@ def predict_to_zarr(
     output: str | Path,
     *,
     level: int = 0,
+    input_axes: str = "auto",
     chunk: int = 1024,
     probability_dtype: str = "float16",
     tiler: Tiler | None = None,
@@ -129,6 +130,8 @@ def predict_to_zarr(
         input: one 2D image, a TIFF stack, a folder of frames or an OME-Zarr image with a z
             or t axis (``unet.zarr_io``).
         level: the input's resolution level (OME-Zarr, pyramidal TIFF).
+        input_axes: ``zyx``: a TIFF's 3 or 4 colour samples are sections
+            (``unet.data.readers.INPUT_AXES``).
         chunk: the store's chunk side (px); predicted bands are whole chunk rows.
         probability_dtype: ``float16``, ``float32`` or ``uint8`` (``round(255 p)``).
         instance_class: for a K-class network, the class whose probability is stored and
@@ -147,7 +150,16 @@ def predict_to_zarr(
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
     net, sections, record = checked_inputs(
-        net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
+        net,
+        input,
+        (level, input_axes),
+        chunk,
+        tiler,
+        device,
+        precision,
+        postprocess,
+        labels,
+        instance_class,
     )
     start = time.perf_counter()
     # rank 0 creates the store first; the others then open it
@@ -228,6 +240,7 @@ def create_store(
     output: str | Path,
     *,
     level: int = 0,
+    input_axes: str = "auto",
     chunk: int = 1024,
     probability_dtype: str = "float16",
     tiler: Tiler | None = None,
@@ -243,7 +256,16 @@ def create_store(
     :func:`predict_to_zarr`; a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     _, sections, record = checked_inputs(
-        net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
+        net,
+        input,
+        (level, input_axes),
+        chunk,
+        tiler,
+        device,
+        precision,
+        postprocess,
+        labels,
+        instance_class,
     )
     return store_with_labels(output, sections, record, chunk, probability_dtype, overwrite, labels)
 
@@ -258,12 +280,14 @@ def store_with_labels(output, sections, record, chunk, dtype, overwrite, labels)
 
 
 def checked_inputs(
-    net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
+    net, input, reading, chunk, tiler, device, precision, postprocess, labels, instance_class
 ):
     """(network on its device, input sections, the store's record of this prediction), after
-    checking the network, the input, the label settings and the memory for a band of rows."""
+    checking the network, the input (read at ``reading`` = (level, input_axes)), the label
+    settings and the memory for a band of rows."""
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
-    sections = open_sections(input, level, net.config.in_channels)
+    level, input_axes = reading
+    sections = open_sections(input, level, net.config.in_channels, input_axes)
     if labels:
         check_labels_settings(postprocess, sections.shape)
     check_band_memory(net, tiler, sections.shape, chunk)
