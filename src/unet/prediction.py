@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from unet.atomic import StagedFolder, partial_path
@@ -42,6 +41,7 @@ from unet.inference import autocast_dtype, predict_image
 from unet.labels import foreground_probability
 from unet.panels import contact_sheet, thumbnail
 from unet.postprocess import PostProcessing, postprocessing_for
+from unet.progress import progress_bar
 from unet.tiler import Tiler
 from unet.tta import count_tiles
 from unet.validation import build, check_config
@@ -154,7 +154,7 @@ def predict_path(
     start = time.perf_counter()
     thumbnails: list[tuple[str, np.ndarray]] = []
     stack = probability_stack(staged.path, source, num_classes)
-    with progress_bar(progress) as bar, staged, stack:
+    with progress_bar(progress, "predict") as bar, staged, stack:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar)
         ):
@@ -237,9 +237,10 @@ def write_contact_sheet(folder: Path, thumbnails: list[tuple[str, np.ndarray]]) 
 
 
 def predict_frames(
-    net: nn.Module, source: FrameSource, tiler: Tiler, tta: str, precision, bar: Progress
+    net: nn.Module, source: FrameSource, tiler: Tiler, tta: str, precision, bar
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``."""
+    """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``
+    (:func:`unet.progress.progress_bar`)."""
     frames_task = bar.add_task("frames", total=len(source))
     tiles_task = bar.add_task("tiles", total=None)
     channels = net.config.in_channels
@@ -304,17 +305,6 @@ def stage_output(
         if wanted:
             (staged.path / sub).mkdir(exist_ok=True)
     return staged
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """A bar over frames and one over the tiles of the current frame."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    return Progress(*columns, disable=not enabled, transient=True)
 
 
 def predict(cfg: DictConfig) -> dict:

@@ -30,8 +30,9 @@ from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.data.readers import DataError
 from unet.postprocess import PostProcessing
-from unet.prediction import check_network, progress_bar, resolve_device
+from unet.prediction import check_network, resolve_device
 from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
+from unet.progress import progress_bar
 from unet.streaming import image_statistics, network_hash, predict_streaming, rank_share
 from unet.tiler import Tiler, available_memory_bytes
 from unet.zarr_io import ImageSource, open_sections
@@ -171,16 +172,24 @@ def predict_to_zarr(
         if turn == 0 and barrier is not None:
             barrier()
     share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
-    with progress_bar(progress) as bar:
-        task = bar.add_task("tiles", total=None)
+    with progress_bar(progress, "predict") as bar:
+        rows_task = bar.add_task("chunk rows", total=chunk_rows_to_do(store, share))
+        tiles_task = bar.add_task("tiles", total=None)
 
         def advance(n: int) -> None:
-            bar.advance(task, n)
+            bar.advance(tiles_task, n)
             if on_batch is not None:
                 on_batch(n)
 
         predicted = predict_share(
-            net, str(input), sections, store, share, tiler, precision, instance_class, advance
+            net,
+            str(input),
+            sections,
+            store,
+            share,
+            (tiler, precision, instance_class),
+            advance,
+            lambda n: bar.advance(rows_task, n),
         )
     if barrier is not None:
         barrier()
@@ -201,11 +210,17 @@ def predict_to_zarr(
     }
 
 
-def predict_share(
-    net, input: str, sections, store, share, tiler, precision, instance_class, on_batch
-) -> int:
+def chunk_rows_to_do(store: PredictionStore, share) -> int:
+    """How many chunk rows of ``share`` the store does not mark as written."""
+    runs = (missing_runs(store.plane(s).done_rows(), a, b) for s, a, b in share)
+    return sum(b - a for section in runs for a, b in section)
+
+
+def predict_share(net, input: str, sections, store, share, settings, on_batch, on_rows=None) -> int:
     """Predict the chunk rows of ``share`` (:func:`unet.streaming.rank_share`) that the store
-    does not mark as written; returns the number of rows predicted."""
+    does not mark as written; returns the number of rows predicted. ``settings``: (tiler,
+    precision, instance_class); ``on_rows`` is called with the chunk rows each band wrote."""
+    tiler, precision, instance_class = settings
     height, chunk = sections.shape[0], store.chunk
     predicted = 0
     for index, first, last in share:
@@ -216,12 +231,18 @@ def predict_share(
         image = sections.open(index)
         where = input if len(sections) == 1 else f"{input}, section {sections.names[index]}"
         statistics = section_statistics(plane, image, where)
+
+        def sink(y0: int, y1: int, prob: np.ndarray, plane: Plane = plane) -> None:
+            plane.write_rows(y0, y1, prob)
+            if on_rows is not None:
+                on_rows(-(-y1 // chunk) - y0 // chunk)
+
         for a, b in runs:
             rows = (a * chunk, min(b * chunk, height))
             predict_streaming(
                 net,
                 image,
-                plane.write_rows,
+                sink,
                 chunk_rows=chunk,
                 tiler=tiler,
                 precision=precision,
