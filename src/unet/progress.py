@@ -62,14 +62,13 @@ class LineProgress:
         self.tasks: list[_Task] = []
         self._start = self._last = time.perf_counter()
         self._step = 0  # the last percent step a line was printed for
-        self._changed = False  # work done since the last line
 
     def __enter__(self) -> LineProgress:
         self._start = self._last = time.perf_counter()
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is None and self._changed:
+        if kind is None and any(t.completed for t in self.tasks):
             self._print(f"done in {duration(time.perf_counter() - self._start)}")
 
     def add_task(self, description: str, total: int | None = None) -> int:
@@ -87,7 +86,6 @@ class LineProgress:
 
     def advance(self, task: int, n: int = 1) -> None:
         self.tasks[task].completed += n
-        self._changed = True
         now = time.perf_counter()
         main = self._main()
         step = 0
@@ -106,7 +104,8 @@ class LineProgress:
             return f"{duration(elapsed)} so far"
         rate = main.completed / elapsed
         left = (main.total - main.completed) / rate
-        return f"{rate:.3g} {main.description}/s, {duration(left)} left"
+        shown = f"{rate:.2f}" if rate < 10 else f"{rate:.0f}"
+        return f"{shown} {main.description}/s, {duration(left)} left"
 
     def line(self, tail: str) -> str:
         """``<title>: <task> <done>/<total>, ..., <tail>``."""
@@ -120,7 +119,7 @@ class LineProgress:
 
     def _print(self, tail: str) -> None:
         print(self.line(tail), file=self.stream, flush=True)
-        self._last, self._changed = time.perf_counter(), False
+        self._last = time.perf_counter()
 
 
 def progress_bar(enabled: bool, title: str = "progress", stream: TextIO | None = None):
