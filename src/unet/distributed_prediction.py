@@ -215,7 +215,12 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
         module = StorePrediction(trained.net, store_options(cfg, trained), cfg)
     else:
         net = check_network(trained.net, cfg.get("instance_class"))
-        source = FrameSource(cfg.input, net.config.in_channels, cfg.get("nonfinite", "refuse"))
+        source = FrameSource(
+            cfg.input,
+            net.config.in_channels,
+            cfg.get("nonfinite", "refuse"),
+            cfg.get("input_axes", "auto"),
+        )
         autocast_dtype(cfg.precision)  # the settings every rank checks before any writing
         count_tiles(net, source.shapes[0], build(cfg, "tiler"), cfg.tta)
         postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))

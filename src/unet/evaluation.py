@@ -57,6 +57,7 @@ from unet.postprocess import (
     choose_postprocessing,
     postprocessing_for,
 )
+from unet.progress import progress_bar
 from unet.report import ReportImage, dataset_name, image_panel, write_report
 from unet.tiler import Tiler
 from unet.validation import build, check_config
@@ -94,18 +95,21 @@ def predict_split(
         )
     dataset = datamodule.whole_sets[split]
     instances = datamodule.instances.get(split)
+    with progress_bar(True, "eval") as bar:
+        task = bar.add_task("images", total=len(dataset.images))
+        predicted = []  # (H, W) cell probability per image; (K, H, W) for K > 2 classes
+        for image in dataset.images:
+            prob = predict_image(net, image, tiler, tta)
+            predicted.append(prob[CELL_CLASS] if net.config.num_classes == 2 else prob)
+            bar.advance(task)
     if net.config.num_classes == 2:
-        probabilities = [predict_image(net, x, tiler, tta)[CELL_CLASS] for x in dataset.images]
-        return SplitPredictions(
-            probabilities, list(dataset.classes), list(dataset.weights), instances
-        )
-    per_class = [predict_image(net, image, tiler, tta) for image in dataset.images]
+        return SplitPredictions(predicted, list(dataset.classes), list(dataset.weights), instances)
     return SplitPredictions(
-        [foreground_probability(p) for p in per_class],
+        [foreground_probability(p) for p in predicted],
         [foreground(c) for c in dataset.classes],
         list(dataset.weights),
         instances,
-        class_probabilities=per_class,
+        class_probabilities=predicted,
         all_classes=list(dataset.classes),
     )
 

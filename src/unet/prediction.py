@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from unet.atomic import StagedFolder, partial_path
@@ -44,6 +43,7 @@ from unet.labels import foreground_probability
 from unet.objects import ObjectOutputs, check_object_outputs
 from unet.panels import contact_sheet, thumbnail
 from unet.postprocess import PostProcessing, postprocessing_for
+from unet.progress import progress_bar
 from unet.tiler import Tiler
 from unet.tta import count_tiles
 from unet.validation import build, check_config
@@ -160,7 +160,7 @@ def predict_path(
     thumbnails: list[tuple[str, np.ndarray]] = []
     stack = probability_stack(staged.path, source, num_classes)
     per_object = ObjectOutputs(staged.path, measurements, rois)
-    with progress_bar(progress) as bar, staged, stack, per_object:
+    with progress_bar(progress, "predict") as bar, staged, stack, per_object:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar)
         ):
@@ -248,9 +248,10 @@ def write_contact_sheet(folder: Path, thumbnails: list[tuple[str, np.ndarray]]) 
 
 
 def predict_frames(
-    net: nn.Module, source: FrameSource, tiler: Tiler, tta: str, precision, bar: Progress
+    net: nn.Module, source: FrameSource, tiler: Tiler, tta: str, precision, bar
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``."""
+    """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``
+    (:func:`unet.progress.progress_bar`)."""
     frames_task = bar.add_task("frames", total=len(source))
     tiles_task = bar.add_task("tiles", total=None)
     channels = net.config.in_channels
@@ -317,17 +318,6 @@ def stage_output(
     return staged
 
 
-def progress_bar(enabled: bool) -> Progress:
-    """A bar over frames and one over the tiles of the current frame."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    return Progress(*columns, disable=not enabled, transient=True)
-
-
 def predict(cfg: DictConfig) -> dict:
     """Predict ``cfg.input`` with the network of ``cfg.ckpt_path`` (a checkpoint, or a
     bioimage.io package, ONNX or TorchScript file from ``src/export.py``); results go to
@@ -352,7 +342,12 @@ def predict(cfg: DictConfig) -> dict:
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
     trained = load_for_prediction(cfg.ckpt_path)  # a checkpoint or an exported model
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
-    source = FrameSource(cfg.input, trained.config.in_channels, cfg.get("nonfinite", "refuse"))
+    source = FrameSource(
+        cfg.input,
+        trained.config.in_channels,
+        cfg.get("nonfinite", "refuse"),
+        cfg.get("input_axes", "auto"),
+    )
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
     summary = predict_path(
         trained.net,
@@ -420,6 +415,7 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "input": cfg.input,
         "output": cfg.output,
         "level": cfg.zarr.level,
+        "input_axes": cfg.get("input_axes", "auto"),
         "chunk": cfg.zarr.chunk,
         "probability_dtype": cfg.zarr.probability_dtype,
         "tiler": build(cfg, "tiler"),

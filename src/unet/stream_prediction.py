@@ -32,8 +32,9 @@ from unet.chunked_measurements import write_store_measurements
 from unet.data.readers import DataError
 from unet.measurements import PixelSize
 from unet.postprocess import PostProcessing
-from unet.prediction import check_network, progress_bar, resolve_device
+from unet.prediction import check_network, resolve_device
 from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
+from unet.progress import progress_bar
 from unet.streaming import image_statistics, network_hash, predict_streaming, rank_share
 from unet.tiler import Tiler, available_memory_bytes
 from unet.zarr_io import ImageSource, open_sections
@@ -109,6 +110,7 @@ def predict_to_zarr(
     output: str | Path,
     *,
     level: int = 0,
+    input_axes: str = "auto",
     chunk: int = 1024,
     probability_dtype: str = "float16",
     tiler: Tiler | None = None,
@@ -132,6 +134,8 @@ def predict_to_zarr(
         input: one 2D image, a TIFF stack, a folder of frames or an OME-Zarr image with a z
             or t axis (``unet.zarr_io``).
         level: the input's resolution level (OME-Zarr, pyramidal TIFF).
+        input_axes: ``zyx``: a TIFF's 3 or 4 colour samples are sections
+            (``unet.data.readers.INPUT_AXES``).
         chunk: the store's chunk side (px); predicted bands are whole chunk rows.
         probability_dtype: ``float16``, ``float32`` or ``uint8`` (``round(255 p)``).
         instance_class: for a K-class network, the class whose probability is stored and
@@ -152,7 +156,16 @@ def predict_to_zarr(
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
     net, sections, record = checked_inputs(
-        net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
+        net,
+        input,
+        (level, input_axes),
+        chunk,
+        tiler,
+        device,
+        precision,
+        postprocess,
+        labels,
+        instance_class,
     )
     start = time.perf_counter()
     # rank 0 creates the store first; the others then open it
@@ -164,16 +177,24 @@ def predict_to_zarr(
         if turn == 0 and barrier is not None:
             barrier()
     share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
-    with progress_bar(progress) as bar:
-        task = bar.add_task("tiles", total=None)
+    with progress_bar(progress, "predict") as bar:
+        rows_task = bar.add_task("chunk rows", total=chunk_rows_to_do(store, share))
+        tiles_task = bar.add_task("tiles", total=None)
 
         def advance(n: int) -> None:
-            bar.advance(task, n)
+            bar.advance(tiles_task, n)
             if on_batch is not None:
                 on_batch(n)
 
         predicted = predict_share(
-            net, str(input), sections, store, share, tiler, precision, instance_class, advance
+            net,
+            str(input),
+            sections,
+            store,
+            share,
+            (tiler, precision, instance_class),
+            advance,
+            lambda n: bar.advance(rows_task, n),
         )
     if barrier is not None:
         barrier()
@@ -197,11 +218,17 @@ def predict_to_zarr(
     }
 
 
-def predict_share(
-    net, input: str, sections, store, share, tiler, precision, instance_class, on_batch
-) -> int:
+def chunk_rows_to_do(store: PredictionStore, share) -> int:
+    """How many chunk rows of ``share`` the store does not mark as written."""
+    runs = (missing_runs(store.plane(s).done_rows(), a, b) for s, a, b in share)
+    return sum(b - a for section in runs for a, b in section)
+
+
+def predict_share(net, input: str, sections, store, share, settings, on_batch, on_rows=None) -> int:
     """Predict the chunk rows of ``share`` (:func:`unet.streaming.rank_share`) that the store
-    does not mark as written; returns the number of rows predicted."""
+    does not mark as written; returns the number of rows predicted. ``settings``: (tiler,
+    precision, instance_class); ``on_rows`` is called with the chunk rows each band wrote."""
+    tiler, precision, instance_class = settings
     height, chunk = sections.shape[0], store.chunk
     predicted = 0
     for index, first, last in share:
@@ -212,12 +239,18 @@ def predict_share(
         image = sections.open(index)
         where = input if len(sections) == 1 else f"{input}, section {sections.names[index]}"
         statistics = section_statistics(plane, image, where)
+
+        def sink(y0: int, y1: int, prob: np.ndarray, plane: Plane = plane) -> None:
+            plane.write_rows(y0, y1, prob)
+            if on_rows is not None:
+                on_rows(-(-y1 // chunk) - y0 // chunk)
+
         for a, b in runs:
             rows = (a * chunk, min(b * chunk, height))
             predict_streaming(
                 net,
                 image,
-                plane.write_rows,
+                sink,
                 chunk_rows=chunk,
                 tiler=tiler,
                 precision=precision,
@@ -236,6 +269,7 @@ def create_store(
     output: str | Path,
     *,
     level: int = 0,
+    input_axes: str = "auto",
     chunk: int = 1024,
     probability_dtype: str = "float16",
     tiler: Tiler | None = None,
@@ -251,7 +285,16 @@ def create_store(
     :func:`predict_to_zarr`; a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     _, sections, record = checked_inputs(
-        net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
+        net,
+        input,
+        (level, input_axes),
+        chunk,
+        tiler,
+        device,
+        precision,
+        postprocess,
+        labels,
+        instance_class,
     )
     return store_with_labels(output, sections, record, chunk, probability_dtype, overwrite, labels)
 
@@ -266,12 +309,14 @@ def store_with_labels(output, sections, record, chunk, dtype, overwrite, labels)
 
 
 def checked_inputs(
-    net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
+    net, input, reading, chunk, tiler, device, precision, postprocess, labels, instance_class
 ):
     """(network on its device, input sections, the store's record of this prediction), after
-    checking the network, the input, the label settings and the memory for a band of rows."""
+    checking the network, the input (read at ``reading`` = (level, input_axes)), the label
+    settings and the memory for a band of rows."""
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
-    sections = open_sections(input, level, net.config.in_channels)
+    level, input_axes = reading
+    sections = open_sections(input, level, net.config.in_channels, input_axes)
     if labels:
         check_labels_settings(postprocess, sections.shape)
     check_band_memory(net, tiler, sections.shape, chunk)

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from unet.data.readers import NONFINITE_CHOICES
+from unet.data.readers import INPUT_AXES, NONFINITE_CHOICES
 from unet.errors import UserError
 
 
@@ -280,6 +280,7 @@ SETTINGS = [
     Setting("measurements", boolean, "true or false"),
     Setting("rois", boolean, "true or false"),
     Setting("nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),
+    Setting("input_axes", one_of(*INPUT_AXES), "auto or zyx"),
     Setting("progress", boolean, "true or false"),
     Setting("tiler.tile_size", integer(1), "a valid input size, e.g. 572", nullable=True),
     Setting("tiler.overlap", integer(0), "an integer >= 0", nullable=True),

@@ -29,8 +29,15 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from unet.data.frames import FrameSource, read_channels, read_image
-from unet.data.readers import DataError
+from unet.chunk_checks import failed_chunk, first_line, warn_missing_chunks
+from unet.data.frames import (
+    FrameSource,
+    check_input_axes,
+    read_channels,
+    read_image,
+    samples_hint,
+)
+from unet.data.readers import DataError, checked_tiff
 
 ZARR_MARKERS = ("zarr.json", ".zattrs", ".zgroup")  # a zarr v3 or v2 group, whatever its name
 
@@ -46,11 +53,20 @@ class ImageSource:
     dtype: np.dtype
     scale: tuple[float, float]  # pixel size along y and x (1.0 where unknown)
     units: tuple[str | None, str | None]
+    where: str = ""  # the file or store level read, for messages
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         ys, xs = key
         where = {"y": ys, "x": xs, "c": slice(None)}
-        window = np.asarray(self.array[tuple(where.get(i, i) for i in self.index)])
+        selection = tuple(where.get(i, i) for i in self.index)
+        try:
+            window = np.asarray(self.array[selection])
+        except Exception as err:  # zarr codecs and tifffile raise many types
+            raise DataError(
+                f"{self.where}: {failed_chunk(self.array, selection)}cannot be decoded "
+                f"({type(err).__name__}: {first_line(err)}); expected a complete image: "
+                "copy or write it again"
+            ) from None
         kept = [i for i in self.index if i in where]  # the window's axes, in stored order
         return np.moveaxis(window, kept.index("c"), 0) if "c" in kept else window
 
@@ -93,9 +109,11 @@ def _ome_metadata(attrs: dict) -> dict | None:
     return multiscales[0] if multiscales else None
 
 
-def open_image(path: str | Path, level: int = 0, channels: int = 1) -> ImageSource:
+def open_image(
+    path: str | Path, level: int = 0, channels: int = 1, input_axes: str = "auto"
+) -> ImageSource:
     """The one 2D image at ``path`` (OME-Zarr, TIFF or another 2D image), at ``level``."""
-    sections = open_sections(path, level, channels)
+    sections = open_sections(path, level, channels, input_axes)
     if sections.axis is not None:
         raise DataError(
             f"{path}: found {len(sections)} section(s) along {sections.axis.name}; expected one 2D "
@@ -104,18 +122,22 @@ def open_image(path: str | Path, level: int = 0, channels: int = 1) -> ImageSour
     return sections.open(0)
 
 
-def open_sections(path: str | Path, level: int = 0, channels: int = 1) -> Sections:
+def open_sections(
+    path: str | Path, level: int = 0, channels: int = 1, input_axes: str = "auto"
+) -> Sections:
     """The sections of the input ``path`` (module docstring), at resolution ``level``, for a
-    network of ``channels`` input channels (more than 1: a channel axis of that length)."""
+    network of ``channels`` input channels (more than 1: a channel axis of that length).
+    ``input_axes="zyx"``: a TIFF's colour samples are sections (``unet.data.frames``)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"input={path}: no such file or folder")
+    check_input_axes(input_axes, channels)
     if path.suffix.lower() == ".zarr" or any((path / f).exists() for f in ZARR_MARKERS):
-        return _open_ome_zarr(path, level, channels)
+        return _open_zarr(path, level, channels)
     if path.is_dir():
         return _open_folder(path, level, channels)
     if path.suffix.lower() in (".tif", ".tiff"):
-        return _open_tiff(path, level, channels)
+        return _open_tiff(path, level, channels, input_axes)
     if level != 0:
         raise DataError(f"{path}: level={level} asked for, but the image has only level 0")
     source = _in_memory(path, channels)
@@ -164,11 +186,45 @@ def _roles(
     return (long[0] if long else None), (channel if channels > 1 else None)
 
 
-def _open_ome_zarr(path: Path, level: int, channels: int) -> Sections:
+def _open_zarr(path: Path, level: int, channels: int) -> Sections:
+    """An OME-Zarr image, or a plain zarr array of 2 or 3 axes, as sections."""
     try:
-        group = zarr.open_group(str(path), mode="r")
+        node = zarr.open(str(path), mode="r")
     except Exception as err:  # zarr raises several types for a folder that is not a store
-        raise DataError(f"{path}: not a readable zarr group ({err})") from None
+        raise DataError(f"{path}: not a readable zarr group ({first_line(err)})") from None
+    if isinstance(node, zarr.Array):
+        array, described, scale = _plain_level(path, node, level, channels)
+        where = str(path)
+    else:
+        array, described, scale, key = _ome_level(path, node, level)
+        where = f"{path}/{key}"
+    warn_missing_chunks(array, where)
+    return _zarr_sections(path, array, described, scale, where, channels)
+
+
+def _plain_level(path: Path, array, level: int, channels: int) -> tuple:
+    """(array, axes, scale) of a plain zarr array (no OME-Zarr group around it): read as
+    one image, (y, x), or a stack, (z, y, x), or (c, y, x) for a network of C channels."""
+    if level != 0:
+        raise DataError(
+            f"{path}: a plain zarr array has only level 0 (no OME-Zarr multiscales); "
+            f"level={level} asked for: set zarr.level=0"
+        )
+    first = "c" if channels > 1 and array.ndim == 3 and array.shape[0] == channels else "z"
+    names = {2: ["y", "x"], 3: [first, "y", "x"]}.get(array.ndim)
+    if names is None:
+        raise DataError(
+            f"{path}: a plain zarr array of shape {array.shape}; expected (y, x) or (z, y, x) "
+            "(or (c, y, x) for a network of c channels), or an OME-Zarr image whose axes "
+            "metadata names its axes"
+        )
+    described = [{"name": n, "type": "channel" if n == "c" else "space"} for n in names]
+    return array, described, [1.0] * array.ndim
+
+
+def _ome_level(path: Path, group, level: int) -> tuple:
+    """(array, axes, scale, its path in the store) of resolution ``level`` of an OME-Zarr
+    group, after checking the metadata and that the listed array is there."""
     meta = _ome_metadata(dict(group.attrs))
     if meta is None:
         raise DataError(f"{path}: found no OME-Zarr 'multiscales' metadata; expected an image")
@@ -181,14 +237,28 @@ def _open_ome_zarr(path: Path, level: int, channels: int) -> Sections:
         raise DataError(
             f"{path}: resolution level {level} does not exist; it has levels 0-{len(datasets) - 1}"
         )
-    array = group[datasets[level]["path"]]
-    sizes = dict(zip(axes, array.shape, strict=True))
-    channel_axes = {a["name"] for a in described if a.get("type") == "channel" or a["name"] == "c"}
-    stack, channel = _roles(path, sizes, channel_axes, channels)
+    key = datasets[level]["path"]
+    array = group.get(key)
+    if not isinstance(array, zarr.Array):
+        found = ", ".join(sorted(group.array_keys())) or "none"
+        raise DataError(
+            f"{path}: the OME-Zarr metadata lists resolution level {level} at '{key}', but the "
+            f"store holds no array {path / key} (arrays found: {found}); expected every listed "
+            "level: copy the store again, or choose another zarr.level"
+        )
     scale = [1.0] * len(axes)
     for t in datasets[level].get("coordinateTransformations", []):
         if t.get("type") == "scale":
             scale = t["scale"]
+    return array, described, scale, key
+
+
+def _zarr_sections(path: Path, array, described: list, scale: list, where: str, channels: int):
+    """The sections of one zarr array whose axes are ``described`` (OME-Zarr axes)."""
+    axes = [a["name"] for a in described]
+    sizes = dict(zip(axes, array.shape, strict=True))
+    channel_axes = {a["name"] for a in described if a.get("type") == "channel" or a["name"] == "c"}
+    stack, channel = _roles(path, sizes, channel_axes, channels)
     units = {a["name"]: a.get("unit") for a in described}
     iy, ix = axes.index("y"), axes.index("x")
     shape, dtype = (array.shape[iy], array.shape[ix]), np.dtype(array.dtype)
@@ -198,7 +268,7 @@ def _open_ome_zarr(path: Path, level: int, channels: int) -> Sections:
 
     def section(i: int) -> ImageSource:
         index = tuple(roles.get(a, i if a == stack else 0) for a in axes)
-        return ImageSource(array, index, shape, dtype, yx_scale, yx_units)
+        return ImageSource(array, index, shape, dtype, yx_scale, yx_units, where)
 
     if stack is None:
         return Sections([path.stem], shape, None, section, yx_scale, yx_units)
@@ -214,19 +284,19 @@ def _numbered(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:0{digits}d}" for i in range(n)]
 
 
-def _open_tiff(path: Path, level: int, channels: int) -> Sections:
+def _open_tiff(path: Path, level: int, channels: int, input_axes: str = "auto") -> Sections:
     import tifffile
 
+    with checked_tiff(path) as tif:  # a truncated or damaged file: refused as a folder output is
+        series = tif.series[0]
+        levels = len(series.levels)
+        chosen = series.levels[min(level, levels - 1)]
+        shape, axes = tuple(chosen.shape), chosen.axes
+    if not 0 <= level < levels:
+        raise DataError(
+            f"{path}: resolution level {level} does not exist; it has levels 0-{levels - 1}"
+        )
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            levels = len(series.levels)
-            chosen = series.levels[min(level, levels - 1)]
-            shape, axes = tuple(chosen.shape), chosen.axes
-        if not 0 <= level < levels:
-            raise DataError(
-                f"{path}: resolution level {level} does not exist; it has levels 0-{levels - 1}"
-            )
         array = zarr.open_array(tifffile.imread(path, aszarr=True, level=level), mode="r")
     except (OSError, ValueError, tifffile.TiffFileError) as err:
         raise DataError(f"{path}: not a readable TIFF ({err})") from None
@@ -234,14 +304,19 @@ def _open_tiff(path: Path, level: int, channels: int) -> Sections:
         raise DataError(f"{path}: found axes {axes} of shape {shape}; expected y and x")
     names = [a.lower() for a in axes]  # tifffile's axis letters, one per axis
     sizes = dict(zip(names, shape, strict=True))
-    stack, channel = _roles(path, sizes, {"s", "c"}, channels)  # S: colour samples
+    samples = set() if input_axes == "zyx" else {"s"}  # zyx: colour samples are sections
+    try:
+        stack, channel = _roles(path, sizes, samples | {"c"}, channels)  # S: colour samples
+    except DataError as err:
+        raise DataError(f"{err}{samples_hint(shape, axes)}") from None
     iy, ix = axes.index("Y"), axes.index("X")
     yx = (shape[iy], shape[ix])
     roles = {"y": "y", "x": "x", channel: "c"}
 
     def section(i: int) -> ImageSource:
         index = tuple(roles.get(n, i if n == stack else 0) for n in names)
-        return ImageSource(array, index, yx, np.dtype(array.dtype), (1.0, 1.0), (None, None))
+        dtype = np.dtype(array.dtype)
+        return ImageSource(array, index, yx, dtype, (1.0, 1.0), (None, None), str(path))
 
     if stack is None:
         return Sections([path.stem], yx, None, section)

@@ -12,7 +12,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from unet.data.readers import DataError, DataNotFoundError, read_tiff
+from unet.data.readers import INPUT_AXES, DataError, DataNotFoundError, read_tiff
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png")
@@ -25,8 +25,9 @@ def _unreadable(path: Path, err: Exception) -> DataError:
     )
 
 
-def probe_image(path: Path) -> tuple[int, ...]:
-    """Shape of an image file from its header: (H, W) or (N, H, W); checks it is gray."""
+def probe_image(path: Path, input_axes: str = "auto") -> tuple[int, ...]:
+    """Shape of an image file from its header: (H, W) or (N, H, W); checks it is gray.
+    With ``input_axes="zyx"`` the colour samples of a TIFF are its frames (N, H, W)."""
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
@@ -41,12 +42,35 @@ def probe_image(path: Path) -> tuple[int, ...]:
         raise
     except Exception as err:  # tifffile and PIL raise many types
         raise _unreadable(path, err) from None
+    if "S" in axes and len(shape) == 3 and input_axes == "zyx":
+        return (shape[axes.index("S")], *(n for a, n in zip(axes, shape, strict=True) if a != "S"))
     if "S" in axes or len(shape) not in (2, 3):  # S: colour samples
         raise DataError(
             f"{path}: found an image of shape {shape} (axes {axes}); expected gray values: "
             "one 2D image (height, width) or a stack (slices, height, width)"
+            + samples_hint(shape, axes)
         )
     return shape
+
+
+def samples_hint(shape: tuple[int, ...], axes: str) -> str:
+    """The hint for a TIFF that tifffile reads as one RGB(A) image whose 3 or 4 planes may
+    be gray frames (samples stored plane by plane: axes SYX), else ""."""
+    if axes != "SYX" or shape[0] not in (3, 4):
+        return ""
+    return (
+        f"; tifffile reads its {shape[0]} planes as the colour samples of one "
+        f"{'RGB' if shape[0] == 3 else 'RGBA'} image (as it saves a ({shape[0]}, H, W) array "
+        "without photometric='minisblack'): if they are gray frames, set input_axes=zyx"
+    )
+
+
+def samples_as_frames(array: np.ndarray, frames: int) -> np.ndarray:
+    """(N, H, W) frames of a TIFF read with ``input_axes="zyx"``: its samples axis (first
+    for planes stored one by one, last for interleaved RGB) moved to the front."""
+    if array.ndim == 3 and array.shape[0] != frames and array.shape[-1] == frames:
+        return np.moveaxis(array, -1, 0)
+    return array
 
 
 def read_image(path: Path, nonfinite: str = "refuse") -> np.ndarray:
@@ -102,6 +126,18 @@ def read_channels(path: Path, nonfinite: str = "refuse", setting: str = "nonfini
     return np.ascontiguousarray(array)
 
 
+def check_input_axes(input_axes: str, channels: int) -> str:
+    """``input_axes`` if it is one of :data:`INPUT_AXES` and fits a network of ``channels``."""
+    if input_axes not in INPUT_AXES:
+        raise DataError(f"input_axes={input_axes!r}: expected one of {', '.join(INPUT_AXES)}")
+    if input_axes != "auto" and channels > 1:
+        raise DataError(
+            f"input_axes={input_axes}: reads colour samples as gray frames, but the network "
+            f"takes {channels} channels; set input_axes=auto"
+        )
+    return input_axes
+
+
 class FrameSource:
     """The 2D frames of a prediction input, listed (and their headers checked) up front.
 
@@ -114,12 +150,21 @@ class FrameSource:
             again when predicted).
         nonfinite: NaN or infinite pixels are refused ("refuse") or replaced by their
             frame's median ("median") or 0 ("zero").
+        input_axes: ``auto``, or ``zyx``: the 3 or 4 colour samples of a TIFF that tifffile
+            reads as one RGB(A) image are gray frames (:data:`INPUT_AXES`).
     """
 
-    def __init__(self, path: str | Path, channels: int = 1, nonfinite: str = "refuse"):
+    def __init__(
+        self,
+        path: str | Path,
+        channels: int = 1,
+        nonfinite: str = "refuse",
+        input_axes: str = "auto",
+    ):
         self.path = Path(path)
         self.channels = channels
         self.nonfinite = nonfinite
+        self.input_axes = check_input_axes(input_axes, channels)
         if not self.path.exists():
             raise DataNotFoundError(f"input not found: {self.path} does not exist")
         if channels > 1:
@@ -148,7 +193,7 @@ class FrameSource:
                     f"{self.path}: unsupported file type {self.path.suffix!r}; expected a "
                     f"{', '.join(IMAGE_SUFFIXES)} file or a folder of such frames"
                 )
-            shape = probe_image(self.path)
+            shape = probe_image(self.path, self.input_axes)
             self.files = [self.path]
             if len(shape) == 2:
                 self.shapes, self.names = [shape], [self.path.stem]
@@ -203,6 +248,8 @@ class FrameSource:
         else:
             stack = read_image(self.path, self.nonfinite)
             stack = stack[None] if stack.ndim == 2 else stack
+            if self.input_axes == "zyx":
+                stack = samples_as_frames(stack, len(self))
             frames = (stack[i] for i in indices)
         names = [self.names[i] for i in indices]
         for name, frame in zip(names, frames, strict=True):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +85,12 @@ def _check_complete(tif: tifffile.TiffFile, path: Path, errors: list[str]) -> No
         )
 
 
-def read_tiff(
-    path: str | Path, nonfinite: str = "refuse", setting: str = "nonfinite"
-) -> np.ndarray:
-    """Read a (multi-page) TIFF into an array, checking that it is complete and finite.
-
-    Checked against the file itself: every page the header chain or the metadata promises
-    is present and its pixel data lies inside the file (a truncated copy is refused, not
-    read as its first pages); the data type is numeric; float data holds no NaN or
-    infinity, unless ``nonfinite`` asks for them to be replaced (:func:`require_finite`).
-    Any decoding failure names the file.
-    """
+@contextmanager
+def checked_tiff(path: str | Path) -> Iterator[tifffile.TiffFile]:
+    """An open TIFF, checked complete (every promised page present, its pixel data inside
+    the file) before and after the body reads it; any failure is a DataError naming the
+    file. Used by :func:`read_tiff` and by the streamed ``.zarr`` route (``unet.zarr_io``),
+    so both routes refuse the same damaged files with the same message."""
     path = Path(path)
     collect = _Collect()
     log = logging.getLogger("tifffile")
@@ -102,7 +99,7 @@ def read_tiff(
     try:
         with tifffile.TiffFile(path) as tif:
             _check_complete(tif, path, collect.messages)
-            array = tif.asarray()
+            yield tif
             if collect.messages:
                 _check_complete(tif, path, collect.messages)
     except FileNotFoundError:
@@ -117,6 +114,21 @@ def read_tiff(
     finally:
         log.removeHandler(collect)
         log.propagate = propagate
+
+
+def read_tiff(
+    path: str | Path, nonfinite: str = "refuse", setting: str = "nonfinite"
+) -> np.ndarray:
+    """Read a (multi-page) TIFF into an array, checking that it is complete and finite.
+
+    Checked against the file itself: every page the header chain or the metadata promises
+    is present and its pixel data lies inside the file (a truncated copy is refused, not
+    read as its first pages); the data type is numeric; float data holds no NaN or
+    infinity, unless ``nonfinite`` asks for them to be replaced (:func:`require_finite`).
+    Any decoding failure names the file.
+    """
+    with checked_tiff(path) as tif:
+        array = tif.asarray()
     if array.dtype.kind not in "biuf":
         raise DataError(
             f"{path}: pixel data type {array.dtype} is not supported; expected integer or "
@@ -124,6 +136,12 @@ def read_tiff(
         )
     return require_finite(array, path, nonfinite, setting)
 
+
+# How the axes of a TIFF input are read (predict's ``input_axes``): "auto" as tifffile
+# describes the file; "zyx" reads the colour samples of an image (3 or 4 planes that
+# tifffile takes for one RGB(A) image, e.g. a (3, H, W) array saved without
+# photometric="minisblack") as that many gray frames.
+INPUT_AXES = ("auto", "zyx")
 
 # What a reader does with NaN or infinite pixels: refuse the file (the default: one such
 # pixel makes the prediction of its whole image NaN), or, only when the user asks, replace

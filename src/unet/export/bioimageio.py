@@ -329,6 +329,10 @@ def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, 
         raise PackageError(f"bioimage.io field {where}: {first['msg']}") from None
 
 
+# weights, test tensors, the zip, its validation: write_package's steps, for progress
+PACKAGE_STEPS = 4
+
+
 def write_package(
     trained: TrainedModel,
     record: dict,
@@ -337,6 +341,7 @@ def write_package(
     output: Path,
     settings: dict,
     overwrite: bool = False,
+    on_step=None,
 ) -> Path:
     """Build, validate and write the package zip ``output``.
 
@@ -349,7 +354,9 @@ def write_package(
         settings: ``name``, ``authors`` (list of names), ``license`` (SPDX id),
             ``dataset`` (the training data: a :data:`unet.export.datasets.DATASETS` entry or
             :func:`unet.export.datasets.own_dataset`) and ``onnx`` (also ONNX weights).
+        on_step: called after each of the :data:`PACKAGE_STEPS` steps (progress).
     """
+    step = on_step or (lambda: None)
     from bioimageio.spec import load_model_description, save_bioimageio_package
     from bioimageio.spec.model.v0_5 import ModelDescr
 
@@ -357,11 +364,15 @@ def write_package(
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         folder = Path(tmp)
         weights = write_weights(model, folder, record, settings["onnx"])
+        step()
         membranes = settings["dataset"].get("membranes", False)
         write_test_tensors(model, image, image_path, folder, membranes)
+        step()
         descr = describe(trained, record, folder, settings, weights)
         staged = save_bioimageio_package(descr, output_path=folder / "package.zip")
+        step()
         written = load_model_description(staged, perform_io_checks=True)
+        step()
         if not isinstance(written, ModelDescr):
             errors = written.validation_summary.errors
             first = errors[0] if errors else "unknown"

@@ -27,6 +27,7 @@ from unet.export.datasets import DATASETS, OWN, dataset_key, own_dataset, own_im
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import model_record
 from unet.network import NetConfig
+from unet.progress import progress_bar
 from unet.validation import check_config
 
 SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
@@ -134,6 +135,35 @@ def write_file(fmt: str, model: ProbabilityUNet, output: Path, record: dict, ove
         writer(model, partial, record)
 
 
+def package_steps(settings: dict | None) -> int:
+    """How many steps writing the output takes (progress): 1 for a single file."""
+    if settings is None:
+        return 1
+    from unet.export.bioimageio import PACKAGE_STEPS  # bioimage.io only: imported when used
+
+    return PACKAGE_STEPS
+
+
+def write_output(cfg: DictConfig, trained, record: dict, package, output: Path, on_step):
+    """The package (``package`` = (image, settings); settings None: a single file) or the
+    ONNX / TorchScript file ``output``; ``on_step`` is called after each step."""
+    image, settings = package
+    try:
+        if settings is not None:
+            from unet.export.bioimageio import write_package
+
+            write_package(
+                trained, record, image, settings["image"], output, settings, cfg.overwrite, on_step
+            )
+        else:
+            write_file(cfg.format, ProbabilityUNet.wrap(trained.net), output, record, cfg.overwrite)
+            on_step()
+    except FileExistsError:  # created by someone else while this export ran
+        raise OutputExistsError(
+            f"output={output} appeared during the export; not replacing it"
+        ) from None
+
+
 def export(cfg: DictConfig) -> dict:
     """Export ``cfg.ckpt_path`` as ``cfg.format`` to ``cfg.output``; returns a summary
     (format, output, seconds, bytes)."""
@@ -147,22 +177,13 @@ def export(cfg: DictConfig) -> dict:
         del checkpoint
         frames = FrameSource(settings["image"], channels=config.in_channels)
         _, image = next(iter(frames))
-    trained = load_trained(cfg.ckpt_path)
-    record = model_record(trained)
-    start = time.perf_counter()
-    try:
-        if settings is not None:
-            from unet.export.bioimageio import write_package
-
-            write_package(
-                trained, record, image, settings["image"], output, settings, cfg.overwrite
-            )
-        else:
-            write_file(cfg.format, ProbabilityUNet.wrap(trained.net), output, record, cfg.overwrite)
-    except FileExistsError:  # created by someone else while this export ran
-        raise OutputExistsError(
-            f"output={output} appeared during the export; not replacing it"
-        ) from None
+    with progress_bar(True, "export") as bar:
+        task = bar.add_task("steps", total=1 + package_steps(settings))
+        trained = load_trained(cfg.ckpt_path)
+        record = model_record(trained)
+        bar.advance(task)
+        start = time.perf_counter()
+        write_output(cfg, trained, record, (image, settings), output, lambda: bar.advance(task))
     seconds = time.perf_counter() - start
     size = output.stat().st_size
     Console().print(

@@ -112,17 +112,38 @@ def load_torchscript(source, path: Path) -> TrainedModel:
     return trained_model(ExportedNet(config_from_record(record, path), module=module), record, path)
 
 
+def package_description(path: Path):
+    """The validated bioimage.io ``ModelDescr`` of a package; a CheckpointError naming the
+    file and the first validation problem (not bioimageio.spec's report of all of them)."""
+    from bioimageio.spec import load_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
+
+    try:
+        descr = load_description(path, perform_io_checks=True)
+    except Exception as err:  # unreadable YAML, a broken zip: bioimageio.spec raises many types
+        first = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path}: not a readable bioimage.io package ({first})") from None
+    if isinstance(descr, ModelDescr):
+        return descr
+    errors = descr.validation_summary.errors
+    if errors:
+        where = ".".join(map(str, errors[0].loc))
+        first = f"{where}: {' '.join(str(errors[0].msg).split())}"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    else:
+        first, more = f"type {getattr(descr, 'type', '?')}, format {descr.format_version}", ""
+    name = str(path) if path.name in PACKAGE_FILES else f"{path} (its rdf.yaml)"
+    raise CheckpointError(
+        f"{name}: not a valid "
+        f"bioimage.io model 0.5 description: {first}{more}; expected a package written by "
+        "src/export.py: export it again"
+    )
+
+
 def load_package(path: Path) -> TrainedModel:
     """A bioimage.io package: its TorchScript weights (ONNX if it has none), validated
     with bioimageio.spec (file hashes included)."""
-    from bioimageio.spec import load_model_description
-    from bioimageio.spec.model.v0_5 import ModelDescr
-
-    descr = load_model_description(path, perform_io_checks=True)
-    if not isinstance(descr, ModelDescr):
-        errors = descr.validation_summary.errors
-        first = errors[0].msg if errors else f"format {getattr(descr, 'format_version', '?')}"
-        raise CheckpointError(f"{path}: not a valid bioimage.io model 0.5 package ({first})")
+    descr = package_description(path)
     record = getattr(descr.config, KEY, None) or {}
     if descr.weights.torchscript is not None:
         data = descr.weights.torchscript.get_reader().read()
