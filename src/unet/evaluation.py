@@ -51,6 +51,7 @@ from unet.metrics import (
     score_cell_frames,
     score_isbi_stack,
 )
+from unet.model_record import record_or_default, settings_for
 from unet.postprocess import (
     PostProcessing,
     boundary_map,
@@ -85,9 +86,14 @@ class SplitPredictions:
 
 
 def predict_split(
-    net, datamodule: L.LightningDataModule, split: str, tiler: Tiler | None, tta: str
+    net,
+    datamodule: L.LightningDataModule,
+    split: str,
+    tiler: Tiler | None,
+    tta: str,
+    precision: str | int = 32,
 ) -> SplitPredictions:
-    """Predict every whole image of ``split`` once."""
+    """Predict every whole image of ``split`` once (``unet.inference.predict_image``)."""
     if split not in datamodule.whole_sets:
         raise UserError(
             f"split={split!r}: expected one of {', '.join(sorted(datamodule.whole_sets))}"
@@ -95,11 +101,13 @@ def predict_split(
     dataset = datamodule.whole_sets[split]
     instances = datamodule.instances.get(split)
     if net.config.num_classes == 2:
-        probabilities = [predict_image(net, x, tiler, tta)[CELL_CLASS] for x in dataset.images]
+        probabilities = [
+            predict_image(net, x, tiler, tta, precision)[CELL_CLASS] for x in dataset.images
+        ]
         return SplitPredictions(
             probabilities, list(dataset.classes), list(dataset.weights), instances
         )
-    per_class = [predict_image(net, image, tiler, tta) for image in dataset.images]
+    per_class = [predict_image(net, image, tiler, tta, precision) for image in dataset.images]
     return SplitPredictions(
         [foreground_probability(p) for p in per_class],
         [foreground(c) for c in dataset.classes],
@@ -396,11 +404,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         split, postprocess = None, PostProcessing()
     else:
         postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
-        split = predict_split(trained.net, datamodule, cfg.split, Tiler(), cfg.tta)
+        record = record_or_default(trained.record, trained.path)
+        tta, precision = settings_for(record, cfg.tta, cfg.get("precision"))
+        tiler = Tiler(tile_size=record.tile_size, overlap=record.overlap)
+        split = predict_split(trained.net, datamodule, cfg.split, tiler, tta, precision)
         metrics, postprocess, chosen_on = score_split(split, postprocess, cfg.get("choose", False))
         metrics |= {
             "source": str(cfg.ckpt_path),
-            "tta": cfg.tta,
+            "tta": tta,
+            "precision": str(precision),
             "postprocess": postprocess.to_dict(),
         }
         if chosen_on:
