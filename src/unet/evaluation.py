@@ -58,7 +58,14 @@ from unet.postprocess import (
     choose_postprocessing,
     postprocessing_for,
 )
-from unet.report import ReportImage, dataset_name, image_panel, write_report
+from unet.report import (
+    ReportImage,
+    dataset_name,
+    error_kind,
+    image_panel,
+    shown_metrics,
+    write_report,
+)
 from unet.tiler import Tiler
 from unet.validation import build, check_config
 
@@ -356,22 +363,16 @@ def split_report(
 ) -> list[tuple[str, np.ndarray]]:
     """Write the run report (:mod:`unet.report`) of a predicted split to the output folder,
     from the probabilities already computed; returns its panels (image id, RGB picture)."""
-    panels = []
+    panels, dataset = [], dataset_name(cfg.data)
+    errors = error_kind(dataset, split is not None and split.instances is not None)
     if split is not None:
         images, ids = datamodule.whole_sets[name].images, datamodule.frame_ids[name]
         for k, prob in enumerate(split.probabilities):
             truth = None if split.instances is None else split.instances[k]
             item = ReportImage(ids[k], images[k], split.classes[k], split.weights[k], prob, truth)
-            panels.append((item.name, image_panel(item, postprocess)))
-    write_report(
-        cfg.paths.output_dir,
-        f"Report: {command_line(entry_point)}",
-        metrics,
-        dataset_name(cfg.data),
-        name,
-        panels,
-        curves,
-    )
+            panels.append((item.name, image_panel(item, postprocess, errors == "membranes")))
+    title = f"Report: {command_line(entry_point)}"
+    write_report(cfg.paths.output_dir, title, metrics, dataset, name, panels, curves, errors=errors)
     return panels
 
 
@@ -379,7 +380,7 @@ def print_table(metrics: dict, title: str) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in metrics.items():
+    for name, value in shown_metrics(metrics).items():
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
 
