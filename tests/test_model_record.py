@@ -21,6 +21,8 @@ from unet.model_record import ModelRecord, record_or_default
 from unet.network import UNet
 from unet.prediction import predict, predict_path
 from unet.report import dataset_name, shown_metrics, write_report
+from unet.training import final_validation
+from unet.validation import build
 
 ISBI_FIGURES = ("0.0611", "0.0382", "0.000353")
 
@@ -67,6 +69,19 @@ def test_predict_defaults_to_the_validated_tta_and_an_override_says_so(
     np.testing.assert_array_equal(default, flips8)
     assert np.abs(default - none).max() > 1e-4  # a random net is not flip-invariant
     assert "tta=none overrides the model's validated tta=flips8" in capsys.readouterr().out
+
+
+def test_the_final_validation_stores_its_record_in_the_checkpoint(
+    small_overrides, compose_train, data_dir, tmp_path
+):
+    overrides = [*small_overrides, "tta=flips8", "choose_postprocess=false", "data.crop=64"]
+    overrides += ["model.net.depth=2", "model.net.base_channels=2"]
+    cfg = compose_train(overrides, tmp_path / "run", data_dir)
+    module, datamodule = build(cfg, "model"), build(cfg, "data")
+    best = save_net(tmp_path / "best.ckpt", module.net)
+    metrics, _, _ = final_validation(cfg, module, datamodule, str(best))
+    assert metrics["tta"] == "flips8"
+    assert load_trained(best).record == ModelRecord(tta="flips8", precision="32")
 
 
 def test_a_zarr_output_leaves_the_validated_tta_out_with_a_note(flips8_ckpt, compose_predict):
