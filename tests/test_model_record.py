@@ -106,7 +106,7 @@ def test_an_old_checkpoint_without_a_record_predicts_as_before(
     predict_path(trained.net, frame, tmp_path / "before", progress=False, overlays=False)
     np.testing.assert_array_equal(found, tifffile.imread(tmp_path / "before/probabilities.tif"))
     assert record_or_default(None, ckpt) == ModelRecord()
-    assert capsys.readouterr().err.count(f"{ckpt} holds no model record") == 1  # once
+    assert capsys.readouterr().out.count(f"{ckpt} holds no model record") == 1  # once
 
 
 def compose_eval(configs_dir: Path, overrides: list[str], out: Path):

@@ -13,7 +13,6 @@ Checkpoints written before records were stored load with :class:`ModelRecord`'s 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -96,8 +95,7 @@ def record_or_default(record: ModelRecord | None, where: str | Path | None) -> M
         _TOLD.add(str(where))
         print(
             f"note: {where} holds no model record (how it was validated): it was written "
-            "before records were stored; using tta=none, precision=32 as then",
-            file=sys.stderr,
+            "before records were stored; using tta=none, precision=32 as then"
         )
     return ModelRecord()
 
