@@ -109,6 +109,16 @@ def test_an_old_checkpoint_without_a_record_predicts_as_before(
     assert capsys.readouterr().out.count(f"{ckpt} holds no model record") == 1  # once
 
 
+def test_an_old_checkpoint_whose_post_processing_names_its_tta_gets_that_record(tmp_path):
+    from unet.checkpoint import store_postprocessing
+    from unet.postprocess import PostProcessing
+
+    ckpt = save_net(tmp_path / "old.ckpt", UNet(base_channels=2, depth=2))
+    store_postprocessing(ckpt, PostProcessing(threshold=0.6), {"split": "val", "tta": "flips8"})
+    assert "model_record" not in torch.load(ckpt, weights_only=True)
+    assert load_trained(ckpt).record == ModelRecord(tta="flips8")
+
+
 def compose_eval(configs_dir: Path, overrides: list[str], out: Path):
     with initialize_config_dir(str(configs_dir), version_base="1.3"):
         cfg = compose("eval", overrides=overrides)

@@ -27,7 +27,7 @@ import torch
 from unet.atomic import atomic_file
 from unet.errors import UserError
 from unet.fingerprint import probe_mismatch
-from unet.model_record import ModelRecord, ModelRecordError
+from unet.model_record import ModelRecord, ModelRecordError, stored_record
 from unet.network import NetConfig, UNet
 from unet.postprocess import PostProcessing, PostProcessingError
 
@@ -137,16 +137,15 @@ def load_trained(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
         postprocess=postprocess,
         chosen_on=dict(checkpoint.get("postprocess_chosen_on") or {}),
         path=path,
-        record=stored_record(checkpoint, path),
+        record=record_of(checkpoint, path),
     )
 
 
-def stored_record(checkpoint: dict, path: Path) -> ModelRecord | None:
-    """The model record of a checkpoint (None for one written before records)."""
-    if checkpoint.get("model_record") is None:
-        return None
+def record_of(checkpoint: dict, path: Path) -> ModelRecord | None:
+    """The model record of a checkpoint (:func:`unet.model_record.stored_record`)."""
+    chosen_on = checkpoint.get("postprocess_chosen_on") or {}
     try:
-        return ModelRecord.from_dict(checkpoint["model_record"], path)
+        return stored_record(checkpoint.get("model_record"), chosen_on, path)
     except ModelRecordError as err:
         raise CheckpointError(str(err)) from None
 

@@ -78,6 +78,18 @@ class ModelRecord:
         return record
 
 
+def stored_record(stored: dict | None, chosen_on: dict, where: str | Path) -> ModelRecord | None:
+    """The record stored with a model (``stored``, a :meth:`ModelRecord.to_dict`). A model
+    written before records were stored has none; where its post-processing note
+    (``chosen_on``) names the test-time augmentation it was chosen with, that is its record
+    (those final validations predicted at full precision with automatic tiles); else None."""
+    if stored is not None:
+        return ModelRecord.from_dict(stored, where)
+    if chosen_on.get("tta") in TTA_CHOICES:
+        return ModelRecord(tta=chosen_on["tta"])
+    return None
+
+
 def canonical_precision(precision: str | int) -> str:
     """``32`` for 32, ``"32-true"``...; ``bf16`` for ``"bf16-mixed"``...: one spelling each."""
     return str(precision).removesuffix("-true").removesuffix("-mixed")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from unet import shapes
 from unet.checkpoint import CheckpointError, TrainedModel, parse_net_config
-from unet.model_record import ModelRecord, ModelRecordError, record_or_default
+from unet.model_record import ModelRecord, ModelRecordError, record_or_default, stored_record
 from unet.network import NetConfig
 from unet.postprocess import PostProcessing, PostProcessingError
 
@@ -60,11 +60,9 @@ def postprocess_from_record(record: dict, path: Path) -> PostProcessing | None:
 
 
 def validation_from_record(record: dict, path: Path) -> ModelRecord | None:
-    """How the exported model was validated, or None for an export written before records
-    were stored."""
-    if record.get("model_record") is None:
-        return None
+    """How the exported model was validated (:func:`unet.model_record.stored_record`)."""
+    chosen_on = record.get("postprocess_chosen_on") or {}
     try:
-        return ModelRecord.from_dict(record["model_record"], path)
+        return stored_record(record.get("model_record"), chosen_on, path)
     except ModelRecordError as err:
         raise CheckpointError(str(err)) from None
