@@ -157,9 +157,10 @@ def metric_table(metrics: dict, dataset: str, split: str) -> str:
     """Markdown: each scalar metric, this run's value and the paper's where it has one (a
     paper column only for the paper's data sets)."""
     paper = PAPER.get(dataset)
-    head = f"| metric | this run ({split} split) |"
-    lines = [head + (f" paper ({dataset} test set) |" if paper else ""), "| --- | ---: |"]
-    lines[-1] += " ---: |" if paper else ""
+    columns = ["metric", f"this run ({split} split)"]
+    if paper:
+        columns.append(f"paper ({dataset} test set)")
+    lines = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
     for name, value in shown_metrics(metrics).items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             if math.isfinite(value) and float(value).is_integer():  # counts: 13, not 13.0000
@@ -168,10 +169,10 @@ def metric_table(metrics: dict, dataset: str, split: str) -> str:
                 ours = f"{value:.4f}"
             else:
                 ours = f"{value:.3g}"
-            row = f"| {name} | {ours} |"
+            cells = [name, ours]
             if paper:
-                row += f" {paper[name][0]:g} ({paper[name][1]}) |" if name in paper else "  |"
-            lines.append(row)
+                cells.append(f"{paper[name][0]:g} ({paper[name][1]})" if name in paper else "")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
