@@ -9,6 +9,7 @@ INFERENCE = [
     "unet.prediction",
     "unet.inference",
     "unet.checkpoint",
+    "unet.model_record",
     "unet.postprocess",
     "unet.tta",
     # streamed prediction of large images (README, "Large images")

@@ -7,7 +7,10 @@ Lightning's own entries,
 - ``net_config``: the architecture (:class:`unet.network.NetConfig` as a dict);
 - ``postprocess``: the post-processing settings chosen on the validation split at the end
   of training (:class:`unet.postprocess.PostProcessing` as a dict), with
-  ``postprocess_chosen_on``: the split, the score it maximised, and that score.
+  ``postprocess_chosen_on``: the split, the score it maximised, and that score;
+- ``model_record``: how that validation predicted (:class:`unet.model_record.ModelRecord`
+  as a dict: test-time augmentation, precision, standardisation, tiles, pixel size), the
+  defaults of prediction, evaluation and export.
 
 Everything loads with ``torch.load(weights_only=True)``: plain values and tensors only.
 Imports torch and NumPy-level modules only (no Lightning, no torchmetrics), so that
@@ -24,6 +27,7 @@ import torch
 from unet.atomic import atomic_file
 from unet.errors import UserError
 from unet.fingerprint import probe_mismatch
+from unet.model_record import ModelRecord, ModelRecordError, stored_record
 from unet.network import NetConfig, UNet
 from unet.postprocess import PostProcessing, PostProcessingError
 
@@ -66,6 +70,8 @@ class TrainedModel:
             then the plain defaults apply (:class:`PostProcessing`).
         chosen_on: how ``postprocess`` was chosen (split, score name and value).
         path: the checkpoint file.
+        record: how the model was validated, or None for a checkpoint written before
+            records were stored (:func:`unet.model_record.record_or_default`).
     """
 
     net: UNet
@@ -73,6 +79,7 @@ class TrainedModel:
     postprocess: PostProcessing | None = None
     chosen_on: dict = field(default_factory=dict)
     path: Path | None = None
+    record: ModelRecord | None = None
 
 
 def net_config_of(checkpoint: dict, path: Path) -> NetConfig:
@@ -130,7 +137,17 @@ def load_trained(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
         postprocess=postprocess,
         chosen_on=dict(checkpoint.get("postprocess_chosen_on") or {}),
         path=path,
+        record=record_of(checkpoint, path),
     )
+
+
+def record_of(checkpoint: dict, path: Path) -> ModelRecord | None:
+    """The model record of a checkpoint (:func:`unet.model_record.stored_record`)."""
+    chosen_on = checkpoint.get("postprocess_chosen_on") or {}
+    try:
+        return stored_record(checkpoint.get("model_record"), chosen_on, path)
+    except ModelRecordError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
@@ -150,6 +167,24 @@ def store_postprocessing(
     checkpoint = read_checkpoint(path)
     checkpoint["postprocess"] = postprocess.to_dict()
     checkpoint["postprocess_chosen_on"] = dict(chosen_on)
+    with atomic_file(path, replace=True) as partial:
+        torch.save(checkpoint, partial)
+
+
+def store_validation(
+    ckpt_path: str | Path,
+    record: ModelRecord,
+    postprocess: PostProcessing | None = None,
+    chosen_on: dict | None = None,
+) -> None:
+    """Write the model record (and validated post-processing, if given) into a checkpoint
+    file, in place and atomically (as :func:`store_postprocessing`)."""
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path)
+    checkpoint["model_record"] = record.to_dict()
+    if postprocess is not None:
+        checkpoint["postprocess"] = postprocess.to_dict()
+        checkpoint["postprocess_chosen_on"] = dict(chosen_on or {})
     with atomic_file(path, replace=True) as partial:
         torch.save(checkpoint, partial)
 

@@ -53,6 +53,7 @@ from unet.prediction import (
     report_store,
     stage_output,
     store_options,
+    with_model_record,
     write_contact_sheet,
     write_frame,
 )
@@ -211,6 +212,7 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
     """``src/predict.py`` with a ``trainer``: the frames or chunk rows of ``cfg.input`` shared
     over the Trainer's ranks; rank 0 prints the summary."""
     trained = load_for_prediction(cfg.ckpt_path)
+    cfg = with_model_record(cfg, trained, streamed=is_store(cfg.output))
     if is_store(cfg.output):
         module = StorePrediction(trained.net, store_options(cfg, trained), cfg)
     else:

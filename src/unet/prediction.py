@@ -21,6 +21,7 @@ The output folder holds
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from torch import nn
 
@@ -40,6 +41,7 @@ from unet.errors import OutputExistsError, UserError
 from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image
 from unet.labels import foreground_probability
+from unet.model_record import record_or_default, settings_for
 from unet.objects import ObjectOutputs, check_object_outputs
 from unet.panels import contact_sheet, thumbnail
 from unet.postprocess import PostProcessing, postprocessing_for
@@ -341,6 +343,7 @@ def predict(cfg: DictConfig) -> dict:
         return predict_large(cfg)
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
     trained = load_for_prediction(cfg.ckpt_path)  # a checkpoint or an exported model
+    cfg = with_model_record(cfg, trained)
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
     source = FrameSource(
         cfg.input,
@@ -369,6 +372,29 @@ def predict(cfg: DictConfig) -> dict:
     )
     report_frames(summary, cfg.output)
     return summary
+
+
+def with_model_record(cfg: DictConfig, trained, streamed: bool = False) -> DictConfig:
+    """A copy of ``cfg`` whose null ``tta``, ``precision``, ``tiler.tile_size`` and
+    ``tiler.overlap`` are those the model was validated with (:mod:`unet.model_record`);
+    a value given wins, with a line saying so. ``streamed`` (a .zarr output): no
+    test-time augmentation, with a note where the model was validated with one."""
+    record = record_or_default(trained.record, trained.path)
+    tta, precision = settings_for(record, cfg.tta, cfg.precision)
+    if streamed and cfg.tta is None and tta != "none":
+        print(
+            f"note: a .zarr output is predicted without test-time augmentation; the model "
+            f"was validated with tta={tta} (its post-processing was chosen on those probabilities)"
+        )
+        tta = "none"
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.tta, cfg.precision = tta, precision
+        if cfg.tiler.tile_size is None:
+            cfg.tiler.tile_size = record.tile_size
+        if cfg.tiler.overlap is None:
+            cfg.tiler.overlap = record.overlap
+    return cfg
 
 
 def is_store(output) -> bool:
@@ -427,8 +453,9 @@ def store_options(cfg: DictConfig, trained) -> dict:
 
 
 def check_store_tta(cfg: DictConfig) -> None:
-    """A .zarr output is predicted without test-time augmentation."""
-    if cfg.tta != "none":
+    """A .zarr output is predicted without test-time augmentation (null: the model's
+    validated one is left out, :func:`with_model_record`)."""
+    if cfg.tta not in (None, "none"):
         raise PredictionSettingError(
             f"tta={cfg.tta}: a .zarr output is predicted without test-time augmentation; "
             "set tta=none"
@@ -443,6 +470,7 @@ def predict_large(cfg: DictConfig) -> dict:
 
     check_store_tta(cfg)  # before the checkpoint is read
     trained = load_for_prediction(cfg.ckpt_path)
+    cfg = with_model_record(cfg, trained, streamed=True)
     summary = predict_to_zarr(
         trained.net,
         **store_options(cfg, trained),

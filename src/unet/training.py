@@ -17,13 +17,14 @@ from unet.checkpoint import (
     CheckpointNotFoundError,
     load_trained,
     read_checkpoint,
-    store_postprocessing,
+    store_validation,
 )
 from unet.checkpoint_io import AtomicCheckpointIO
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
 from unet.evaluation import predict_split, score_split, split_report
 from unet.guard import NumericGuard
+from unet.model_record import ModelRecord
 from unet.precision import resolve_precision
 from unet.shapes import InvalidInputSizeError
 from unet.tiler import Tiler
@@ -249,19 +250,25 @@ def csv_logs(cfg: DictConfig) -> list[Path]:
 
 def final_validation(cfg, module, datamodule, best: str):
     """Every metric of the best checkpoint on the validation split (``unet.evaluation``),
-    with the post-processing chosen there (``choose_postprocess``) and stored in the
-    checkpoint, so that ``src/predict.py`` and ``src/eval.py`` use it.
+    with the post-processing chosen there (``choose_postprocess``). The checkpoint stores
+    that post-processing and the model record of how the split was predicted
+    (:mod:`unet.model_record`), so that ``src/predict.py`` and ``src/eval.py`` repeat both.
 
     Returns:
         The metrics, the predicted split and the post-processing used (for the report).
     """
     net = load_trained(best).net if best else module.net.eval()
     datamodule.setup("validate")
-    tta = cfg.tta
-    split = predict_split(net, datamodule, "val", Tiler(), tta)
+    tiler = Tiler()
+    # full precision on the CPU, whatever the training's precision was
+    record = ModelRecord(
+        tta=cfg.tta or "none", precision="32", tile_size=tiler.tile_size, overlap=tiler.overlap
+    )
+    split = predict_split(net, datamodule, "val", tiler, record.tta, record.precision)
     choose = cfg.choose_postprocess
     metrics, postprocess, chosen_on = score_split(split, choose=choose)
-    if best and choose:
-        store_postprocessing(best, postprocess, chosen_on | {"split": "val", "tta": tta})
-    metrics |= {"checkpoint": best, "tta": tta, "postprocess": postprocess.to_dict()}
+    if best:
+        chosen_on = chosen_on | {"split": "val", "tta": record.tta}
+        store_validation(best, record, postprocess if choose else None, chosen_on)
+    metrics |= {"checkpoint": best, "tta": record.tta, "postprocess": postprocess.to_dict()}
     return metrics, split, postprocess

@@ -256,10 +256,14 @@ SETTINGS = [
     Setting("output", string, "a path (predict: a folder; export: a .zip, .onnx or .pt file)"),
     Setting("overwrite", boolean, "true or false"),
     Setting("device", device, "auto, cpu, cuda or cuda:<n>"),
+    # null (predict, eval): what the model was validated with (unet.model_record)
     Setting(
-        "precision", one_of(32, "32", "32-true", "bf16", "bf16-mixed", "bf16-true"), "32 or bf16"
+        "precision",
+        one_of(32, "32", "32-true", "bf16", "bf16-mixed", "bf16-true"),
+        "32 or bf16",
+        nullable=True,
     ),
-    Setting("tta", one_of("none", "flips8", "paper7"), "none, flips8 or paper7"),
+    Setting("tta", one_of("none", "flips8", "paper7"), "none, flips8 or paper7", nullable=True),
     Setting("postprocess.threshold", number(0, 1), "a number in (0, 1)", nullable=True),
     Setting("postprocess.min_area", integer(0), "an integer >= 0", nullable=True),
     Setting("postprocess.fill_holes", boolean, "true or false", nullable=True),

@@ -4,7 +4,8 @@ A bioimage.io package (zip, or its ``rdf.yaml``), an ONNX file or a TorchScript 
 written by :mod:`unet.export` loads as a :class:`unet.checkpoint.TrainedModel` whose
 ``net`` is an :class:`ExportedNet`, so prediction runs it through the same
 standardisation, tiler and test-time augmentation as a checkpoint: users check what they
-ship.
+ship. Its ``record`` (:mod:`unet.model_record`, from the export's record) is what prediction
+defaults to, as for the checkpoint it was exported from.
 
 Exported weights end with a softmax, while the tiler stitches logits and applies the
 softmax itself. ``ExportedNet`` returns log-probabilities: they differ from the logits by a
@@ -22,7 +23,12 @@ import torch
 from torch import nn
 
 from unet.checkpoint import CheckpointError, CheckpointNotFoundError, TrainedModel, load_trained
-from unet.export.record import KEY, config_from_record, postprocess_from_record
+from unet.export.record import (
+    KEY,
+    config_from_record,
+    postprocess_from_record,
+    validation_from_record,
+)
 from unet.network import NetConfig
 
 PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
@@ -74,6 +80,7 @@ def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
         postprocess=postprocess_from_record(record, path),
         chosen_on=dict(record.get("postprocess_chosen_on") or {}),
         path=path,
+        record=validation_from_record(record, path),
     )
 
 
@@ -154,6 +161,7 @@ def load_package(path: Path) -> TrainedModel:
         raise CheckpointError(f"{path}: expected TorchScript or ONNX weights, found neither")
     trained.postprocess = postprocess_from_record(record, path)
     trained.chosen_on = dict(record.get("postprocess_chosen_on") or {})
+    trained.record = validation_from_record(record, path)
     return trained
 
 
