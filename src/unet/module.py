@@ -8,7 +8,7 @@ from collections.abc import Callable
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from unet.checkpoint import init_from_checkpoint
@@ -143,6 +143,11 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         scores = self.pixel_counts.scores()
+        if not self.pixel_counts.has_cells and not self.trainer.sanity_checking:
+            rank_zero_warn(
+                "the validation labels hold no cell pixel: val/pixel_error, val/iou and "
+                "val/dice are missing (NaN), and no checkpoint is chosen on them"
+            )
         self.pixel_counts.reset()
         for name in ("pixel_error_t05", "iou", "dice"):
             self.log(f"val/{name}", scores[name], sync_dist=True)
