@@ -38,7 +38,7 @@ from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
 from unet.errors import OutputExistsError, UserError
 from unet.export.runner import load_for_prediction
-from unet.inference import autocast_dtype, predict_image
+from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.labels import foreground_probability
 from unet.panels import contact_sheet, thumbnail
 from unet.postprocess import PostProcessing, postprocessing_for
@@ -127,6 +127,7 @@ def predict_path(
     overlays: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> dict:
     """Predict every frame of ``source`` and write the results to the folder ``output``;
     returns a summary (frame count, sizes, TIFF series, seconds, megapixels/s).
@@ -143,6 +144,8 @@ def predict_path(
             a two-class network, the foreground of a K-class one).
         overwrite: replace an existing output folder (all of it, once complete).
         progress: show a progress bar over frames and tiles.
+        checkpoint: the file ``net`` came from, named when a frame's probabilities are not
+            finite (:class:`unet.inference.NonFiniteOutputError`; nothing is kept then).
     """
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
     channels, num_classes = net.config.in_channels, net.config.num_classes
@@ -156,7 +159,7 @@ def predict_path(
     stack = probability_stack(staged.path, source, num_classes)
     with progress_bar(progress) as bar, staged, stack:
         for index, (name, frame, prob) in enumerate(
-            predict_frames(net, source, tiler, tta, precision, bar)
+            predict_frames(net, source, tiler, tta, precision, bar, checkpoint)
         ):
             page, small = write_frame(
                 staged.path,
@@ -237,9 +240,16 @@ def write_contact_sheet(folder: Path, thumbnails: list[tuple[str, np.ndarray]]) 
 
 
 def predict_frames(
-    net: nn.Module, source: FrameSource, tiler: Tiler, tta: str, precision, bar: Progress
+    net: nn.Module,
+    source: FrameSource,
+    tiler: Tiler,
+    tta: str,
+    precision,
+    bar: Progress,
+    checkpoint: str | Path | None = None,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``."""
+    """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``;
+    a NonFiniteOutputError naming ``checkpoint`` for probabilities that are not finite."""
     frames_task = bar.add_task("frames", total=len(source))
     tiles_task = bar.add_task("tiles", total=None)
     channels = net.config.in_channels
@@ -249,6 +259,7 @@ def predict_frames(
         prob = predict_image(
             net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
         )
+        require_finite_output(prob, f"frame {name}", checkpoint and str(checkpoint))
         yield name, frame, prob
         bar.advance(frames_task)
 
@@ -331,7 +342,9 @@ def predict(cfg: DictConfig) -> dict:
     if is_store(cfg.output):
         return predict_large(cfg)
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
-    trained = load_for_prediction(cfg.ckpt_path)  # a checkpoint or an exported model
+    trained = load_for_prediction(
+        cfg.ckpt_path, cfg.get("trust_checkpoint", False)
+    )  # a checkpoint or an exported model
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
     source = FrameSource(cfg.input, trained.config.in_channels, cfg.get("nonfinite", "refuse"))
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
@@ -350,6 +363,7 @@ def predict(cfg: DictConfig) -> dict:
         overlays=cfg.overlays,
         overwrite=cfg.overwrite,
         progress=cfg.progress,
+        checkpoint=cfg.ckpt_path,
     )
     report_frames(summary, cfg.output)
     return summary
@@ -406,6 +420,7 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "postprocess": postprocessing_for(trained.postprocess, cfg.get("postprocess")),
         "labels": cfg.labels,
         "instance_class": cfg.get("instance_class"),
+        "checkpoint": str(cfg.ckpt_path),
     }
 
 
@@ -425,7 +440,7 @@ def predict_large(cfg: DictConfig) -> dict:
     from unet.stream_prediction import predict_to_zarr
 
     check_store_tta(cfg)  # before the checkpoint is read
-    trained = load_for_prediction(cfg.ckpt_path)
+    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
     summary = predict_to_zarr(
         trained.net,
         **store_options(cfg, trained),

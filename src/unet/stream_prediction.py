@@ -29,6 +29,7 @@ from torch import nn
 from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.data.readers import DataError
+from unet.inference import require_finite_output
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, progress_bar, resolve_device
 from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
@@ -117,6 +118,7 @@ def predict_to_zarr(
     labels: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    checkpoint: str | None = None,
     rank: int | None = None,
     world_size: int | None = None,
     barrier=None,
@@ -141,6 +143,9 @@ def predict_to_zarr(
             None: those of an initialised torch.distributed group (gloo or NCCL), else one
             process.
         on_batch: called with the number of tiles after each forward pass (tests).
+        checkpoint: the file ``net`` came from, named when a band's probabilities are not
+            finite: nothing of that band is written, earlier chunk rows stay done
+            (:class:`unet.inference.NonFiniteOutputError`).
         Others: as in :func:`unet.prediction.predict_path`.
     """
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
@@ -168,7 +173,16 @@ def predict_to_zarr(
                 on_batch(n)
 
         predicted = predict_share(
-            net, str(input), sections, store, share, tiler, precision, instance_class, advance
+            net,
+            str(input),
+            sections,
+            store,
+            share,
+            tiler,
+            precision,
+            instance_class,
+            advance,
+            checkpoint,
         )
     if barrier is not None:
         barrier()
@@ -190,10 +204,20 @@ def predict_to_zarr(
 
 
 def predict_share(
-    net, input: str, sections, store, share, tiler, precision, instance_class, on_batch
+    net,
+    input: str,
+    sections,
+    store,
+    share,
+    tiler,
+    precision,
+    instance_class,
+    on_batch,
+    checkpoint: str | None = None,
 ) -> int:
     """Predict the chunk rows of ``share`` (:func:`unet.streaming.rank_share`) that the store
-    does not mark as written; returns the number of rows predicted."""
+    does not mark as written; returns the number of rows predicted. A band of probabilities
+    that is not all finite stops it before being written (``checkpoint`` names the network)."""
     height, chunk = sections.shape[0], store.chunk
     predicted = 0
     for index, first, last in share:
@@ -204,12 +228,13 @@ def predict_share(
         image = sections.open(index)
         where = input if len(sections) == 1 else f"{input}, section {sections.names[index]}"
         statistics = section_statistics(plane, image, where)
+        write = finite_writer(plane, where, checkpoint)
         for a, b in runs:
             rows = (a * chunk, min(b * chunk, height))
             predict_streaming(
                 net,
                 image,
-                plane.write_rows,
+                write,
                 chunk_rows=chunk,
                 tiler=tiler,
                 precision=precision,
@@ -220,6 +245,16 @@ def predict_share(
             )
             predicted += rows[1] - rows[0]
     return predicted
+
+
+def finite_writer(plane: Plane, where: str, checkpoint: str | None):
+    """``plane.write_rows`` after :func:`unet.inference.require_finite_output`."""
+
+    def write(y0: int, y1: int, prob: np.ndarray) -> None:
+        require_finite_output(prob, f"{where}, rows {y0}-{y1 - 1}", checkpoint)
+        plane.write_rows(y0, y1, prob)
+
+    return write
 
 
 def create_store(
@@ -237,10 +272,12 @@ def create_store(
     instance_class: int | None = None,
     labels: bool = True,
     overwrite: bool = False,
+    checkpoint: str | None = None,
 ) -> PredictionStore:
     """What rank 0 of :func:`predict_to_zarr` does first, alone: check the settings, then
     create the store (or open the store of this prediction to continue). Arguments as in
-    :func:`predict_to_zarr`; a refusal is a UserError."""
+    :func:`predict_to_zarr` (``checkpoint`` is only named in messages there); a refusal
+    is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     _, sections, record = checked_inputs(
         net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class

@@ -147,7 +147,7 @@ def export(cfg: DictConfig) -> dict:
         del checkpoint
         frames = FrameSource(settings["image"], channels=config.in_channels)
         _, image = next(iter(frames))
-    trained = load_trained(cfg.ckpt_path)
+    trained = load_trained(cfg.ckpt_path, trust=cfg.get("trust_checkpoint", False))
     record = model_record(trained)
     start = time.perf_counter()
     try:
