@@ -259,7 +259,7 @@ def predict_frames(
         prob = predict_image(
             net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
         )
-        require_finite_output(prob, f"frame {name}", checkpoint and str(checkpoint))
+        require_finite_output(prob, f"frame {name}", str(checkpoint) if checkpoint else None)
         yield name, frame, prob
         bar.advance(frames_task)
 
@@ -342,9 +342,8 @@ def predict(cfg: DictConfig) -> dict:
     if is_store(cfg.output):
         return predict_large(cfg)
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
-    trained = load_for_prediction(
-        cfg.ckpt_path, cfg.get("trust_checkpoint", False)
-    )  # a checkpoint or an exported model
+    # a checkpoint or an exported model, checked (finite weights, probe) as it loads
+    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
     source = FrameSource(cfg.input, trained.config.in_channels, cfg.get("nonfinite", "refuse"))
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
