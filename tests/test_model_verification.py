@@ -306,3 +306,22 @@ def test_nan_tile_stops_the_zarr_route_before_writing(tmp_path, compose_predict,
     assert summary["rows_predicted"] == 150 - 64 * len(done)
     whole = zarr.open_array(out / "0", mode="r")[:]
     assert np.isfinite(whole.astype(np.float32)).all()
+
+
+def test_exported_probe_is_checked_and_old_exports_without_one_load(tmp_path):
+    net = tiny_net()
+    model = ProbabilityUNet.wrap(net)
+    record = model_record(TrainedModel(net=net, config=net.config))
+
+    def write(name: str, record: dict) -> Path:
+        path = tmp_path / name
+        torch.jit.save(trace(model), str(path), _extra_files={EXTRA_FILE: json.dumps(record)})
+        return path
+
+    assert load_for_prediction(write("sound.pt", record)).config == net.config
+    swapped = json.loads(json.dumps(record))
+    swapped["probe"]["probabilities"][0][0][0][0] = -1.0  # no network gives it: off by >= 1
+    with pytest.raises(CheckpointError, match=r"swapped.pt: the exported weights do not fit"):
+        load_for_prediction(write("swapped.pt", swapped))
+    record.pop("probe")  # written before exports stored a probe: shape and finiteness only
+    assert load_for_prediction(write("old.pt", record)).config == net.config

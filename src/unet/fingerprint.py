@@ -100,6 +100,29 @@ def output_problem(net: nn.Module, size: int | None = None) -> str | None:
     return None
 
 
+def record_probability_probe(net: nn.Module) -> dict:
+    """The probe as plain JSON data for an exported model's record: input side and the
+    softmax class probabilities (1, K, h, w) as nested lists."""
+    probe = record_probe(net)
+    return {"input_size": probe["input_size"], "probabilities": probe["logits"].softmax(1).tolist()}
+
+
+def probability_probe_mismatch(net: nn.Module, probe: dict) -> str | None:
+    """Why ``net`` (logits or log-probabilities out, as :class:`unet.export.runner.ExportedNet`)
+    does not reproduce a :func:`record_probability_probe`; None if it does. NaN-safe."""
+    expected = torch.tensor(probe["probabilities"], dtype=torch.float32)
+    try:
+        found = _run(net, int(probe["input_size"])).softmax(1)
+    except Exception as err:  # an exported graph that cannot take the size (ONNX Runtime too)
+        return f"it cannot run the probe input ({probe['input_size']} px): {err}"
+    if found.shape != expected.shape:
+        return f"its output has shape {tuple(found.shape)}, the stored one {tuple(expected.shape)}"
+    error = float((found - expected).abs().max())
+    if not error <= TOLERANCE:  # NaN fails too
+        return f"its probabilities differ from the stored ones by {error:.2g}"
+    return None
+
+
 def probe_mismatch(net: nn.Module, probe: dict | None) -> str | None:
     """Why ``net`` (rebuilt and loaded) does not reproduce the stored ``probe``; None if it does
     (or if there is no probe, as in checkpoints written before probes existed). NaN or

@@ -27,7 +27,7 @@ from torch import nn
 
 from unet.checkpoint import CheckpointError, CheckpointNotFoundError, TrainedModel, load_trained
 from unet.export.record import KEY, config_from_record, postprocess_from_record
-from unet.fingerprint import nonfinite_weights, output_problem
+from unet.fingerprint import nonfinite_weights, output_problem, probability_probe_mismatch
 from unet.network import NetConfig
 
 PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
@@ -73,14 +73,21 @@ def exported_kind(path: Path) -> str | None:
     return None
 
 
-def verify_exported(net: ExportedNet, weights: list, path: Path) -> None:
-    """Refuse exported ``weights`` (named tensors) that are not all finite, or a network whose
-    output for a probe input is not finite or not of its record's size; one line naming
-    ``path`` and the cause."""
+def verify_exported(net: ExportedNet, weights: list, record: dict, path: Path) -> None:
+    """Refuse exported ``weights`` (named tensors) that are not all finite, a network whose
+    output for a probe input is not finite or not of its record's size, or one that does
+    not reproduce the record's probe (exports written before probes have none); one line
+    naming ``path`` and the cause."""
     if damaged := nonfinite_weights(weights, "stored weights"):
         raise CheckpointError(f"{path}: {damaged}; {UNSOUND}")
     if problem := output_problem(net):
         raise CheckpointError(f"{path}: {problem}; {UNSOUND}")
+    probe = record.get("probe")
+    if probe and (mismatch := probability_probe_mismatch(net, probe)):
+        raise CheckpointError(
+            f"{path}: the exported weights do not fit their record ({mismatch}); the file "
+            "was edited or damaged: export it again"
+        )
 
 
 def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
@@ -115,7 +122,7 @@ def load_onnx(source, path: Path) -> TrainedModel:
             f"(its record's in_channels = {channels}), found input shape(s) {shown}"
         )
     net = ExportedNet(config, session=session)
-    verify_exported(net, onnx_weights(source), path)
+    verify_exported(net, onnx_weights(source), record, path)
     return trained_model(net, record, path)
 
 
@@ -129,7 +136,7 @@ def load_torchscript(source, path: Path) -> TrainedModel:
         first = " ".join(str(err).split())[:200]
         raise CheckpointError(f"{path}: not a readable TorchScript model ({first})") from None
     net = ExportedNet(config_from_record(record, path), module=module)
-    verify_exported(net, list(module.state_dict().items()), path)
+    verify_exported(net, list(module.state_dict().items()), record, path)
     return trained_model(net, record, path)
 
 
