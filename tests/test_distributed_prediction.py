@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from unet.distributed_prediction import frame_share
+from unet.fingerprint import record_probe
 from unet.network import UNet
 from unet.prediction import predict
 
@@ -28,7 +29,8 @@ def tiny_checkpoint(path):
     torch.manual_seed(0)
     net = UNet(base_channels=2, depth=2, padding="valid", dropout=0.0)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "net_config": net.config.to_dict()}, path)
+    probe = record_probe(net)
+    torch.save({"state_dict": state, "net_config": net.config.to_dict(), "net_probe": probe}, path)
     return path
 
 

@@ -16,6 +16,7 @@ from unet.checkpoint import CheckpointError, load_network, load_trained
 from unet.cli import run_or_exit
 from unet.data.readers import DataError
 from unet.errors import UserError
+from unet.fingerprint import record_probe
 from unet.network import NetConfig, UNet
 from unet.panels import GAP, HEADER
 from unet.postprocess import PostProcessing, postprocessing_for
@@ -34,7 +35,8 @@ from unet.writers import overlay
 def save_checkpoint(path: Path, net: UNet, config: NetConfig | None = None) -> Path:
     """A checkpoint as SegmentationModule writes it (weights under ``net.``, the config)."""
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "net_config": (config or net.config).to_dict()}, path)
+    config = (config or net.config).to_dict()
+    torch.save({"state_dict": state, "net_config": config, "net_probe": record_probe(net)}, path)
     return path
 
 

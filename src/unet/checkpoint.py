@@ -26,7 +26,7 @@ import torch
 
 from unet.atomic import atomic_file
 from unet.errors import UserError
-from unet.fingerprint import probe_mismatch
+from unet.fingerprint import DAMAGED, nonfinite_weights, output_problem, probe_mismatch
 from unet.model_record import ModelRecord, ModelRecordError, stored_record
 from unet.network import NetConfig, UNet
 from unet.postprocess import PostProcessing, PostProcessingError
@@ -102,29 +102,68 @@ def parse_net_config(stored: dict, path: Path) -> NetConfig:
         raise CheckpointError(f"{path}: its architecture record cannot be used: {err}") from None
 
 
-def load_trained(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the trained U-Net of a checkpoint, with its stored settings."""
-    path = Path(ckpt_path)
-    checkpoint = read_checkpoint(path, map_location)
-    config = net_config_of(checkpoint, path)
-    net = UNet.from_config(config)
-    state = {
+def net_state(checkpoint: dict) -> dict:
+    """The network's tensors of a checkpoint (``net.`` prefix removed)."""
+    return {
         k.removeprefix("net."): v
         for k, v in checkpoint["state_dict"].items()
         if k.startswith("net.")
     }
+
+
+UNPROBED = (
+    "holds no probe (the logits training stores to tie the architecture record to the "
+    "weights), so its record cannot be checked (padding valid/same changes no weight "
+    "shape); use a checkpoint written by unet's training, or pass trust_checkpoint=true "
+    "if you know its record is right"
+)
+
+
+def verified_net(checkpoint: dict, path: Path, trust: bool = False, label: str = "") -> UNet:
+    """The network of ``checkpoint``, rebuilt and checked: every weight and batch-norm
+    buffer finite, the stored probe reproduced (NaN counts as a mismatch) and the output
+    for a probe input finite and of the recorded size. A checkpoint without a probe is
+    refused unless ``trust``. Errors name ``label`` (default: the file) and the cause.
+
+    Raises:
+        CheckpointError: any of these fails.
+    """
+    where = label or str(path)
+    config = net_config_of(checkpoint, path)
+    state = net_state(checkpoint)
+    named = ((f"net.{k}", v) for k, v in state.items())  # as the file names them
+    if damaged := nonfinite_weights(named, "weights and batch-norm statistics"):
+        raise CheckpointError(f"{where}: {damaged}; {DAMAGED}")
+    net = UNet.from_config(config)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[:3]
         raise CheckpointError(
-            f"{path}: weights do not fit the network {config}: {' '.join(first)}"
+            f"{where}: weights do not fit the network {config}: {' '.join(first)}"
         ) from None
-    if mismatch := probe_mismatch(net, checkpoint.get("net_probe")):
+    probe = checkpoint.get("net_probe")
+    if not probe and not trust:
+        raise CheckpointError(f"{where}: {UNPROBED}")
+    if mismatch := probe_mismatch(net, probe):
         raise CheckpointError(
-            f"{path}: its stored architecture {config} does not fit its weights ({mismatch}); "
+            f"{where}: its stored architecture {config} does not fit its weights ({mismatch}); "
             "the checkpoint was edited or damaged: use the one training wrote"
         )
+    if problem := output_problem(net):
+        raise CheckpointError(f"{where}: {problem}; {DAMAGED}")
+    return net
+
+
+def load_trained(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False
+) -> TrainedModel:
+    """Rebuild the trained U-Net of a checkpoint, with its stored settings, after checking
+    it (:func:`verified_net`; ``trust``: accept a checkpoint without a probe)."""
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path, map_location)
+    config = net_config_of(checkpoint, path)
+    net = verified_net(checkpoint, path, trust)
     postprocess = None
     if checkpoint.get("postprocess") is not None:
         try:
@@ -150,9 +189,12 @@ def record_of(checkpoint: dict, path: Path) -> ModelRecord | None:
         raise CheckpointError(str(err)) from None
 
 
-def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
-    """The trained U-Net of a checkpoint (in ``eval()`` mode)."""
-    return load_trained(ckpt_path, map_location).net
+def load_network(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False
+) -> UNet:
+    """The trained U-Net of a checkpoint (in ``eval()`` mode), checked as in
+    :func:`load_trained`."""
+    return load_trained(ckpt_path, map_location, trust).net
 
 
 def store_postprocessing(
@@ -197,18 +239,20 @@ def init_from_checkpoint(net: UNet, ckpt_path: str | Path) -> list[str]:
     the head when the class counts differ. Returns the names of the tensors left as they
     were (the head's, or none).
 
+    The checkpoint is checked first (:func:`verified_net`: finite weights, its probe).
+
     Raises:
-        CheckpointError: any other tensor is missing or has another shape (another depth,
-            width, input channels, batch norm, ...); the message names the layers.
+        CheckpointError: a damaged checkpoint, or any other tensor is missing or has
+            another shape (another depth, width, input channels, batch norm, ...); the
+            message names the layers.
     """
     path = Path(ckpt_path)
     checkpoint = read_checkpoint(path)
     stored = net_config_of(checkpoint, path)
-    state = {
-        k.removeprefix("net."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith("net.")
-    }
+    # without a probe the record's padding cannot be checked, but model.net, not the
+    # record, decides the architecture here: only the weights must be sound
+    verified_net(checkpoint, path, trust=True, label=f"model.init_from={path}")
+    state = net_state(checkpoint)
     own = net.state_dict()
     skip = (
         [k for k in own if k.startswith(HEAD)]

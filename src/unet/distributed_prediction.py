@@ -41,7 +41,7 @@ from unet.data.frames import FrameSource
 from unet.distributed import relaunch_as_this_job
 from unet.errors import UserError
 from unet.export.runner import load_for_prediction
-from unet.inference import autocast_dtype, predict_image
+from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.postprocess import postprocessing_for
 from unet.prediction import (
     check_frame,
@@ -136,6 +136,7 @@ class FramePrediction(RankedPrediction):
         cfg = self.cfg
         check_frame(name, frame, self.net.config.in_channels)
         prob = predict_image(self.net, frame, self.tiler, cfg.tta, cfg.precision)
+        require_finite_output(prob, f"frame {name}", str(cfg.ckpt_path))
         page, small = write_frame(
             self.folder,
             index,
@@ -211,7 +212,7 @@ class StorePrediction(RankedPrediction):
 def predict_on_ranks(cfg: DictConfig) -> dict:
     """``src/predict.py`` with a ``trainer``: the frames or chunk rows of ``cfg.input`` shared
     over the Trainer's ranks; rank 0 prints the summary."""
-    trained = load_for_prediction(cfg.ckpt_path)
+    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
     cfg = with_model_record(cfg, trained, streamed=is_store(cfg.output))
     if is_store(cfg.output):
         module = StorePrediction(trained.net, store_options(cfg, trained), cfg)

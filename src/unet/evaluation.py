@@ -398,7 +398,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not cfg.get("ckpt_path") and not cfg.get("predictions"):
         raise UserError("nothing to score: pass ckpt_path=<checkpoint> or predictions=<tif stack>")
     L.seed_everything(cfg.seed, workers=True)
-    trained = load_trained(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    trust = cfg.get("trust_checkpoint", False)
+    trained = load_trained(cfg.ckpt_path, trust=trust) if cfg.get("ckpt_path") else None
     datamodule = build(cfg, "data")
     datamodule.setup("validate")
     if cfg.get("predictions"):

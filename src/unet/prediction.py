@@ -39,7 +39,7 @@ from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
 from unet.errors import OutputExistsError, UserError
 from unet.export.runner import load_for_prediction
-from unet.inference import autocast_dtype, predict_image
+from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.labels import foreground_probability
 from unet.model_record import record_or_default, settings_for
 from unet.objects import ObjectOutputs, check_object_outputs
@@ -133,6 +133,7 @@ def predict_path(
     progress: bool = True,
     measurements: bool = False,
     rois: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> dict:
     """Predict every frame of ``source`` and write the results to the folder ``output``;
     returns a summary (frame count, sizes, TIFF series, seconds, megapixels/s).
@@ -150,6 +151,8 @@ def predict_path(
         overwrite: replace an existing output folder (all of it, once complete).
         progress: show a progress bar over frames and tiles.
         measurements, rois: write ``measurements.csv`` and ``rois/`` (``unet.objects``).
+        checkpoint: the file ``net`` came from, named when a frame's probabilities are not
+            finite (:class:`unet.inference.NonFiniteOutputError`; nothing is kept then).
     """
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
     channels, num_classes = net.config.in_channels, net.config.num_classes
@@ -164,7 +167,7 @@ def predict_path(
     per_object = ObjectOutputs(staged.path, measurements, rois)
     with progress_bar(progress, "predict") as bar, staged, stack, per_object:
         for index, (name, frame, prob) in enumerate(
-            predict_frames(net, source, tiler, tta, precision, bar)
+            predict_frames(net, source, tiler, tta, precision, bar, checkpoint)
         ):
             page, small = write_frame(
                 staged.path,
@@ -250,10 +253,17 @@ def write_contact_sheet(folder: Path, thumbnails: list[tuple[str, np.ndarray]]) 
 
 
 def predict_frames(
-    net: nn.Module, source: FrameSource, tiler: Tiler, tta: str, precision, bar
+    net: nn.Module,
+    source: FrameSource,
+    tiler: Tiler,
+    tta: str,
+    precision,
+    bar,
+    checkpoint: str | Path | None = None,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``
-    (:func:`unet.progress.progress_bar`)."""
+    (:func:`unet.progress.progress_bar`); a NonFiniteOutputError naming ``checkpoint`` for
+    probabilities that are not finite."""
     frames_task = bar.add_task("frames", total=len(source))
     tiles_task = bar.add_task("tiles", total=None)
     channels = net.config.in_channels
@@ -263,6 +273,7 @@ def predict_frames(
         prob = predict_image(
             net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
         )
+        require_finite_output(prob, f"frame {name}", str(checkpoint) if checkpoint else None)
         yield name, frame, prob
         bar.advance(frames_task)
 
@@ -342,7 +353,8 @@ def predict(cfg: DictConfig) -> dict:
     if is_store(cfg.output):
         return predict_large(cfg)
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
-    trained = load_for_prediction(cfg.ckpt_path)  # a checkpoint or an exported model
+    # a checkpoint or an exported model, checked (finite weights, probe) as it loads
+    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
     cfg = with_model_record(cfg, trained)
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
     source = FrameSource(
@@ -369,6 +381,7 @@ def predict(cfg: DictConfig) -> dict:
         progress=cfg.progress,
         measurements=measurements,
         rois=rois,
+        checkpoint=cfg.ckpt_path,
     )
     report_frames(summary, cfg.output)
     return summary
@@ -449,6 +462,7 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "postprocess": postprocessing_for(trained.postprocess, cfg.get("postprocess")),
         "labels": cfg.labels,
         "instance_class": cfg.get("instance_class"),
+        "checkpoint": str(cfg.ckpt_path),
     }
 
 
@@ -469,7 +483,7 @@ def predict_large(cfg: DictConfig) -> dict:
     from unet.stream_prediction import predict_to_zarr
 
     check_store_tta(cfg)  # before the checkpoint is read
-    trained = load_for_prediction(cfg.ckpt_path)
+    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
     cfg = with_model_record(cfg, trained, streamed=True)
     summary = predict_to_zarr(
         trained.net,

@@ -30,6 +30,7 @@ from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.chunked_measurements import write_store_measurements
 from unet.data.readers import DataError
+from unet.inference import require_finite_output
 from unet.measurements import PixelSize
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, resolve_device
@@ -122,6 +123,7 @@ def predict_to_zarr(
     overwrite: bool = False,
     progress: bool = True,
     measurements: bool = False,
+    checkpoint: str | None = None,
     rank: int | None = None,
     world_size: int | None = None,
     barrier=None,
@@ -150,6 +152,9 @@ def predict_to_zarr(
             None: those of an initialised torch.distributed group (gloo or NCCL), else one
             process.
         on_batch: called with the number of tiles after each forward pass (tests).
+        checkpoint: the file ``net`` came from, named when a band's probabilities are not
+            finite: nothing of that band is written, earlier chunk rows stay done
+            (:class:`unet.inference.NonFiniteOutputError`).
         Others: as in :func:`unet.prediction.predict_path`.
     """
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
@@ -195,6 +200,7 @@ def predict_to_zarr(
             (tiler, precision, instance_class),
             advance,
             lambda n: bar.advance(rows_task, n),
+            checkpoint,
         )
     if barrier is not None:
         barrier()
@@ -224,10 +230,14 @@ def chunk_rows_to_do(store: PredictionStore, share) -> int:
     return sum(b - a for section in runs for a, b in section)
 
 
-def predict_share(net, input: str, sections, store, share, settings, on_batch, on_rows=None) -> int:
+def predict_share(
+    net, input: str, sections, store, share, settings, on_batch, on_rows=None, checkpoint=None
+) -> int:
     """Predict the chunk rows of ``share`` (:func:`unet.streaming.rank_share`) that the store
     does not mark as written; returns the number of rows predicted. ``settings``: (tiler,
-    precision, instance_class); ``on_rows`` is called with the chunk rows each band wrote."""
+    precision, instance_class); ``on_rows`` is called with the chunk rows each band wrote. A
+    band of probabilities that is not all finite stops it before being written
+    (``checkpoint`` names the network)."""
     tiler, precision, instance_class = settings
     height, chunk = sections.shape[0], store.chunk
     predicted = 0
@@ -239,9 +249,10 @@ def predict_share(net, input: str, sections, store, share, settings, on_batch, o
         image = sections.open(index)
         where = input if len(sections) == 1 else f"{input}, section {sections.names[index]}"
         statistics = section_statistics(plane, image, where)
+        write = finite_writer(plane, where, checkpoint)
 
-        def sink(y0: int, y1: int, prob: np.ndarray, plane: Plane = plane) -> None:
-            plane.write_rows(y0, y1, prob)
+        def sink(y0: int, y1: int, prob: np.ndarray, write=write) -> None:
+            write(y0, y1, prob)
             if on_rows is not None:
                 on_rows(-(-y1 // chunk) - y0 // chunk)
 
@@ -263,6 +274,16 @@ def predict_share(net, input: str, sections, store, share, settings, on_batch, o
     return predicted
 
 
+def finite_writer(plane: Plane, where: str, checkpoint: str | None):
+    """``plane.write_rows`` after :func:`unet.inference.require_finite_output`."""
+
+    def write(y0: int, y1: int, prob: np.ndarray) -> None:
+        require_finite_output(prob, f"{where}, rows {y0}-{y1 - 1}", checkpoint)
+        plane.write_rows(y0, y1, prob)
+
+    return write
+
+
 def create_store(
     net: nn.Module,
     input: str | Path,
@@ -279,10 +300,12 @@ def create_store(
     instance_class: int | None = None,
     labels: bool = True,
     overwrite: bool = False,
+    checkpoint: str | None = None,
 ) -> PredictionStore:
     """What rank 0 of :func:`predict_to_zarr` does first, alone: check the settings, then
     create the store (or open the store of this prediction to continue). Arguments as in
-    :func:`predict_to_zarr`; a refusal is a UserError."""
+    :func:`predict_to_zarr` (``checkpoint`` is only named in messages there); a refusal
+    is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     _, sections, record = checked_inputs(
         net,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
@@ -18,11 +19,13 @@ from unet.checkpoint import (
     load_trained,
     read_checkpoint,
     store_validation,
+    verified_net,
 )
 from unet.checkpoint_io import AtomicCheckpointIO
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
 from unet.evaluation import predict_split, score_split, split_report
+from unet.fingerprint import DAMAGED, nonfinite_weights
 from unet.guard import NumericGuard
 from unet.model_record import ModelRecord
 from unet.precision import resolve_precision
@@ -102,6 +105,29 @@ def check_resumable(ckpt_path: str, module: L.LightningModule) -> None:
             f"ckpt_path={ckpt_path}: cannot resume, its weights do not fit model.net "
             f"({detail}); resume with the run's own settings or start a new run"
         )
+    check_sound(checkpoint, Path(ckpt_path))
+
+
+def optimizer_tensors(checkpoint: dict) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of a checkpoint's optimizer states (Adam's moments, ...), named."""
+    found = []
+    for i, optimizer in enumerate(checkpoint.get("optimizer_states") or []):
+        for param, values in (optimizer.get("state") or {}).items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    found.append((f"optimizer {i}, parameter {param}, {key}", value))
+    return found
+
+
+def check_sound(checkpoint: dict, path: Path) -> None:
+    """Refuse to resume from a damaged checkpoint: NaN or infinite weights, batch-norm
+    statistics or optimizer state (they would poison every later step), or a network that
+    does not reproduce its probe (:func:`unet.checkpoint.verified_net`)."""
+    named = [*(checkpoint.get("state_dict") or {}).items(), *optimizer_tensors(checkpoint)]
+    if damaged := nonfinite_weights(named, "weights, batch-norm statistics and optimizer values"):
+        raise CheckpointError(f"ckpt_path={path}: cannot resume, {damaged}; {DAMAGED}")
+    if checkpoint.get("net_config") is not None:  # a run's own checkpoints always have one
+        verified_net(checkpoint, path, trust=True, label=f"ckpt_path={path}")
 
 
 def logger_versions(ckpt_path: str | None) -> dict:

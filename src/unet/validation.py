@@ -286,6 +286,7 @@ SETTINGS = [
     Setting("nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),
     Setting("input_axes", one_of(*INPUT_AXES), "auto or zyx"),
     Setting("progress", boolean, "true or false"),
+    Setting("trust_checkpoint", boolean, "true or false"),
     Setting("tiler.tile_size", integer(1), "a valid input size, e.g. 572", nullable=True),
     Setting("tiler.overlap", integer(0), "an integer >= 0", nullable=True),
     Setting("tiler.batch_size", integer(1), "an integer >= 1", nullable=True),

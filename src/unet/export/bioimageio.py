@@ -31,6 +31,7 @@ from unet.atomic import atomic_file
 from unet.checkpoint import TrainedModel
 from unet.data.samples import standardize
 from unet.errors import UserError
+from unet.export.check import require_finite
 from unet.export.datasets import UNET_PAPER
 from unet.export.onnx import OPSET, write_onnx
 from unet.export.probabilities import ProbabilityUNet
@@ -299,6 +300,7 @@ def write_test_tensors(
     crop = test_crop(image, model.config, where)
     raw = crop.astype(np.float32).reshape(1, -1, *crop.shape[-2:])  # (1, C, h, w)
     prob = model(torch.from_numpy(standardize(raw[0]))[None]).numpy()  # (1, K, h', w')
+    require_finite(f"test input cropped from {where}", prob, raw.shape[-2:])
     np.save(folder / "test_input.npy", raw)
     np.save(folder / "test_output.npy", prob)
     Image.fromarray(cover_image(raw[0], prob[0], membranes)).save(folder / "cover.png")

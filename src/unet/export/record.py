@@ -13,6 +13,7 @@ from pathlib import Path
 
 from unet import shapes
 from unet.checkpoint import CheckpointError, TrainedModel, parse_net_config
+from unet.fingerprint import record_probability_probe
 from unet.model_record import ModelRecord, ModelRecordError, record_or_default, stored_record
 from unet.network import NetConfig
 from unet.postprocess import PostProcessing, PostProcessingError
@@ -22,7 +23,7 @@ KEY = "unet"  # ONNX metadata key, TorchScript extra file stem, rdf.yaml config 
 
 def model_record(trained: TrainedModel) -> dict:
     """The record of a trained model (architecture, post-processing, how it was validated,
-    size rule)."""
+    size rule, probe)."""
     config = trained.config
     smallest, step = shapes.size_rule(config.depth, config.padding)
     return {
@@ -35,6 +36,8 @@ def model_record(trained: TrainedModel) -> dict:
         "output_smaller_by": shapes.halo(config.depth, config.padding),
         "output": "softmax class probabilities; "
         + ("class 1 = cell" if config.num_classes == 2 else "class 0 = background"),
+        # the probabilities for a fixed input: loading checks the exported weights against it
+        "probe": record_probability_probe(trained.net),
     }
 
 

@@ -179,7 +179,7 @@ def export(cfg: DictConfig) -> dict:
         _, image = next(iter(frames))
     with progress_bar(True, "export") as bar:
         task = bar.add_task("steps", total=1 + package_steps(settings))
-        trained = load_trained(cfg.ckpt_path)
+        trained = load_trained(cfg.ckpt_path, trust=cfg.get("trust_checkpoint", False))
         record = model_record(trained)
         bar.advance(task)
         start = time.perf_counter()

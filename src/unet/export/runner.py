@@ -11,6 +11,10 @@ Exported weights end with a softmax, while the tiler stitches logits and applies
 softmax itself. ``ExportedNet`` returns log-probabilities: they differ from the logits by a
 per-pixel constant, which a softmax removes, and the tiler's stitching weights sum to 1,
 so the stitched result is the same.
+
+Every exported model is checked as it loads: its stored weights finite, and its output for
+a probe input finite and of the size its architecture record says (an edited record's
+padding would tile wrongly): :func:`verify_exported`.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from unet.export.record import (
     postprocess_from_record,
     validation_from_record,
 )
+from unet.fingerprint import nonfinite_weights, output_problem, probability_probe_mismatch
 from unet.network import NetConfig
 
 PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
+UNSOUND = "the file is damaged -- export it again from a sound checkpoint"
 
 
 class ExportedNet(nn.Module):
@@ -73,7 +79,25 @@ def exported_kind(path: Path) -> str | None:
     return None
 
 
+def verify_exported(net: ExportedNet, weights: list, record: dict, path: Path) -> None:
+    """Refuse exported ``weights`` (named tensors) that are not all finite, a network whose
+    output for a probe input is not finite or not of its record's size, or one that does
+    not reproduce the record's probe (exports written before probes have none); one line
+    naming ``path`` and the cause."""
+    if damaged := nonfinite_weights(weights, "stored weights"):
+        raise CheckpointError(f"{path}: {damaged}; {UNSOUND}")
+    if problem := output_problem(net):
+        raise CheckpointError(f"{path}: {problem}; {UNSOUND}")
+    probe = record.get("probe")
+    if probe and (mismatch := probability_probe_mismatch(net, probe)):
+        raise CheckpointError(
+            f"{path}: the exported weights do not fit their record ({mismatch}); the file "
+            "was edited or damaged: export it again"
+        )
+
+
 def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
+    """The checked exported network as a TrainedModel with its record's settings."""
     return TrainedModel(
         net=net.eval(),
         config=net.config,
@@ -87,7 +111,7 @@ def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
 def load_onnx(source, path: Path) -> TrainedModel:
     """An ONNX model with the unet record and one (B, C, H, W) input, C = the recorded
     network's ``in_channels``."""
-    from unet.export.onnx import onnx_session, session_record
+    from unet.export.onnx import onnx_session, onnx_weights, session_record
 
     try:
         session = onnx_session(source)
@@ -104,7 +128,9 @@ def load_onnx(source, path: Path) -> TrainedModel:
             f"{path}: expected an ONNX model with one input of shape (B, {channels}, H, W) "
             f"(its record's in_channels = {channels}), found input shape(s) {shown}"
         )
-    return trained_model(ExportedNet(config, session=session), record, path)
+    net = ExportedNet(config, session=session)
+    verify_exported(net, onnx_weights(source), record, path)
+    return trained_model(net, record, path)
 
 
 def load_torchscript(source, path: Path) -> TrainedModel:
@@ -116,7 +142,9 @@ def load_torchscript(source, path: Path) -> TrainedModel:
     except RuntimeError as err:
         first = " ".join(str(err).split())[:200]
         raise CheckpointError(f"{path}: not a readable TorchScript model ({first})") from None
-    return trained_model(ExportedNet(config_from_record(record, path), module=module), record, path)
+    net = ExportedNet(config_from_record(record, path), module=module)
+    verify_exported(net, list(module.state_dict().items()), record, path)
+    return trained_model(net, record, path)
 
 
 def package_description(path: Path):
@@ -165,8 +193,10 @@ def load_package(path: Path) -> TrainedModel:
     return trained
 
 
-def load_for_prediction(path: str | Path) -> TrainedModel:
-    """A checkpoint, a bioimage.io package, an ONNX or a TorchScript file, for prediction."""
+def load_for_prediction(path: str | Path, trust: bool = False) -> TrainedModel:
+    """A checkpoint, a bioimage.io package, an ONNX or a TorchScript file, for prediction,
+    checked as it loads (``trust``: accept a checkpoint without a probe,
+    :func:`unet.checkpoint.load_trained`)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint not found: {path} does not exist")
@@ -177,4 +207,4 @@ def load_for_prediction(path: str | Path) -> TrainedModel:
         return load_onnx(str(path), path)
     if kind == "torchscript":
         return load_torchscript(str(path), path)
-    return load_trained(path)
+    return load_trained(path, trust=trust)
