@@ -17,6 +17,7 @@ from unet.checkpoint import load_trained, store_validation
 from unet.evaluation import evaluate
 from unet.export.run import export
 from unet.export.runner import load_for_prediction
+from unet.fingerprint import record_probe
 from unet.model_record import ModelRecord, record_or_default
 from unet.network import UNet
 from unet.prediction import predict, predict_path
@@ -30,7 +31,8 @@ ISBI_FIGURES = ("0.0611", "0.0382", "0.000353")
 def save_net(path: Path, net: UNet, record: ModelRecord | None = None) -> Path:
     """A checkpoint as training writes it; with ``record``, as its final validation ends."""
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "net_config": net.config.to_dict()}, path)
+    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
+    torch.save(checkpoint | {"net_probe": record_probe(net)}, path)
     if record is not None:
         store_validation(path, record)
     return path
