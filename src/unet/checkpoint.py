@@ -5,6 +5,7 @@ Lightning's own entries,
 
 - ``state_dict``: the weights, under ``net.``;
 - ``net_config``: the architecture (:class:`unet.network.NetConfig` as a dict);
+- ``pixel_size``: the training data's pixel size (``unet.pixel_size``; None if unknown);
 - ``postprocess``: the post-processing settings chosen on the validation split at the end
   of training (:class:`unet.postprocess.PostProcessing` as a dict), with
   ``postprocess_chosen_on``: the split, the score it maximised, and that score.
@@ -25,6 +26,8 @@ from unet.atomic import atomic_file
 from unet.errors import UserError
 from unet.fingerprint import probe_mismatch
 from unet.network import NetConfig, UNet
+from unet.pixel_size import KEY as PIXEL_SIZE
+from unet.pixel_size import PixelSize, from_record
 from unet.postprocess import PostProcessing, PostProcessingError
 
 
@@ -66,6 +69,7 @@ class TrainedModel:
             then the plain defaults apply (:class:`PostProcessing`).
         chosen_on: how ``postprocess`` was chosen (split, score name and value).
         path: the checkpoint file.
+        pixel_size: the training data's pixel size, or None where unknown.
     """
 
     net: UNet
@@ -73,6 +77,7 @@ class TrainedModel:
     postprocess: PostProcessing | None = None
     chosen_on: dict = field(default_factory=dict)
     path: Path | None = None
+    pixel_size: PixelSize | None = None
 
 
 def net_config_of(checkpoint: dict, path: Path) -> NetConfig:
@@ -130,6 +135,7 @@ def load_trained(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
         postprocess=postprocess,
         chosen_on=dict(checkpoint.get("postprocess_chosen_on") or {}),
         path=path,
+        pixel_size=from_record(checkpoint.get(PIXEL_SIZE)),
     )
 
 

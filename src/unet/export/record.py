@@ -12,6 +12,7 @@ from pathlib import Path
 from unet import shapes
 from unet.checkpoint import CheckpointError, TrainedModel, parse_net_config
 from unet.network import NetConfig
+from unet.pixel_size import KEY as PIXEL_SIZE
 from unet.postprocess import PostProcessing, PostProcessingError
 
 KEY = "unet"  # ONNX metadata key, TorchScript extra file stem, rdf.yaml config section
@@ -25,6 +26,8 @@ def model_record(trained: TrainedModel) -> dict:
         "net_config": config.to_dict(),
         "postprocess": trained.postprocess.to_dict() if trained.postprocess else None,
         "postprocess_chosen_on": dict(trained.chosen_on),
+        # the training data's pixel size (None: unknown); also the rdf.yaml axes' scale
+        PIXEL_SIZE: trained.pixel_size.to_record() if trained.pixel_size else None,
         # in words for people reading rdf.yaml: inputs smallest + k * step, output smaller by
         "input_size": {"smallest": smallest, "step": step},
         "output_smaller_by": shapes.halo(config.depth, config.padding),

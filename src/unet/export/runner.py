@@ -24,6 +24,8 @@ from torch import nn
 from unet.checkpoint import CheckpointError, CheckpointNotFoundError, TrainedModel, load_trained
 from unet.export.record import KEY, config_from_record, postprocess_from_record
 from unet.network import NetConfig
+from unet.pixel_size import KEY as PIXEL_SIZE
+from unet.pixel_size import from_record
 
 PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
 
@@ -74,6 +76,7 @@ def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
         postprocess=postprocess_from_record(record, path),
         chosen_on=dict(record.get("postprocess_chosen_on") or {}),
         path=path,
+        pixel_size=from_record(record.get(PIXEL_SIZE)),
     )
 
 
@@ -154,6 +157,7 @@ def load_package(path: Path) -> TrainedModel:
         raise CheckpointError(f"{path}: expected TorchScript or ONNX weights, found neither")
     trained.postprocess = postprocess_from_record(record, path)
     trained.chosen_on = dict(record.get("postprocess_chosen_on") or {})
+    trained.pixel_size = from_record(record.get(PIXEL_SIZE))
     return trained
 
 
