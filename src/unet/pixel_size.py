@@ -46,6 +46,7 @@ ALIASES = {
     "um": "micrometer",
     "\u00b5m": "micrometer",  # micro sign
     "\u03bcm": "micrometer",  # Greek mu
+    "\\u00b5m": "micrometer",  # as ImageJ escapes it in its ASCII description
     "micron": "micrometer",
     "microns": "micrometer",
     "mm": "millimeter",
@@ -172,7 +173,9 @@ def read_tiff_pixel_size(tif) -> PixelSize | None:
     if tif.is_ome and (found := _from_ome(tif.ome_metadata)) is not None:
         return found
     unit = page.tags.get("ResolutionUnit")
-    return _from_tags(page, TIFF_UNITS.get(int(unit.value))) if unit is not None else None
+    found = _from_tags(page, TIFF_UNITS.get(int(unit.value))) if unit is not None else None
+    # centimeters are the TIFF tag's convention, not the microscope's: micrometers
+    return None if found is None else physical(*found.micrometers(), "um")
 
 
 def read_pixel_size(path: str | Path) -> PixelSize | None:
