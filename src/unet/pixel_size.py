@@ -121,7 +121,7 @@ def from_record(record: dict | None) -> PixelSize | None:
         return None
 
 
-def setting(value) -> PixelSize | None:
+def pixel_size_setting(value) -> PixelSize | None:
     """The ``pixel_size`` setting of predict: null, or [y, x] in micrometers (checked by
     ``unet.validation``)."""
     if value is None:
@@ -240,5 +240,5 @@ def warn_mismatch(where: str, found: PixelSize | None, trained: PixelSize | None
 
 def input_pixel_size(path: str | Path, override=None) -> PixelSize | None:
     """The pixel size of a prediction input: predict's ``pixel_size`` setting where given
-    (:func:`setting`), else the one the input says (:func:`read_pixel_size`)."""
-    return setting(override) or read_pixel_size(path)
+    (:func:`pixel_size_setting`), else the one the input says (:func:`read_pixel_size`)."""
+    return pixel_size_setting(override) or read_pixel_size(path)

@@ -42,7 +42,13 @@ from unet.inference import autocast_dtype, predict_image
 from unet.labels import foreground_probability
 from unet.objects import ObjectOutputs, check_object_outputs
 from unet.panels import contact_sheet, thumbnail
-from unet.pixel_size import PIXELS, PixelSize, input_pixel_size, setting, warn_mismatch
+from unet.pixel_size import (
+    PIXELS,
+    PixelSize,
+    input_pixel_size,
+    pixel_size_setting,
+    warn_mismatch,
+)
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.progress import progress_bar
 from unet.tiler import Tiler
@@ -446,7 +452,7 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "postprocess": postprocessing_for(trained.postprocess, cfg.get("postprocess")),
         "labels": cfg.labels,
         "instance_class": cfg.get("instance_class"),
-        "pixel_size": setting(cfg.get("pixel_size")),
+        "pixel_size": pixel_size_setting(cfg.get("pixel_size")),
         "training_pixel_size": trained.pixel_size,
     }
 
