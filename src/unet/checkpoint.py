@@ -5,6 +5,7 @@ Lightning's own entries,
 
 - ``state_dict``: the weights, under ``net.``;
 - ``net_config``: the architecture (:class:`unet.network.NetConfig` as a dict);
+- ``pixel_size``: the training data's pixel size (``unet.pixel_size``; None if unknown);
 - ``postprocess``: the post-processing settings chosen on the validation split at the end
   of training (:class:`unet.postprocess.PostProcessing` as a dict), with
   ``postprocess_chosen_on``: the split, the score it maximised, and that score;
@@ -29,6 +30,8 @@ from unet.errors import UserError
 from unet.fingerprint import DAMAGED, nonfinite_weights, output_problem, probe_mismatch
 from unet.model_record import ModelRecord, ModelRecordError, stored_record
 from unet.network import NetConfig, UNet
+from unet.pixel_size import KEY as PIXEL_SIZE
+from unet.pixel_size import PixelSize, from_record
 from unet.postprocess import PostProcessing, PostProcessingError
 
 
@@ -72,6 +75,7 @@ class TrainedModel:
         path: the checkpoint file.
         record: how the model was validated, or None for a checkpoint written before
             records were stored (:func:`unet.model_record.record_or_default`).
+        pixel_size: the training data's pixel size, or None where unknown.
     """
 
     net: UNet
@@ -80,6 +84,7 @@ class TrainedModel:
     chosen_on: dict = field(default_factory=dict)
     path: Path | None = None
     record: ModelRecord | None = None
+    pixel_size: PixelSize | None = None
 
 
 def net_config_of(checkpoint: dict, path: Path) -> NetConfig:
@@ -177,6 +182,7 @@ def load_trained(
         chosen_on=dict(checkpoint.get("postprocess_chosen_on") or {}),
         path=path,
         record=record_of(checkpoint, path),
+        pixel_size=from_record(checkpoint.get(PIXEL_SIZE)),
     )
 
 

@@ -12,11 +12,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from unet.checkpoint import init_from_checkpoint
+from unet.data.base import SegmentationDataModule
 from unet.fingerprint import record_probe
 from unet.labels import foreground, foreground_probability
 from unet.loss import WeightedCrossEntropy
 from unet.metrics import ClassCounts, PixelCounts
 from unet.network import center_crop
+from unet.pixel_size import record_pixel_size
 from unet.tiler import Tiler, predict_whole_image
 
 
@@ -176,6 +178,10 @@ class SegmentationModule(L.LightningModule):
         # The architecture travels with the weights, so eval/predict can rebuild the network.
         checkpoint["net_config"] = self.net.config.to_dict()
         checkpoint["net_probe"] = record_probe(self.net)  # ties net_config to the weights
+        # The training data's pixel size (None: unknown): predict warns on other sizes.
+        data = self.trainer.datamodule if self._trainer is not None else None
+        found = data.pixel_size if isinstance(data, SegmentationDataModule) else None
+        record_pixel_size(checkpoint, found)
         # Each logger's run (W&B run id, ...), so that a resumed run continues it.
         checkpoint["logger_versions"] = {
             type(logger).__name__: logger.version

@@ -44,6 +44,13 @@ from unet.labels import foreground_probability
 from unet.model_record import record_or_default, settings_for
 from unet.objects import ObjectOutputs, check_object_outputs
 from unet.panels import contact_sheet, thumbnail
+from unet.pixel_size import (
+    PIXELS,
+    PixelSize,
+    input_pixel_size,
+    pixel_size_setting,
+    warn_mismatch,
+)
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.progress import progress_bar
 from unet.tiler import Tiler
@@ -134,6 +141,7 @@ def predict_path(
     measurements: bool = False,
     rois: bool = False,
     checkpoint: str | Path | None = None,
+    pixel_size: PixelSize | None = None,
 ) -> dict:
     """Predict every frame of ``source`` and write the results to the folder ``output``;
     returns a summary (frame count, sizes, TIFF series, seconds, megapixels/s).
@@ -153,6 +161,8 @@ def predict_path(
         measurements, rois: write ``measurements.csv`` and ``rois/`` (``unet.objects``).
         checkpoint: the file ``net`` came from, named when a frame's probabilities are not
             finite (:class:`unet.inference.NonFiniteOutputError`; nothing is kept then).
+        pixel_size: of the input, written into the TIFFs and the table (None: the one the
+            input says, ``unet.pixel_size.read_pixel_size``).
     """
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
     channels, num_classes = net.config.in_channels, net.config.num_classes
@@ -160,11 +170,12 @@ def predict_path(
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     autocast_dtype(precision)  # checks the setting before anything is written
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
+    pixel_size = pixel_size or input_pixel_size(source.path)
     staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
     start = time.perf_counter()
     thumbnails: list[tuple[str, np.ndarray]] = []
-    stack = probability_stack(staged.path, source, num_classes)
-    per_object = ObjectOutputs(staged.path, measurements, rois)
+    stack = probability_stack(staged.path, source, num_classes, pixel_size)
+    per_object = ObjectOutputs(staged.path, measurements, rois, pixel_size or PIXELS)
     with progress_bar(progress, "predict") as bar, staged, stack, per_object:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar, checkpoint)
@@ -181,6 +192,7 @@ def predict_path(
                 instance_class=instance_class,
                 challenge_naming=challenge_naming,
                 on_objects=per_object if per_object.wanted else None,
+                pixel_size=pixel_size,
             )
             stack.write(page)
             if small is not None:
@@ -189,10 +201,13 @@ def predict_path(
     return frames_summary(source, staged.final, stack, num_classes, time.perf_counter() - start)
 
 
-def probability_stack(folder: Path, source: FrameSource, num_classes: int):
+def probability_stack(
+    folder: Path, source: FrameSource, num_classes: int, pixel_size: PixelSize | None = None
+):
     """The writer of ``probabilities.tif`` (BigTIFF where the stack may pass 4 GB)."""
     pixels = frame_pixels(source, num_classes)
-    return ProbabilityStackWriter(folder / "probabilities.tif", 4 * pixels > 2**32 - 2**25)
+    big = 4 * pixels > 2**32 - 2**25
+    return ProbabilityStackWriter(folder / "probabilities.tif", big, pixel_size)
 
 
 def frame_pixels(source: FrameSource, num_classes: int) -> int:
@@ -225,11 +240,13 @@ def write_frame(
     instance_class: int | None,
     challenge_naming: bool,
     on_objects=None,
+    pixel_size: PixelSize | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Write the files of frame number ``index`` (``classes/``, ``labels/``, ``overlays/``);
     returns its page(s) of ``probabilities.tif`` (the (H, W) cell probability, or all K
     classes) and the thumbnail of its overlay (None without overlays). ``on_objects``, if
-    given, is called with (name, labels, cell probability)."""
+    given, is called with (name, labels, cell probability); ``pixel_size`` goes into the
+    label image."""
     cells = foreground_probability(prob, instance_class)  # (H, W), float32
     page = cells
     if len(prob) > 2:  # all K classes, and the argmax
@@ -241,7 +258,9 @@ def write_frame(
         if on_objects is not None:
             on_objects(name, objects, cells)
         label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
-        picture = write_objects(folder, name, label_file, frame, objects, labels, overlays)
+        picture = write_objects(
+            folder, name, label_file, frame, objects, labels, overlays, pixel_size
+        )
     return page, None if picture is None else thumbnail(picture)
 
 
@@ -287,12 +306,19 @@ def check_frame(name: str, frame: np.ndarray, channels: int) -> None:
 
 
 def write_objects(
-    folder: Path, name: str, label_file: str, frame, objects, labels: bool, overlays: bool
+    folder: Path,
+    name: str,
+    label_file: str,
+    frame,
+    objects,
+    labels: bool,
+    overlays: bool,
+    pixel_size: PixelSize | None = None,
 ) -> np.ndarray | None:
     """A frame's instance labels (``labels/<label_file>``) and overlay PNG, as asked;
     returns the overlay (None without)."""
     if labels:
-        write_label_image(folder / "labels" / label_file, objects)
+        write_label_image(folder / "labels" / label_file, objects, pixel_size)
     if overlays:
         gray = frame if frame.ndim == 2 else frame.mean(axis=0)  # (C, H, W): channel mean
         return write_overlay(folder / "overlays" / f"{name}.png", gray, objects)
@@ -364,6 +390,8 @@ def predict(cfg: DictConfig) -> dict:
         cfg.get("input_axes", "auto"),
     )
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
+    pixel_size = input_pixel_size(cfg.input, cfg.get("pixel_size"))
+    warn_mismatch(str(cfg.input), pixel_size, trained.pixel_size)
     summary = predict_path(
         trained.net,
         source,
@@ -382,6 +410,7 @@ def predict(cfg: DictConfig) -> dict:
         measurements=measurements,
         rois=rois,
         checkpoint=cfg.ckpt_path,
+        pixel_size=pixel_size,
     )
     report_frames(summary, cfg.output)
     return summary
@@ -463,6 +492,8 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "labels": cfg.labels,
         "instance_class": cfg.get("instance_class"),
         "checkpoint": str(cfg.ckpt_path),
+        "pixel_size": pixel_size_setting(cfg.get("pixel_size")),
+        "training_pixel_size": trained.pixel_size,
     }
 
 

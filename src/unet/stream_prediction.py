@@ -31,14 +31,14 @@ from unet.chunked_labels import label_chunks
 from unet.chunked_measurements import write_store_measurements
 from unet.data.readers import DataError
 from unet.inference import require_finite_output
-from unet.measurements import PixelSize
+from unet.pixel_size import PixelSize, warn_mismatch
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, resolve_device
 from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
 from unet.progress import progress_bar
 from unet.streaming import image_statistics, network_hash, predict_streaming, rank_share
 from unet.tiler import Tiler, available_memory_bytes
-from unet.zarr_io import ImageSource, open_sections
+from unet.zarr_io import ImageSource, open_sections, with_pixel_size
 
 STATISTICS = "statistics.json"  # a section's note: per-channel mean and standard deviation
 # peak memory of PostProcessing with regrow on a whole section, beyond its probability map:
@@ -124,6 +124,8 @@ def predict_to_zarr(
     progress: bool = True,
     measurements: bool = False,
     checkpoint: str | None = None,
+    pixel_size: PixelSize | None = None,
+    training_pixel_size: PixelSize | None = None,
     rank: int | None = None,
     world_size: int | None = None,
     barrier=None,
@@ -147,6 +149,9 @@ def predict_to_zarr(
         overwrite: start over; otherwise an existing store of this network continues.
         measurements: rank 0 writes ``measurements.csv`` into the store from its labels
             (``unet.chunked_measurements``).
+        pixel_size: the input's pixel size, replacing what the input says (None: its own).
+        training_pixel_size: the training data's; rank 0 warns when the input's differs
+            (``unet.pixel_size.mismatch_warning``).
         rank, world_size, barrier: this process's share of the chunk rows; ``barrier()``
             waits for all ranks (before labels, and before rank 0 counts the objects).
             None: those of an initialised torch.distributed group (gloo or NCCL), else one
@@ -172,6 +177,9 @@ def predict_to_zarr(
         labels,
         instance_class,
     )
+    sections = with_pixel_size(sections, pixel_size)
+    if rank == 0:
+        warn_mismatch(str(input), PixelSize.of(sections.scale, sections.units), training_pixel_size)
     start = time.perf_counter()
     # rank 0 creates the store first; the others then open it
     for turn in (0, 1):
@@ -301,11 +309,13 @@ def create_store(
     labels: bool = True,
     overwrite: bool = False,
     checkpoint: str | None = None,
+    pixel_size: PixelSize | None = None,
+    training_pixel_size: PixelSize | None = None,
 ) -> PredictionStore:
     """What rank 0 of :func:`predict_to_zarr` does first, alone: check the settings, then
     create the store (or open the store of this prediction to continue). Arguments as in
-    :func:`predict_to_zarr` (``checkpoint`` is only named in messages there); a refusal
-    is a UserError."""
+    :func:`predict_to_zarr` (``checkpoint`` is only named in messages there,
+    ``training_pixel_size`` is not used); a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     _, sections, record = checked_inputs(
         net,
@@ -319,6 +329,7 @@ def create_store(
         labels,
         instance_class,
     )
+    sections = with_pixel_size(sections, pixel_size)
     return store_with_labels(output, sections, record, chunk, probability_dtype, overwrite, labels)
 
 

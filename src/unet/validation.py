@@ -283,6 +283,12 @@ SETTINGS = [
     Setting("overlays", boolean, "true or false"),
     Setting("measurements", boolean, "true or false"),
     Setting("rois", boolean, "true or false"),
+    Setting(
+        "pixel_size",
+        lambda v: list_of(number(1e-12))(v) and len(v) == 2,
+        "null or [y, x] in micrometers, e.g. [0.5, 0.5]",
+        nullable=True,
+    ),
     Setting("nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),
     Setting("input_axes", one_of(*INPUT_AXES), "auto or zyx"),
     Setting("progress", boolean, "true or false"),

@@ -226,8 +226,9 @@ def write_weights(model: ProbabilityUNet, folder: Path, record: dict, onnx: bool
     return weights
 
 
-def tensor_descriptions(config, folder: Path) -> tuple[list, list]:
-    """(inputs, outputs) descriptions, with the test tensors already in ``folder``."""
+def tensor_descriptions(config, folder: Path, pixel_size=None) -> tuple[list, list]:
+    """(inputs, outputs) descriptions, with the test tensors already in ``folder``; the
+    space axes carry ``pixel_size`` (the training data's) as scale and unit."""
     from bioimageio.spec.model.v0_5 import (
         BatchAxis,
         ChannelAxis,
@@ -247,12 +248,15 @@ def tensor_descriptions(config, folder: Path) -> tuple[list, list]:
     )
 
     sizes = axis_sizes(config)
+    scales = axis_scales(pixel_size)
     in_names, classes = channel_names(config)
     in_axes = [
         BatchAxis(),
         ChannelAxis(channel_names=in_names),
         *(
-            SpaceInputAxis(id=a, size=ParameterizedSize(min=sizes["min"], step=sizes["step"]))
+            SpaceInputAxis(
+                id=a, size=ParameterizedSize(min=sizes["min"], step=sizes["step"]), **scales[a]
+            )
             for a in ("y", "x")
         ),
     ]
@@ -260,9 +264,9 @@ def tensor_descriptions(config, folder: Path) -> tuple[list, list]:
     for a in ("y", "x"):
         size = SizeReference(tensor_id=INPUT, axis_id=a, offset=sizes["offset"])
         out_space.append(
-            SpaceOutputAxisWithHalo(id=a, size=size, halo=sizes["halo"])
+            SpaceOutputAxisWithHalo(id=a, size=size, halo=sizes["halo"], **scales[a])
             if sizes["halo"]
-            else SpaceOutputAxis(id=a, size=size)
+            else SpaceOutputAxis(id=a, size=size, **scales[a])
         )
     image = "gray-value image" if config.in_channels == 1 else f"{config.in_channels}-channel image"
     inputs = InputTensorDescr(
@@ -286,6 +290,16 @@ def tensor_descriptions(config, folder: Path) -> tuple[list, list]:
         data=IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
     )
     return [inputs], [outputs]
+
+
+def axis_scales(pixel_size) -> dict[str, dict]:
+    """Per space axis, the ``scale`` and ``unit`` of a known pixel size (none otherwise)."""
+    if pixel_size is None or not pixel_size.known:
+        return {"y": {}, "x": {}}
+    return {
+        "y": {"scale": pixel_size.y, "unit": pixel_size.unit},
+        "x": {"scale": pixel_size.x, "unit": pixel_size.unit},
+    }
 
 
 @torch.no_grad()
@@ -320,7 +334,7 @@ def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, 
     from pydantic import ValidationError
 
     dataset = settings["dataset"]
-    inputs, outputs = tensor_descriptions(trained.config, folder)
+    inputs, outputs = tensor_descriptions(trained.config, folder, trained.pixel_size)
     pytorch = torch.__version__.split("+")[0]
     text = readme(settings["name"], dataset, record, trained.config, pytorch)
     papers = [UNET_PAPER, *(c for c in dataset["cite"] if c != UNET_PAPER)]

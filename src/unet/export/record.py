@@ -16,6 +16,7 @@ from unet.checkpoint import CheckpointError, TrainedModel, parse_net_config
 from unet.fingerprint import record_probability_probe
 from unet.model_record import ModelRecord, ModelRecordError, record_or_default, stored_record
 from unet.network import NetConfig
+from unet.pixel_size import KEY as PIXEL_SIZE
 from unet.postprocess import PostProcessing, PostProcessingError
 
 KEY = "unet"  # ONNX metadata key, TorchScript extra file stem, rdf.yaml config section
@@ -31,6 +32,8 @@ def model_record(trained: TrainedModel) -> dict:
         "postprocess": trained.postprocess.to_dict() if trained.postprocess else None,
         "postprocess_chosen_on": dict(trained.chosen_on),
         "model_record": record_or_default(trained.record, trained.path).to_dict(),
+        # the training data's pixel size (None: unknown); also the rdf.yaml axes' scale
+        PIXEL_SIZE: trained.pixel_size.to_record() if trained.pixel_size else None,
         # in words for people reading rdf.yaml: inputs smallest + k * step, output smaller by
         "input_size": {"smallest": smallest, "step": step},
         "output_smaller_by": shapes.halo(config.depth, config.padding),

@@ -35,6 +35,8 @@ from unet.export.record import (
 )
 from unet.fingerprint import nonfinite_weights, output_problem, probability_probe_mismatch
 from unet.network import NetConfig
+from unet.pixel_size import KEY as PIXEL_SIZE
+from unet.pixel_size import from_record
 
 PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
 UNSOUND = "the file is damaged -- export it again from a sound checkpoint"
@@ -105,6 +107,7 @@ def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
         chosen_on=dict(record.get("postprocess_chosen_on") or {}),
         path=path,
         record=validation_from_record(record, path),
+        pixel_size=from_record(record.get(PIXEL_SIZE)),
     )
 
 
@@ -190,6 +193,7 @@ def load_package(path: Path) -> TrainedModel:
     trained.postprocess = postprocess_from_record(record, path)
     trained.chosen_on = dict(record.get("postprocess_chosen_on") or {})
     trained.record = validation_from_record(record, path)
+    trained.pixel_size = from_record(record.get(PIXEL_SIZE))
     return trained
 
 
