@@ -107,6 +107,10 @@ class EpochLog(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start, self._losses = time.perf_counter(), []
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a run resumed mid-epoch starts there, without on_train_epoch_start
+        self._start, self._losses = time.perf_counter(), []
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
@@ -134,3 +138,64 @@ class EpochLog(Callback):
                 f.write(text + "\n")
         if self.console == "always" or (self.console == "auto" and not sys.stdout.isatty()):
             print(text, flush=True)
+
+
+HEAVY_ON_CPU = 5_000_000  # parameters; the paper net (31M) takes about a day of CPU training
+
+
+class TrainingPlan(Callback):
+    """Say what training is about to do, and after ``timed_steps`` steps how long it takes.
+
+    At the start, one line: the network (parameters, depth, channels), the device, the
+    precision, the epochs and steps; on a CPU with a network of more than
+    :data:`HEAVY_ON_CPU` parameters, a second line naming the CPU recipes. After the first
+    ``timed_steps`` optimizer steps (timed from the end of the first, which includes
+    one-off costs), the measured time per step and the estimate per epoch and for the run.
+    Only rank 0 prints.
+    """
+
+    def __init__(self, timed_steps: int = 5):
+        self.timed_steps = timed_steps
+        self._first_step_end: tuple[int, float] | None = None
+        self._told = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._first_step_end, self._told = None, False
+        if not trainer.is_global_zero:
+            return
+        net = pl_module.net
+        count = sum(p.numel() for p in net.parameters())
+        device = trainer.strategy.root_device.type
+        epochs = trainer.max_epochs if trainer.max_epochs != -1 else "unlimited"
+        print(
+            f"training: U-Net of {count / 1e6:.1f}M parameters (depth {net.config.depth}, "
+            f"{net.config.base_channels} base channels) on {device} x {trainer.world_size}, "
+            f"precision {trainer.precision}, {epochs} epochs of {trainer.num_training_batches} "
+            f"steps, from epoch {trainer.current_epoch + 1}",
+            flush=True,
+        )
+        if device == "cpu" and count > HEAVY_ON_CPU:
+            print(
+                f"note: a {count / 1e6:.0f}M-parameter network trains slowly on a CPU (the "
+                "paper's takes about a day); experiment=isbi_cpu (or hela_cpu, u373_cpu, "
+                "folder_cpu) trains a narrower one in under 30 minutes",
+                flush=True,
+            )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero or self._told:
+            return
+        if self._first_step_end is None:
+            self._first_step_end = (trainer.global_step, time.perf_counter())
+            return
+        first, start = self._first_step_end
+        if trainer.global_step - first != self.timed_steps:
+            return
+        self._told = True
+        per_step = (time.perf_counter() - start) / self.timed_steps
+        epoch = per_step * trainer.num_training_batches
+        line = f"timing: {per_step:.2f} s per step, about {epoch / 60:.1f} min per epoch"
+        if trainer.max_epochs not in (None, -1):
+            left = trainer.max_epochs - trainer.current_epoch
+            line += f", {left * epoch / 3600:.1f} h for the {left} epochs left (without validation)"
+        print(line, flush=True)
