@@ -189,8 +189,8 @@ def plan_lines(trainer: Trainer, net) -> list[str]:
     lines = [
         f"training: U-Net of {millions(count)} parameters (depth {net.config.depth}, "
         f"{net.config.base_channels} base channels) on {device} x {trainer.world_size}, "
-        f"precision {trainer.precision}, {epochs} epochs of {trainer.num_training_batches} "
-        f"steps, from epoch {trainer.current_epoch + 1}"
+        f"precision {trainer.precision}, {optimizers(trainer)}, {epochs} epochs of "
+        f"{trainer.num_training_batches} steps, from epoch {trainer.current_epoch + 1}"
     ]
     if device == "cpu" and count > HEAVY_ON_CPU:
         lines.append(
@@ -199,6 +199,12 @@ def plan_lines(trainer: Trainer, net) -> list[str]:
             "trains a narrower one in under 30 minutes"
         )
     return lines
+
+
+def optimizers(trainer: Trainer) -> str:
+    """``SGD lr 0.01``: the optimizer(s) and starting learning rate."""
+    names = [f"{type(o).__name__} lr {o.param_groups[0]['lr']:g}" for o in trainer.optimizers]
+    return ", ".join(names) or "no optimizer"
 
 
 def timing_line(trainer: Trainer, per_batch: float) -> str:
