@@ -239,7 +239,13 @@ def test_sigterm_exits_143_with_one_line_then_resumes_to_the_end(
     assert resumed.stdout.count("epoch 3/3 step 9") == 1  # EpochLog's plain lines
 
 
-def test_fast_dev_run_writes_no_checkpoint(small_overrides, compose_train, data_dir, tmp_path):
+def test_fast_dev_run_writes_no_checkpoint_and_no_log(
+    small_overrides, compose_train, data_dir, tmp_path
+):
+    """configs/debug/fast_dev_run.yaml: "no checkpoints or logs"."""
     overrides = ["debug=fast_dev_run", "trainer.enable_progress_bar=false", *small_overrides]
-    train(compose_train(overrides, tmp_path, data_dir))
-    assert not list(tmp_path.rglob("*.ckpt"))
+    overrides.append("logger=[csv,tensorboard]")
+    metrics = train(compose_train(overrides, tmp_path / "run", data_dir))
+    assert "train/loss" in metrics  # it did train
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p for p in written if p.parts[1] != "cache"] == []

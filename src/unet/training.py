@@ -187,7 +187,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("fit")
     prepare_wandb(cfg, ckpt_path)
     prepare_csv(cfg)
-    loggers = instantiate_all(cfg.get("logger"))
+    # debug=fast_dev_run: a check that everything runs, which leaves no logs behind
+    loggers = [] if cfg.trainer.get("fast_dev_run") else instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
