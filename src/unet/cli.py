@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from unet.errors import UserError
+from unet.errors import Interrupted, UserError
 
 T = TypeVar("T")
 
@@ -26,12 +26,16 @@ _LEFT_TO_HYDRA = ("help", "hydra_help", "info", "shell_completion", "config_path
 
 
 def run_or_exit(fn: Callable[..., T], *args) -> T:
-    """Call ``fn(*args)``; a :class:`UserError` prints ``error: <message>`` and exits with 2."""
+    """Call ``fn(*args)``; a :class:`UserError` prints ``error: <message>`` and exits with 2,
+    an :class:`Interrupted` run prints its message and exits with its code (143, 130)."""
     try:
         return fn(*args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        print(err, file=sys.stderr)
+        sys.exit(err.exit_code)
 
 
 def check_command_line(

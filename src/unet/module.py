@@ -115,6 +115,10 @@ class SegmentationModule(L.LightningModule):
         for parameter in self.encoder_parameters():
             parameter.requires_grad_(not frozen)
 
+    def on_train_start(self) -> None:
+        # a run resumed mid-epoch starts there, without on_train_epoch_start
+        self.on_train_epoch_start()
+
     def on_fit_start(self) -> None:
         self._base_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unet.atomic import write_json
-from unet.callbacks import log_panels
+from unet.callbacks import TrainingPlan, log_panels
 from unet.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -213,10 +214,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("fit")
     prepare_wandb(cfg, ckpt_path)
     prepare_csv(cfg)
-    loggers = instantiate_all(cfg.get("logger"))
+    # debug=fast_dev_run: a check that everything runs, which leaves no logs behind
+    loggers = [] if cfg.trainer.get("fast_dev_run") else instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not sys.stdout.isatty():  # a log file: a bar's redraws would fill it with escape codes
+        with open_dict(cfg):  # (EpochLog prints plain epoch lines there instead)
+            cfg.trainer.enable_progress_bar = False
     if not cfg.trainer.enable_progress_bar:  # (Lightning refuses a bar then)
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     with open_dict(cfg):  # "auto": bf16 only where the device runs it natively
@@ -224,6 +229,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             cfg.trainer.precision, cfg.trainer.get("accelerator", "auto")
         )
     callbacks.append(NumericGuard())  # always: a non-finite loss must never train on
+    callbacks.append(TrainingPlan())  # what is about to run, and how long it will take
     trainer = build(
         cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -253,7 +259,14 @@ def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, f
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = metrics_as_floats(trainer.callback_metrics)
     if cfg.validate and trainer.is_global_zero:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = next(
+            (
+                c.best_model_path
+                for c in trainer.checkpoint_callbacks
+                if isinstance(c, ModelCheckpoint)
+            ),
+            "",
+        )
         metrics, split, postprocess = final_validation(cfg, module, datamodule, best)
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         panels = split_report(

@@ -249,6 +249,18 @@ SETTINGS = [
     Setting("callbacks.validation_images.every_n_epochs", integer(1), "an integer >= 1"),
     Setting("callbacks.precise_bn.tiles", integer(0), "an integer >= 0 (0: off)"),
     Setting(
+        "callbacks.last_checkpoint.every_n_train_steps",
+        integer(1),
+        "an integer >= 1, or null (not by steps)",
+        nullable=True,
+    ),
+    Setting(
+        "callbacks.last_checkpoint.every_minutes",
+        lambda v: number(0)(v) and v > 0,
+        "a number of minutes > 0, or null (not by time)",
+        nullable=True,
+    ),
+    Setting(
         "callbacks.epoch_log.console", one_of("auto", "always", "never"), "auto, always or never"
     ),
     # prediction and evaluation
