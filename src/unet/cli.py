@@ -25,13 +25,26 @@ T = TypeVar("T")
 _LEFT_TO_HYDRA = ("help", "hydra_help", "info", "shell_completion", "config_path", "config_dir")
 
 
-def run_or_exit(fn: Callable[..., T], *args) -> T:
-    """Call ``fn(*args)``; a :class:`UserError` prints ``error: <message>`` and exits with 2."""
+# exit code of a program stopped by Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = 130
+
+
+def run_or_exit(fn: Callable[..., T], *args, kept: str | None = None) -> T:
+    """Call ``fn(*args)``; a :class:`UserError` prints ``error: <message>`` and exits with 2.
+
+    With ``kept`` (what an interrupted ``fn`` leaves, e.g. "an earlier output is kept as it
+    was"), Ctrl-C prints ``interrupted; <kept>`` and exits with 130 instead of a traceback.
+    """
     try:
         return fn(*args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if kept is None:
+            raise
+        print(f"interrupted; {kept}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 def check_command_line(

@@ -40,6 +40,14 @@ from unet.errors import OutputExistsError, UserError
 from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image
 from unet.labels import foreground_probability
+from unet.output_safety import (
+    check_apart,
+    check_free_space,
+    check_replaceable,
+    output_lock,
+    write_faults,
+    write_marker,
+)
 from unet.panels import contact_sheet, thumbnail
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.tiler import Tiler
@@ -81,12 +89,14 @@ def prepare_output(output: str | Path, overwrite: bool, create: bool = True) -> 
                 f"output folder {output} already exists; pass overwrite=true to replace it "
                 "(the whole folder), or choose a new output folder"
             )
+        check_replaceable(output)  # overwrite replaces only what unet wrote
     partial = partial_path(output)
     if partial.exists() and not overwrite:
         raise OutputExistsError(
             f"{partial} holds the incomplete output of an interrupted prediction (or of one "
             "still running); pass overwrite=true to start over and replace it, or delete it"
         )
+    check_replaceable(partial)
     parent = next(p for p in (output.absolute(), *output.absolute().parents) if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PredictionSettingError(
@@ -150,31 +160,50 @@ def predict_path(
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     autocast_dtype(precision)  # checks the setting before anything is written
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
-    staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
+    check_apart(output, input=source.path)
+    check_free_space(output, 4 * frame_pixels(source, num_classes), "probabilities.tif")
+    with output_lock(output), write_faults(output):
+        staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
+        try:
+            stack = probability_stack(staged.path, source, num_classes)
+        except BaseException:
+            staged.abort()
+            raise
+        return write_frames(
+            net,
+            source,
+            staged,
+            stack,
+            tiler,
+            tta,
+            precision,
+            postprocess,
+            progress,
+            labels=labels,
+            overlays=overlays,
+            instance_class=instance_class,
+            challenge_naming=challenge_naming,
+        )
+
+
+def write_frames(
+    net, source, staged, stack, tiler, tta, precision, postprocess, progress, **what
+) -> dict:
+    """Predict every frame of ``source`` into the staged folder and ``probabilities.tif``
+    (``what``: as :func:`write_frame` takes), then name the folder; returns the summary."""
     start = time.perf_counter()
     thumbnails: list[tuple[str, np.ndarray]] = []
-    stack = probability_stack(staged.path, source, num_classes)
     with progress_bar(progress) as bar, staged, stack:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar)
         ):
-            page, small = write_frame(
-                staged.path,
-                index,
-                name,
-                frame,
-                prob,
-                postprocess,
-                labels=labels,
-                overlays=overlays,
-                instance_class=instance_class,
-                challenge_naming=challenge_naming,
-            )
+            page, small = write_frame(staged.path, index, name, frame, prob, postprocess, **what)
             stack.write(page)
             if small is not None:
                 thumbnails.append((name, small))
         write_contact_sheet(staged.path, thumbnails)
-    return frames_summary(source, staged.final, stack, num_classes, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return frames_summary(source, staged.final, stack, net.config.num_classes, seconds)
 
 
 def probability_stack(folder: Path, source: FrameSource, num_classes: int):
@@ -298,6 +327,7 @@ def stage_output(
     no half-written folder looks done (:class:`unet.atomic.StagedFolder`)."""
     try:
         staged = StagedFolder(prepare_output(output, overwrite, create=False), overwrite)
+        write_marker(staged.path, "predict")  # so that overwrite=true may replace it later
     except OSError as err:
         raise PredictionSettingError(f"output={output}: cannot be written ({err})") from None
     for sub, wanted in (("labels", labels), ("overlays", overlays), ("classes", classes)):
@@ -323,6 +353,7 @@ def predict(cfg: DictConfig) -> dict:
     ``cfg.output``. With a ``trainer`` (``trainer=ddp``), on the ranks of a Lightning
     Trainer (:mod:`unet.distributed_prediction`)."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
+    check_apart(cfg.output, input=cfg.input, ckpt_path=cfg.ckpt_path)  # on every route
     if cfg.get("trainer") is not None:
         # imported here: only this route needs Lightning, the inference modules do not
         from unet.distributed_prediction import predict_on_ranks

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from torch import nn
 from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.data.readers import DataError
+from unet.output_safety import check_apart, output_lock, write_faults
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, progress_bar, resolve_device
 from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
@@ -146,47 +149,68 @@ def predict_to_zarr(
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
+    check_apart(output, input=input)
     net, sections, record = checked_inputs(
         net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
     )
-    start = time.perf_counter()
-    # rank 0 creates the store first; the others then open it
-    for turn in (0, 1):
-        if (rank == 0) == (turn == 0):
-            store = store_with_labels(  # rank 0 creates the labels; the others find them
-                output, sections, record, chunk, probability_dtype, overwrite and rank == 0, labels
+    with store_guard(output, rank):
+        start = time.perf_counter()
+        # rank 0 creates the store first; the others then open it
+        for turn in (0, 1):
+            if (rank == 0) == (turn == 0):
+                store = store_with_labels(  # rank 0 creates the labels; the others find them
+                    output,
+                    sections,
+                    record,
+                    chunk,
+                    probability_dtype,
+                    overwrite and rank == 0,
+                    labels,
+                )
+            if turn == 0 and barrier is not None:
+                barrier()
+        share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
+        with progress_bar(progress) as bar:
+            task = bar.add_task("tiles", total=None)
+
+            def advance(n: int) -> None:
+                bar.advance(task, n)
+                if on_batch is not None:
+                    on_batch(n)
+
+            predicted = predict_share(
+                net, str(input), sections, store, share, tiler, precision, instance_class, advance
             )
-        if turn == 0 and barrier is not None:
-            barrier()
-    share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
-    with progress_bar(progress) as bar:
-        task = bar.add_task("tiles", total=None)
-
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            if on_batch is not None:
-                on_batch(n)
-
-        predicted = predict_share(
-            net, str(input), sections, store, share, tiler, precision, instance_class, advance
-        )
-    if barrier is not None:
-        barrier()
-    objects = None
-    if labels:
-        for index in range(rank, len(store), world_size):
-            label_section(store.plane(index), postprocess)
         if barrier is not None:
             barrier()
+        objects = None
+        if labels:
+            for index in range(rank, len(store), world_size):
+                label_section(store.plane(index), postprocess)
+            if barrier is not None:
+                barrier()
+            if rank == 0:
+                objects = sum(
+                    store.plane(i).note(LABELS_DONE)["objects"] for i in range(len(store))
+                )
+        return {
+            "shape": tuple(store.probability.shape),
+            "sections": len(sections),
+            "rows_predicted": predicted,
+            "objects": objects,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+@contextmanager
+def store_guard(output, rank: int) -> Iterator[None]:
+    """One writer per store (rank 0 holds the lock for all ranks); write faults of the
+    environment as one line (:mod:`unet.output_safety`)."""
+    with ExitStack() as stack:
         if rank == 0:
-            objects = sum(store.plane(i).note(LABELS_DONE)["objects"] for i in range(len(store)))
-    return {
-        "shape": tuple(store.probability.shape),
-        "sections": len(sections),
-        "rows_predicted": predicted,
-        "objects": objects,
-        "seconds": time.perf_counter() - start,
-    }
+            stack.enter_context(output_lock(output))
+        stack.enter_context(write_faults(output))
+        yield
 
 
 def predict_share(
@@ -242,10 +266,14 @@ def create_store(
     create the store (or open the store of this prediction to continue). Arguments as in
     :func:`predict_to_zarr`; a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
+    check_apart(output, input=input)
     _, sections, record = checked_inputs(
         net, input, level, chunk, tiler, device, precision, postprocess, labels, instance_class
     )
-    return store_with_labels(output, sections, record, chunk, probability_dtype, overwrite, labels)
+    with write_faults(output):
+        return store_with_labels(
+            output, sections, record, chunk, probability_dtype, overwrite, labels
+        )
 
 
 def store_with_labels(output, sections, record, chunk, dtype, overwrite, labels):

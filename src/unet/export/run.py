@@ -27,6 +27,7 @@ from unet.export.datasets import DATASETS, OWN, dataset_key, own_dataset, own_im
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import model_record
 from unet.network import NetConfig
+from unet.output_safety import check_apart, check_replaceable, output_lock, write_faults
 from unet.validation import check_config
 
 SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
@@ -54,6 +55,8 @@ def check_output(output: str | Path, fmt: str, overwrite: bool) -> Path:
         )
     if not output.parent.is_dir():
         raise ExportSettingError(f"output={output}: the folder {output.parent} does not exist")
+    if overwrite:
+        check_replaceable(output)  # only a model unet exported
     return output
 
 
@@ -138,6 +141,7 @@ def export(cfg: DictConfig) -> dict:
     """Export ``cfg.ckpt_path`` as ``cfg.format`` to ``cfg.output``; returns a summary
     (format, output, seconds, bytes)."""
     check_config(cfg)
+    check_apart(cfg.output, ckpt_path=cfg.ckpt_path, image=cfg.get("image"))
     output = check_output(cfg.output, cfg.format, cfg.overwrite)
     settings, image = None, None
     if cfg.format == "bioimageio":  # before the slow part: a wrong setting shows at once
@@ -151,14 +155,8 @@ def export(cfg: DictConfig) -> dict:
     record = model_record(trained)
     start = time.perf_counter()
     try:
-        if settings is not None:
-            from unet.export.bioimageio import write_package
-
-            write_package(
-                trained, record, image, settings["image"], output, settings, cfg.overwrite
-            )
-        else:
-            write_file(cfg.format, ProbabilityUNet.wrap(trained.net), output, record, cfg.overwrite)
+        with output_lock(output), write_faults(output):
+            write_export(cfg, trained, record, image, settings, output)
     except FileExistsError:  # created by someone else while this export ran
         raise OutputExistsError(
             f"output={output} appeared during the export; not replacing it"
@@ -169,3 +167,13 @@ def export(cfg: DictConfig) -> dict:
         f"{cfg.format}: {cfg.ckpt_path} -> {output} ({size / 2**20:.1f} MiB) in {seconds:.1f} s"
     )
     return {"format": cfg.format, "output": str(output), "seconds": seconds, "bytes": size}
+
+
+def write_export(cfg, trained, record, image, settings, output: Path) -> None:
+    """Write the package (``settings`` of a bioimage.io export) or the ONNX/TorchScript file."""
+    if settings is not None:
+        from unet.export.bioimageio import write_package
+
+        write_package(trained, record, image, settings["image"], output, settings, cfg.overwrite)
+    else:
+        write_file(cfg.format, ProbabilityUNet.wrap(trained.net), output, record, cfg.overwrite)
