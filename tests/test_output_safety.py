@@ -379,3 +379,40 @@ def test_ctrl_c_during_prediction_exits_130_in_one_line(ckpt, tmp_path, monkeypa
     line = exits_with_one_line(cfg, capsys, code=INTERRUPTED, kept=kept)
     assert line.startswith("interrupted; ") and "earlier output is kept" in line
     assert files(tmp_path) == before
+
+
+def test_fault_at_the_final_rename_keeps_the_earlier_output(ckpt, tmp_path, monkeypatch, capsys):
+    from unet.atomic import partial_path
+
+    source = write_stack(tmp_path / "s.tif")
+    out = tmp_path / "out"
+    base = [f"ckpt_path={ckpt}", f"input={source}", f"output={out}"]
+    predict(compose_predict(base))
+    before = files(tmp_path)
+    replace = os.replace
+
+    def read_only_at_the_rename(src, dst):  # the folder output's last write
+        if Path(src) == partial_path(out):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only_at_the_rename)
+    message = exits_with_one_line(compose_predict([*base, "overwrite=true"]), capsys)
+    assert "read-only" in message and str(out) in message
+    assert files(tmp_path) == before
+
+
+def test_eval_output_inside_the_scored_predictions_is_refused(tmp_path):
+    from omegaconf import open_dict
+
+    from unet.evaluation import evaluate
+
+    predictions = write_frames(tmp_path / "labels")
+    before = files(tmp_path)
+    cfg = _compose_entry("eval", [f"predictions={predictions}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(predictions / "eval")
+    with pytest.raises(UserError) as err:
+        evaluate(cfg)
+    assert "paths.output_dir=" in one_line(err) and "lies inside the predictions" in one_line(err)
+    assert files(tmp_path) == before

@@ -150,9 +150,11 @@ def _our_export(path: Path) -> bool:
 
 
 def check_replaceable(path: str | os.PathLike) -> None:
-    """Refuse to replace an existing ``path`` that unet did not write (:func:`is_ours`)."""
+    """Refuse to replace an existing ``path`` that unet did not write (:func:`is_ours`);
+    an empty folder holds nothing to lose."""
     path = Path(path)
-    if path.exists() and not is_ours(path):
+    empty = path.is_dir() and next(path.iterdir(), None) is None
+    if path.exists() and not empty and not is_ours(path):
         raise UnsafeOutputError(
             f"{path} exists and was not written by unet (no {MARKER} marker); choose a new "
             "output or delete it yourself"
