@@ -90,9 +90,9 @@ def check_apart(
         else:
             continue
         raise UnsafeOutputError(
-            f"{key}={output} {how} the {name} {given} (both resolve to {out}"
-            + ("" if how == "is" else f" and {path}")
-            + f"); writing it could destroy the {name}: choose an output outside it"
+            f"{key}={output} {how} the {name} {given} ("
+            + (f"both are {out}" if how == "is" else f"resolved: {out} and {path}")
+            + f"); writing it could destroy the {name}: choose an output apart from it"
         )
 
 
