@@ -416,3 +416,17 @@ def test_eval_output_inside_the_scored_predictions_is_refused(tmp_path):
         evaluate(cfg)
     assert "paths.output_dir=" in one_line(err) and "lies inside the predictions" in one_line(err)
     assert files(tmp_path) == before
+
+
+def test_run_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    import unet.cli
+    from unet.cli import command_line_error
+
+    (tmp_path / "a_file").write_text("x")
+    message = command_line_error(CONFIGS, "train", [f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"])
+    assert "a_file is a file" in message and "hydra.run.dir=" in message
+    monkeypatch.setattr(
+        unet.cli.os, "access", lambda *args: False
+    )  # read-only (root ignores chmod)
+    message = command_line_error(CONFIGS, "eval", [f"hydra.run.dir={tmp_path / 'run'}"])
+    assert f"{tmp_path} is not writable" in message

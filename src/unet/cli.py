@@ -11,6 +11,7 @@ composes the config once before Hydra does and answers both kinds the same way: 
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -94,7 +95,7 @@ def command_line_error(config_dir: Path, config_name: str, argv: list[str]) -> s
         line = _one_value(override)
         if line is not None:
             checked.append((override.input_line, line))
-    return _compose_error(config_dir, args.config_name or config_name, checked)
+    return _compose_error(config_dir, args.config_name or config_name, checked, args.multirun)
 
 
 def _one_value(override) -> str | None:
@@ -113,7 +114,9 @@ def _one_value(override) -> str | None:
     return f"{override.get_key_element()}={first}"
 
 
-def _compose_error(config_dir: Path, config_name: str, checked: list[tuple[str, str]]):
+def _compose_error(
+    config_dir: Path, config_name: str, checked: list[tuple[str, str]], multirun: bool = False
+):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
@@ -124,14 +127,36 @@ def _compose_error(config_dir: Path, config_name: str, checked: list[tuple[str, 
     try:
         with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
             try:
-                compose(config_name, overrides=lines, return_hydra_config=True)
+                cfg = compose(config_name, overrides=lines, return_hydra_config=True)
             except MissingConfigException as err:
                 return _missing_choice(err, checked, config_name)
             except (HydraException, OmegaConfBaseException) as err:
                 return _not_composed(err, checked, config_name, compose)
     finally:
         GlobalHydra.instance().clear()
-    return None
+    return _run_dir_error(cfg, multirun)
+
+
+def _run_dir_error(cfg, multirun: bool) -> str | None:
+    """Why Hydra could not make the run folder (a file in its way, a read-only or forbidden
+    place): Hydra would answer with a traceback before the program starts."""
+    from hydra.core.utils import setup_globals
+    from omegaconf import OmegaConf
+
+    setup_globals()  # the ${now:...} of the folder's name
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        folder = Path(str(OmegaConf.select(cfg, key))).absolute()
+    except Exception:  # a name only Hydra's own run can resolve
+        return None
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    what = "is not writable" if existing.is_dir() else "is a file"
+    return (
+        f"{key}={folder}: the run folder cannot be made ({existing} {what}); choose a "
+        f"writable place with {key}=<folder>"
+    )
 
 
 def _missing_choice(err, checked, config_name: str) -> str:
