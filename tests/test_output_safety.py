@@ -430,3 +430,31 @@ def test_run_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     )  # read-only (root ignores chmod)
     message = command_line_error(CONFIGS, "eval", [f"hydra.run.dir={tmp_path / 'run'}"])
     assert f"{tmp_path} is not writable" in message
+
+
+def test_outputs_of_older_versions_are_recognised_by_their_contents(tmp_path):
+    import json
+    import zipfile
+
+    from unet.output_safety import is_ours
+
+    def make(name: str, entries: dict[str, bytes]) -> Path:
+        for rel, data in entries.items():
+            (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / rel).write_bytes(data)
+        return tmp_path / name
+
+    unet_attrs = json.dumps({"attributes": {"unet": {"shape": [4, 4]}}}).encode()
+    assert is_ours(make("old", {"probabilities.tif": b"", "labels/t0.tif": b""}))
+    assert is_ours(make("out.partial", {"labels/t0.tif": b"", ".probabilities.tif.7.partial": b""}))
+    assert is_ours(make("old.zarr", {"zarr.json": unet_attrs, "0/zarr.json": b"{}"}))
+    assert not is_ours(make("thesis", {"probabilities.tif": b"", "chapter1.tex": b""}))
+    assert not is_ours(make("labels_only", {"labels/t0.tif": b""}))
+    assert not is_ours(make("theirs.zarr", {"zarr.json": b'{"attributes": {}}'}))
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as archive:  # TorchScript's layout
+        archive.writestr("model/extra/unet.json", json.dumps({"net_config": {}}))
+    with zipfile.ZipFile(tmp_path / "other.pt", "w") as archive:
+        archive.writestr("other/data.pkl", b"weights")
+    (tmp_path / "other.onnx").write_bytes(b"\x08\x07 an ONNX file of someone else")
+    assert is_ours(tmp_path / "model.pt")
+    assert not is_ours(tmp_path / "other.pt") and not is_ours(tmp_path / "other.onnx")

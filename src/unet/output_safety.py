@@ -122,8 +122,12 @@ def is_ours(path: str | os.PathLike) -> bool:
         return False
     if (path / MARKER).is_file():
         return True
+    # an older version's output, or the staged <output>.partial folder a kill left (with a
+    # hidden temporary probabilities file and the ranks' scratch pages)
     entries = {p.name for p in path.iterdir()}
-    if "probabilities.tif" in entries and entries <= FOLDER_ENTRIES:
+    entries -= {n for n in entries if n.startswith(".") and n.endswith((".partial", ".pages"))}
+    staged = path.name.endswith(".partial")
+    if entries <= FOLDER_ENTRIES and ("probabilities.tif" in entries or staged):
         return True
     try:
         return "unet" in json.loads((path / "zarr.json").read_text()).get("attributes", {})
