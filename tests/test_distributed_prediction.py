@@ -4,6 +4,7 @@ existing output stops every rank; the SLURM launcher composes for prediction."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 from unet.distributed_prediction import frame_share
 from unet.fingerprint import record_probe
 from unet.network import UNet
+from unet.output_safety import MARKER
 from unet.prediction import predict
 
 TWO_CPU_RANKS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -99,6 +101,8 @@ def test_two_ranks_write_the_folder_of_one_process(tmp_path, repo_root, configs_
             assert [s.shape for s in a] == [s.shape for s in b] == [(2, 100, 90), (84, 110)]
             for x, y in zip(a, b, strict=True):
                 np.testing.assert_allclose(y.asarray(), x.asarray(), rtol=0, atol=1e-5)
+        elif str(name) == MARKER:  # says when each was written
+            assert json.loads(two[name])["tool"] == json.loads(one[name])["tool"] == "predict"
         else:
             assert two[name] == one[name], name  # byte for byte
     assert not list(tmp_path.glob("*.partial"))

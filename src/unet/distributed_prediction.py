@@ -29,6 +29,7 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
+from contextlib import ExitStack
 
 import lightning as L
 import numpy as np
@@ -42,6 +43,7 @@ from unet.distributed import relaunch_as_this_job
 from unet.errors import UserError
 from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image, require_finite_output
+from unet.output_safety import output_lock, write_faults
 from unet.postprocess import postprocessing_for
 from unet.prediction import (
     check_frame,
@@ -90,18 +92,25 @@ class RankedPrediction(L.LightningModule):
     """Rank 0 prepares the output in ``setup`` (:meth:`prepare`); every rank learns whether
     it could, and all stop if not."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, output: str):
         super().__init__()
-        self.net = net
+        self.net, self.output = net, output
+        self.locks = ExitStack()  # rank 0: the output's lock, held until the output is named
 
     def prepare(self) -> None:
         """What rank 0 does once before any rank writes (raises a UserError to refuse)."""
+
+    def lock_and_prepare(self) -> None:
+        """Rank 0: lock the output (one writer at a time), then :meth:`prepare`."""
+        self.locks.enter_context(output_lock(self.output))
+        with write_faults(self.output):
+            self.prepare()
 
     def setup(self, stage: str) -> None:
         refusal = None
         if self.trainer.is_global_zero:
             try:
-                self.prepare()
+                self.lock_and_prepare()
             except UserError as err:
                 refusal = err
         refusal = self.trainer.strategy.broadcast(refusal, src=0)
@@ -115,7 +124,7 @@ class FramePrediction(RankedPrediction):
     """Each rank predicts and writes its share of the frames of ``source`` (module doc)."""
 
     def __init__(self, net, source: FrameSource, cfg: DictConfig, postprocess):
-        super().__init__(net)
+        super().__init__(net, cfg.output)
         self.source, self.cfg, self.postprocess = source, cfg, postprocess
         self.tiler = build(cfg, "tiler")
         self.folder = partial_path(cfg.output)  # the staged folder (unet.atomic.StagedFolder)
@@ -177,7 +186,7 @@ class StorePrediction(RankedPrediction):
     (module doc)."""
 
     def __init__(self, net, options: dict, cfg: DictConfig):
-        super().__init__(net)
+        super().__init__(net, cfg.output)
         self.options, self.cfg = options, cfg
         self.summary: dict = {}
 
@@ -239,7 +248,7 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
         sync_batchnorm=False,  # no batch statistics are computed in prediction
     )
     start = time.perf_counter()
-    with relaunch_as_this_job(), warnings.catch_warnings():
+    with module.locks, write_faults(cfg.output), relaunch_as_this_job(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*predict returned None.*")  # each rank writes
         try:

@@ -52,6 +52,7 @@ from unet.metrics import (
     score_isbi_stack,
 )
 from unet.model_record import record_or_default, settings_for
+from unet.output_safety import check_apart
 from unet.postprocess import (
     PostProcessing,
     boundary_map,
@@ -397,6 +398,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)  # types and ranges of every setting, before anything is read
     if not cfg.get("ckpt_path") and not cfg.get("predictions"):
         raise UserError("nothing to score: pass ckpt_path=<checkpoint> or predictions=<tif stack>")
+    # its files are new ones (never replaced): only an output in an input could harm one
+    check_apart(
+        cfg.paths.output_dir,
+        contains=False,
+        key="paths.output_dir",
+        ckpt_path=cfg.get("ckpt_path"),
+        predictions=cfg.get("predictions"),
+    )
     L.seed_everything(cfg.seed, workers=True)
     trust = cfg.get("trust_checkpoint", False)
     trained = load_trained(cfg.ckpt_path, trust=trust) if cfg.get("ckpt_path") else None

@@ -43,6 +43,14 @@ from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.labels import foreground_probability
 from unet.model_record import record_or_default, settings_for
 from unet.objects import ObjectOutputs, check_object_outputs
+from unet.output_safety import (
+    check_apart,
+    check_free_space,
+    check_replaceable,
+    output_lock,
+    write_faults,
+    write_marker,
+)
 from unet.panels import contact_sheet, thumbnail
 from unet.pixel_size import (
     PIXELS,
@@ -92,12 +100,14 @@ def prepare_output(output: str | Path, overwrite: bool, create: bool = True) -> 
                 f"output folder {output} already exists; pass overwrite=true to replace it "
                 "(the whole folder), or choose a new output folder"
             )
+        check_replaceable(output)  # overwrite replaces only what unet wrote
     partial = partial_path(output)
     if partial.exists() and not overwrite:
         raise OutputExistsError(
             f"{partial} holds the incomplete output of an interrupted prediction (or of one "
             "still running); pass overwrite=true to start over and replace it, or delete it"
         )
+    check_replaceable(partial)
     parent = next(p for p in (output.absolute(), *output.absolute().parents) if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PredictionSettingError(
@@ -171,34 +181,52 @@ def predict_path(
     autocast_dtype(precision)  # checks the setting before anything is written
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
     pixel_size = pixel_size or input_pixel_size(source.path)
-    staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
+    check_apart(output, input=source.path)
+    check_free_space(output, 4 * frame_pixels(source, num_classes), "probabilities.tif")
+    with output_lock(output), write_faults(output):
+        staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
+        try:
+            stack = probability_stack(staged.path, source, num_classes, pixel_size)
+        except BaseException:
+            staged.abort()
+            raise
+        per_object = ObjectOutputs(staged.path, measurements, rois, pixel_size or PIXELS)
+        return write_frames(
+            net,
+            source,
+            (staged, stack, per_object),
+            (tiler, tta, precision, checkpoint),
+            postprocess,
+            progress,
+            labels=labels,
+            overlays=overlays,
+            instance_class=instance_class,
+            challenge_naming=challenge_naming,
+            on_objects=per_object if per_object.wanted else None,
+            pixel_size=pixel_size,
+        )
+
+
+def write_frames(net, source, outputs, settings, postprocess, progress, **what) -> dict:
+    """Predict every frame of ``source`` into the staged folder, ``probabilities.tif`` and
+    the per-object outputs (``outputs`` = (staged, stack, per_object); ``settings`` = (tiler,
+    tta, precision, checkpoint); ``what``: as :func:`write_frame` takes), then name the
+    folder; returns the summary."""
+    staged, stack, per_object = outputs
+    tiler, tta, precision, checkpoint = settings
     start = time.perf_counter()
     thumbnails: list[tuple[str, np.ndarray]] = []
-    stack = probability_stack(staged.path, source, num_classes, pixel_size)
-    per_object = ObjectOutputs(staged.path, measurements, rois, pixel_size or PIXELS)
     with progress_bar(progress, "predict") as bar, staged, stack, per_object:
         for index, (name, frame, prob) in enumerate(
             predict_frames(net, source, tiler, tta, precision, bar, checkpoint)
         ):
-            page, small = write_frame(
-                staged.path,
-                index,
-                name,
-                frame,
-                prob,
-                postprocess,
-                labels=labels,
-                overlays=overlays,
-                instance_class=instance_class,
-                challenge_naming=challenge_naming,
-                on_objects=per_object if per_object.wanted else None,
-                pixel_size=pixel_size,
-            )
+            page, small = write_frame(staged.path, index, name, frame, prob, postprocess, **what)
             stack.write(page)
             if small is not None:
                 thumbnails.append((name, small))
         write_contact_sheet(staged.path, thumbnails)
-    return frames_summary(source, staged.final, stack, num_classes, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return frames_summary(source, staged.final, stack, net.config.num_classes, seconds)
 
 
 def probability_stack(
@@ -349,6 +377,7 @@ def stage_output(
     no half-written folder looks done (:class:`unet.atomic.StagedFolder`)."""
     try:
         staged = StagedFolder(prepare_output(output, overwrite, create=False), overwrite)
+        write_marker(staged.path, "predict")  # so that overwrite=true may replace it later
     except OSError as err:
         raise PredictionSettingError(f"output={output}: cannot be written ({err})") from None
     for sub, wanted in (("labels", labels), ("overlays", overlays), ("classes", classes)):
@@ -371,6 +400,7 @@ def predict(cfg: DictConfig) -> dict:
         store=is_store(cfg.output),
         ranks=cfg.get("trainer") is not None,
     )
+    check_apart(cfg.output, input=cfg.input, ckpt_path=cfg.ckpt_path)  # on every route
     if cfg.get("trainer") is not None:
         # imported here: only this route needs Lightning, the inference modules do not
         from unet.distributed_prediction import predict_on_ranks

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from unet.chunked_labels import label_chunks
 from unet.chunked_measurements import write_store_measurements
 from unet.data.readers import DataError
 from unet.inference import require_finite_output
+from unet.output_safety import check_apart, output_lock, write_faults
 from unet.pixel_size import PixelSize, warn_mismatch
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, resolve_device
@@ -165,6 +168,7 @@ def predict_to_zarr(
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
+    check_apart(output, input=input)
     net, sections, record = checked_inputs(
         net,
         input,
@@ -180,16 +184,61 @@ def predict_to_zarr(
     sections = with_pixel_size(sections, pixel_size)
     if rank == 0:
         warn_mismatch(str(input), PixelSize.of(sections.scale, sections.units), training_pixel_size)
-    start = time.perf_counter()
-    # rank 0 creates the store first; the others then open it
+    with store_guard(output, rank):
+        start = time.perf_counter()
+        store = shared_store(
+            (output, sections, record, chunk, probability_dtype, overwrite, labels), rank, barrier
+        )
+        share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
+        settings = (tiler, precision, instance_class)
+        predicted = predict_rows(
+            net, str(input), sections, store, share, settings, progress, on_batch, checkpoint
+        )
+        if barrier is not None:
+            barrier()
+        objects = None
+        if labels:
+            objects = label_store(store, sections, postprocess, (rank, world_size, barrier))
+            if rank == 0 and measurements:
+                pixel_size = PixelSize.of(sections.scale, sections.units)
+                write_store_measurements(store, sections.names, pixel_size)
+        return {
+            "shape": tuple(store.probability.shape),
+            "sections": len(sections),
+            "rows_predicted": predicted,
+            "objects": objects,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+@contextmanager
+def store_guard(output, rank: int) -> Iterator[None]:
+    """One writer per store (rank 0 holds the lock for all ranks); write faults of the
+    environment as one line (:mod:`unet.output_safety`)."""
+    with ExitStack() as stack:
+        if rank == 0:
+            stack.enter_context(output_lock(output))
+        stack.enter_context(write_faults(output))
+        yield
+
+
+def shared_store(arguments, rank: int, barrier) -> PredictionStore:
+    """The store, created (or continued) by rank 0 first and then opened by the others;
+    ``arguments`` as :func:`store_with_labels` takes them."""
+    output, sections, record, chunk, dtype, overwrite, labels = arguments
+    store = None
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
             store = store_with_labels(  # rank 0 creates the labels; the others find them
-                output, sections, record, chunk, probability_dtype, overwrite and rank == 0, labels
+                output, sections, record, chunk, dtype, overwrite and rank == 0, labels
             )
         if turn == 0 and barrier is not None:
             barrier()
-    share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
+    return store
+
+
+def predict_rows(net, input, sections, store, share, settings, progress, on_batch, checkpoint):
+    """:func:`predict_share` with a progress display over chunk rows and tiles."""
     with progress_bar(progress, "predict") as bar:
         rows_task = bar.add_task("chunk rows", total=chunk_rows_to_do(store, share))
         tiles_task = bar.add_task("tiles", total=None)
@@ -199,37 +248,30 @@ def predict_to_zarr(
             if on_batch is not None:
                 on_batch(n)
 
-        predicted = predict_share(
+        return predict_share(
             net,
-            str(input),
+            input,
             sections,
             store,
             share,
-            (tiler, precision, instance_class),
+            settings,
             advance,
             lambda n: bar.advance(rows_task, n),
             checkpoint,
         )
+
+
+def label_store(store, sections, postprocess, ranks) -> int | None:
+    """Label this rank's sections (``ranks`` = (rank, world_size, barrier)); rank 0 returns
+    the object count of the whole store once every rank is done, the others None."""
+    rank, world_size, barrier = ranks
+    for index in range(rank, len(store), world_size):
+        label_section(store.plane(index), postprocess)
     if barrier is not None:
         barrier()
-    objects = None
-    if labels:
-        for index in range(rank, len(store), world_size):
-            label_section(store.plane(index), postprocess)
-        if barrier is not None:
-            barrier()
-        if rank == 0:
-            objects = sum(store.plane(i).note(LABELS_DONE)["objects"] for i in range(len(store)))
-            if measurements:
-                pixel_size = PixelSize.of(sections.scale, sections.units)
-                write_store_measurements(store, sections.names, pixel_size)
-    return {
-        "shape": tuple(store.probability.shape),
-        "sections": len(sections),
-        "rows_predicted": predicted,
-        "objects": objects,
-        "seconds": time.perf_counter() - start,
-    }
+    if rank != 0:
+        return None
+    return sum(store.plane(i).note(LABELS_DONE)["objects"] for i in range(len(store)))
 
 
 def chunk_rows_to_do(store: PredictionStore, share) -> int:
@@ -317,6 +359,7 @@ def create_store(
     :func:`predict_to_zarr` (``checkpoint`` is only named in messages there,
     ``training_pixel_size`` is not used); a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
+    check_apart(output, input=input)
     _, sections, record = checked_inputs(
         net,
         input,
@@ -330,7 +373,10 @@ def create_store(
         instance_class,
     )
     sections = with_pixel_size(sections, pixel_size)
-    return store_with_labels(output, sections, record, chunk, probability_dtype, overwrite, labels)
+    with write_faults(output):
+        return store_with_labels(
+            output, sections, record, chunk, probability_dtype, overwrite, labels
+        )
 
 
 def store_with_labels(output, sections, record, chunk, dtype, overwrite, labels):

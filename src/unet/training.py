@@ -29,6 +29,7 @@ from unet.evaluation import predict_split, score_split, split_report
 from unet.fingerprint import DAMAGED, nonfinite_weights
 from unet.guard import NumericGuard
 from unet.model_record import ModelRecord
+from unet.output_safety import write_faults
 from unet.precision import resolve_precision
 from unet.shapes import InvalidInputSizeError
 from unet.tiler import Tiler
@@ -190,8 +191,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg``, then score its best checkpoint on the validation split.
 
     Returns the final validation metrics, also written to ``<output_dir>/metrics.json``.
-    Under DDP every rank runs this; only rank 0 writes files.
+    Under DDP every rank runs this; only rank 0 writes files. A full, read-only or forbidden
+    run folder is one line (:class:`unet.output_safety.OutputWriteError`).
     """
+    with write_faults(cfg.paths.output_dir):
+        return fit_run(cfg)
+
+
+def fit_run(cfg: DictConfig) -> dict[str, float]:
+    """The work of :func:`train`."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
