@@ -160,8 +160,10 @@ def test_outlines_enclose_exactly_the_object_pixels(folder_run):
 
 
 def test_frame_without_objects_gives_no_rows_and_empty_roi_files(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
     for t in range(2):
-        tifffile.imwrite(tmp_path / f"t{t:03d}.tif", blobs(48, 48, seed=t))
+        tifffile.imwrite(frames / f"t{t:03d}.tif", blobs(48, 48, seed=t))
     calls = []
 
     def first_frame_only(cells):  # frame t001 has no objects
@@ -170,7 +172,7 @@ def test_frame_without_objects_gives_no_rows_and_empty_roi_files(tmp_path):
 
     out = tmp_path / "out"
     predict_path(
-        tiny_net(), tmp_path, out, postprocess=first_frame_only, progress=False,
+        tiny_net(), frames, out, postprocess=first_frame_only, progress=False,
         overlays=False, measurements=True, rois=True,
     )  # fmt: skip
     rows = read_table(out / "measurements.csv")

@@ -29,6 +29,7 @@ from unet.export.torchscript import EXTRA_FILE, trace
 from unet.fingerprint import probe_mismatch, record_probe
 from unet.module import SegmentationModule
 from unet.network import UNet
+from unet.output_safety import MARKER, write_marker
 from unet.prediction import predict
 from unet.training import check_resumable
 from unet.validation import ConfigError
@@ -267,6 +268,7 @@ def test_nan_tile_stops_the_folder_route_keeping_the_old_output(
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("an earlier result")
+    write_marker(out, "predict")  # an earlier output of unet's, which overwrite may replace
     stack = gray_image(tmp_path / "stack.tif", frames=3)
     nan_from_call(monkeypatch, unet.prediction, bad_call=2)  # the second frame's only tile
     settings = [f"ckpt_path={ckpt}", f"input={stack}", f"output={out}", "overwrite=true"]
@@ -274,7 +276,7 @@ def test_nan_tile_stops_the_folder_route_keeping_the_old_output(
     assert (
         "tiny.ckpt" in message and "frame stack_001" in message and "are NaN or infinite" in message
     )
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]  # the old output, untouched
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "old.txt"]  # the old output, untouched
     assert not list(tmp_path.glob("out*partial*"))
 
 

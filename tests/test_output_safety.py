@@ -28,6 +28,7 @@ import unet.prediction
 from unet.checkpoint_io import AtomicCheckpointIO
 from unet.cli import INTERRUPTED, run_or_exit
 from unet.errors import UserError
+from unet.fingerprint import record_probe
 from unet.network import UNet
 from unet.output_safety import MARKER, lock_path, output_lock
 from unet.prediction import predict
@@ -41,7 +42,8 @@ def ckpt(tmp_path_factory) -> Path:
     net = UNet(base_channels=2, depth=2, dropout=0.0)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"state_dict": state, "net_config": net.config.to_dict()}, path)
+    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
+    torch.save(checkpoint | {"net_probe": record_probe(net)}, path)
     return path
 
 

@@ -15,6 +15,7 @@ import zarr
 
 from unet.checkpoint import load_trained
 from unet.export.runner import load_for_prediction
+from unet.fingerprint import record_probe
 from unet.network import UNet
 from unet.pixel_size import (
     PixelSize,
@@ -68,6 +69,7 @@ def ckpt(tmp_path_factory) -> Path:
     net = UNet(base_channels=2, depth=2, padding="same", dropout=0.0)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
+    checkpoint["net_probe"] = record_probe(net)  # as training stores it
     record_pixel_size(checkpoint, PixelSize(0.004, 0.004, UM))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save(checkpoint, path)
