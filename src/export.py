@@ -1,10 +1,14 @@
 """Export a checkpoint: python src/export.py ckpt_path=... [format=onnx|torchscript] output=..."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from unet.cli import run_or_exit
+from unet.cli import check_command_line, run_or_exit
 from unet.export.run import export
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 KEPT = "an existing output file is kept as it was and no partial file is left"
 
@@ -15,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(CONFIGS, "export")
     main()
