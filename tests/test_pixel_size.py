@@ -228,3 +228,22 @@ def test_training_data_size_reaches_checkpoint_and_rdf_yaml(data_dir, compose_ex
         assert [(space[a].scale, space[a].unit) for a in "yx"] == [(0.5, UM), (0.5, UM)]
     assert from_record(descr.config.unet["pixel_size"]) == PixelSize(0.5, 0.5, UM)
     assert load_for_prediction(tmp_path / "model.zip").pixel_size == PixelSize(0.5, 0.5, UM)
+
+
+def test_ranks_route_and_class_images_carry_the_size(ckpt, compose_predict, tmp_path):
+    # the trainer (ranks) route of a folder output writes the same resolutions
+    image = imagej_tiff(tmp_path / "cells.tif", 0.004)
+    settings = [f"ckpt_path={ckpt}", f"input={image}", f"output={tmp_path / 'ranks'}"]
+    settings += ["tiler.tile_size=64", "overlays=false", "trainer=cpu", "progress=false"]
+    predict(compose_predict(settings))
+    size = PixelSize(0.004, 0.004, UM)
+    assert read_pixel_size(tmp_path / "ranks" / "probabilities.tif") == size
+    assert read_pixel_size(tmp_path / "ranks" / "labels" / "cells.tif") == size
+    # the class images of a K-class network
+    torch.manual_seed(0)
+    net = UNet(base_channels=2, depth=2, padding="same", dropout=0.0, num_classes=3)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
+    torch.save(checkpoint | {"net_probe": record_probe(net)}, tmp_path / "k3.ckpt")
+    run(compose_predict, tmp_path / "k3.ckpt", image, tmp_path / "k3")
+    assert read_pixel_size(tmp_path / "k3" / "classes" / "cells.tif") == size

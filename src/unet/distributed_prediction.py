@@ -39,11 +39,12 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from unet.atomic import partial_path
 from unet.data.frames import FrameSource
-from unet.distributed import relaunch_as_this_job
+from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import UserError
 from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.output_safety import output_lock, write_faults
+from unet.pixel_size import input_pixel_size, warn_mismatch
 from unet.postprocess import postprocessing_for
 from unet.prediction import (
     check_frame,
@@ -123,9 +124,10 @@ class RankedPrediction(L.LightningModule):
 class FramePrediction(RankedPrediction):
     """Each rank predicts and writes its share of the frames of ``source`` (module doc)."""
 
-    def __init__(self, net, source: FrameSource, cfg: DictConfig, postprocess):
+    def __init__(self, net, source: FrameSource, cfg: DictConfig, postprocess, pixel_size=None):
         super().__init__(net, cfg.output)
         self.source, self.cfg, self.postprocess = source, cfg, postprocess
+        self.pixel_size = pixel_size  # of the input (unet.pixel_size), None: unknown
         self.tiler = build(cfg, "tiler")
         self.folder = partial_path(cfg.output)  # the staged folder (unet.atomic.StagedFolder)
         self.staged = None
@@ -157,6 +159,7 @@ class FramePrediction(RankedPrediction):
             overlays=cfg.overlays,
             instance_class=cfg.get("instance_class"),
             challenge_naming=cfg.challenge_naming,
+            pixel_size=self.pixel_size,
         )
         np.save(self.folder / SCRATCH / f"{index}.npy", page)
         if small is not None:
@@ -167,7 +170,7 @@ class FramePrediction(RankedPrediction):
         frame order, then the folder under its name; returns the summary."""
         scratch = self.folder / SCRATCH
         num_classes = self.net.config.num_classes
-        stack = probability_stack(self.folder, self.source, num_classes)
+        stack = probability_stack(self.folder, self.source, num_classes, self.pixel_size)
         thumbnails = []
         with self.staged, stack:
             for index, name in enumerate(self.source.names):
@@ -236,7 +239,10 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
         autocast_dtype(cfg.precision)  # the settings every rank checks before any writing
         count_tiles(net, source.shapes[0], build(cfg, "tiler"), cfg.tta)
         postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
-        module = FramePrediction(net, source, cfg, postprocess)
+        pixel_size = input_pixel_size(cfg.input, cfg.get("pixel_size"))
+        if is_rank_zero():
+            warn_mismatch(str(cfg.input), pixel_size, trained.pixel_size)
+        module = FramePrediction(net, source, cfg, postprocess, pixel_size)
     trainer = build(
         cfg,
         "trainer",

@@ -274,12 +274,12 @@ def write_frame(
     returns its page(s) of ``probabilities.tif`` (the (H, W) cell probability, or all K
     classes) and the thumbnail of its overlay (None without overlays). ``on_objects``, if
     given, is called with (name, labels, cell probability); ``pixel_size`` goes into the
-    label image."""
+    label and class images."""
     cells = foreground_probability(prob, instance_class)  # (H, W), float32
     page = cells
     if len(prob) > 2:  # all K classes, and the argmax
         page = prob
-        write_class_image(folder / "classes" / f"{name}.tif", prob.argmax(axis=0))
+        write_class_image(folder / "classes" / f"{name}.tif", prob.argmax(axis=0), pixel_size)
     picture = None
     if labels or overlays or on_objects is not None:
         objects = postprocess(cells)

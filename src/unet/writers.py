@@ -77,10 +77,18 @@ def write_label_image(
         tifffile.imwrite(tmp, labels.astype(dtype), photometric="minisblack", **resolution)
 
 
-def write_class_image(path: str | Path, classes: np.ndarray) -> None:
-    """A class-index image (argmax of the class probabilities), uncompressed uint8."""
+def write_class_image(
+    path: str | Path, classes: np.ndarray, pixel_size: PixelSize | None = None
+) -> None:
+    """A class-index image (argmax of the class probabilities), uncompressed uint8, with
+    ``pixel_size`` as its resolution (None: none stored)."""
     with atomic_file(path) as tmp:
-        tifffile.imwrite(tmp, classes.astype(np.uint8), photometric="minisblack")
+        tifffile.imwrite(
+            tmp,
+            classes.astype(np.uint8),
+            photometric="minisblack",
+            **tiff_resolution(pixel_size),
+        )
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.ndarray:
