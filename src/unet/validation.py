@@ -276,6 +276,12 @@ SETTINGS = [
         nullable=True,
     ),
     Setting("tta", one_of("none", "flips8", "paper7"), "none, flips8 or paper7", nullable=True),
+    # what runs the network on the tiles (unet.engines)
+    Setting(
+        "engine",
+        one_of("torch", "onnxruntime", "openvino", "auto"),
+        "torch, onnxruntime, openvino or auto",
+    ),
     Setting("postprocess.threshold", number(0, 1), "a number in (0, 1)", nullable=True),
     Setting("postprocess.min_area", integer(0), "an integer >= 0", nullable=True),
     Setting("postprocess.fill_holes", boolean, "true or false", nullable=True),
