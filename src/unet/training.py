@@ -293,7 +293,8 @@ def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, f
     (``report.md``), whose panels also go to the image loggers (W&B, TensorBoard)."""
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = metrics_as_floats(trainer.callback_metrics)
+    choice = module.training_choice or {}  # precision, channels_last, step_seconds
+    metrics = metrics_as_floats(trainer.callback_metrics) | choice
     if cfg.validate and trainer.is_global_zero:
         best = next(
             (
@@ -304,7 +305,7 @@ def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, f
             "",
         )
         metrics, split, postprocess = final_validation(cfg, module, datamodule, best)
-        metrics |= module.training_choice or {}  # precision, channels_last, step_seconds
+        metrics |= choice
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         panels = split_report(
             cfg, datamodule, "val", split, postprocess, metrics, "train", csv_logs(cfg)
