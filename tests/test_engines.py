@@ -174,3 +174,18 @@ def test_the_run_record_holds_the_training_choice(
     assert metrics["precision"] == cfg.trainer.precision == expected
     assert metrics["channels_last"] is cfg.model.channels_last
     assert metrics["step_seconds"] > 0
+
+
+def test_exported_weights_keep_their_own_runtime():
+    from unet.export.runner import ExportedNet
+
+    net = tiny_net("valid")
+    onnx_model = ExportedNet(net.config, session=object())
+    assert engine_network(onnx_model, "onnxruntime") is onnx_model
+    for model, runtime in (
+        (onnx_model, "onnxruntime"),
+        (ExportedNet(net.config, module=net), "torch"),
+    ):
+        with pytest.raises(EngineError, match=f"use engine={runtime}") as err:
+            engine_network(model, "openvino")
+        assert "\n" not in str(err.value)

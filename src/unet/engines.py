@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from unet.errors import UserError
+from unet.export.runner import ExportedNet
 from unet.inference import autocast_dtype, net_device
 from unet.machine import cpu_model
 from unet.precision import cpu_has_native_bf16
@@ -105,6 +106,17 @@ def engine_network(net: nn.Module, engine: str = "torch", precision: str | int =
     check_engine(engine, precision, net_device(net))
     if engine == "torch":
         return net
+    if isinstance(net, ExportedNet):
+        # exported weights run in their own runtime: an .onnx file in ONNX Runtime already,
+        # TorchScript in PyTorch (a traced ScriptModule cannot be traced into ONNX again)
+        if engine == "onnxruntime" and net.session is not None:
+            return net
+        kind = "an ONNX model" if net.session is not None else "a TorchScript model"
+        runtime = "engine=onnxruntime" if net.session is not None else "engine=torch"
+        raise EngineError(
+            f"engine={engine}: exported weights ({kind}) run in their own runtime; use "
+            f"{runtime}, or predict from the checkpoint with engine={engine}"
+        )
     return EngineNet(net, engine, autocast_dtype(precision))
 
 
