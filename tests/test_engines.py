@@ -166,9 +166,8 @@ def test_the_run_record_holds_the_training_choice(
     from unet.training import train
 
     overrides = ["debug=fast_dev_run", "trainer.enable_progress_bar=false"]
-    overrides += ["trainer=cpu", "model.channels_last=auto", *small_overrides]
-    cfg = compose_train(overrides, tmp_path, data_dir)
-    assert cfg.trainer.precision == "auto"  # the default of trainer=cpu
+    overrides += ["trainer=cpu", "trainer.precision=auto", "model.channels_last=auto"]
+    cfg = compose_train([*overrides, *small_overrides], tmp_path, data_dir)
     metrics = train(cfg)
     expected = "bf16-mixed" if precision.cpu_has_native_bf16() else "32-true"
     assert metrics["precision"] == cfg.trainer.precision == expected
