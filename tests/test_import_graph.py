@@ -25,6 +25,7 @@ INFERENCE = [
     "unet.chunked_measurements",
     "unet.rois",
     "unet.tiler",
+    "unet.engines",
     "unet.shapes",
     "unet.export.probabilities",
     "unet.export.record",

@@ -20,6 +20,7 @@ from unet.fingerprint import record_probe
 from unet.network import NetConfig, UNet
 from unet.panels import GAP, HEADER
 from unet.postprocess import PostProcessing, postprocessing_for
+from unet.precision import cpu_has_native_bf16
 from unet.prediction import (
     PredictionSettingError,
     mask_name,
@@ -157,6 +158,7 @@ def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(
         assert [s.shape for s in tif.series] == [(2, 40, 50), (33, 61)]
 
 
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 is refused where it is emulated")
 def test_bf16_autocast_and_tta_run_on_cpu(tiny_ckpt, tmp_path):
     frame = tmp_path / "image.tif"
     tifffile.imwrite(frame, np.random.default_rng(0).normal(size=(37, 45)).astype(np.float32))

@@ -41,6 +41,7 @@ from rich.table import Table
 from unet.atomic import write_json
 from unet.checkpoint import load_trained
 from unet.data.readers import DataError, read_tiff
+from unet.engines import engine_network
 from unet.errors import UserError
 from unet.inference import predict_image
 from unet.labels import CELL_CLASS, foreground, foreground_probability
@@ -420,12 +421,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         record = record_or_default(trained.record, trained.path)
         tta, precision = settings_for(record, cfg.tta, cfg.get("precision"))
         tiler = Tiler(tile_size=record.tile_size, overlap=record.overlap)
-        split = predict_split(trained.net, datamodule, cfg.split, tiler, tta, precision)
+        net = engine_network(trained.net, cfg.get("engine", "torch"), precision)
+        split = predict_split(net, datamodule, cfg.split, tiler, tta, precision)
         metrics, postprocess, chosen_on = score_split(split, postprocess, cfg.get("choose", False))
         metrics |= {
             "source": str(cfg.ckpt_path),
             "tta": tta,
             "precision": str(precision),
+            "engine": cfg.get("engine", "torch"),
             "postprocess": postprocess.to_dict(),
         }
         if chosen_on:

@@ -37,6 +37,7 @@ from torch import nn
 from unet.atomic import StagedFolder, partial_path
 from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
+from unet.engines import engine_network
 from unet.errors import OutputExistsError, UserError
 from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image, require_finite_output
@@ -141,6 +142,7 @@ def predict_path(
     tta: str = "none",
     device: str = "auto",
     precision: str | int = 32,
+    engine: str = "torch",
     postprocess: PostProcessing | None = None,
     labels: bool = True,
     instance_class: int | None = None,
@@ -162,6 +164,8 @@ def predict_path(
         output: the output folder (see the module docstring for its contents).
         tiler, tta, precision: as in :func:`unet.inference.predict_image`.
         device: ``auto``, ``cpu`` or ``cuda``.
+        engine: what runs the network on the tiles: ``torch``, ``onnxruntime``,
+            ``openvino`` or ``auto`` (:mod:`unet.engines`).
         postprocess: cell probability -> instance labels (default: plain components).
         labels, challenge_naming, overlays: what to write besides the probabilities.
         instance_class: the class whose objects ``labels/`` holds (None: the cell class of
@@ -179,6 +183,7 @@ def predict_path(
     source = source if isinstance(source, FrameSource) else FrameSource(source, channels)
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     autocast_dtype(precision)  # checks the setting before anything is written
+    net = engine_network(net, engine, precision)
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
     pixel_size = pixel_size or input_pixel_size(source.path)
     check_apart(output, input=source.path)
@@ -402,6 +407,12 @@ def predict(cfg: DictConfig) -> dict:
     )
     check_apart(cfg.output, input=cfg.input, ckpt_path=cfg.ckpt_path)  # on every route
     if cfg.get("trainer") is not None:
+        if cfg.get("engine", "torch") != "torch":
+            raise PredictionSettingError(
+                f"engine={cfg.engine} with trainer={cfg.trainer.get('strategy', 'set')}: "
+                "prediction on a Trainer's ranks runs PyTorch; set engine=torch, or leave "
+                "the trainer out"
+            )
         # imported here: only this route needs Lightning, the inference modules do not
         from unet.distributed_prediction import predict_on_ranks
 
@@ -430,6 +441,7 @@ def predict(cfg: DictConfig) -> dict:
         tta=cfg.tta,
         device=cfg.device,
         precision=cfg.precision,
+        engine=cfg.get("engine", "torch"),
         postprocess=postprocess,
         labels=cfg.labels,
         instance_class=cfg.get("instance_class"),
@@ -518,6 +530,7 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "probability_dtype": cfg.zarr.probability_dtype,
         "tiler": build(cfg, "tiler"),
         "precision": cfg.precision,
+        "engine": cfg.get("engine", "torch"),
         "postprocess": postprocessing_for(trained.postprocess, cfg.get("postprocess")),
         "labels": cfg.labels,
         "instance_class": cfg.get("instance_class"),

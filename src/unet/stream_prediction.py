@@ -32,6 +32,7 @@ from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.chunked_measurements import write_store_measurements
 from unet.data.readers import DataError
+from unet.engines import engine_network
 from unet.inference import require_finite_output
 from unet.output_safety import check_apart, output_lock, write_faults
 from unet.pixel_size import PixelSize, warn_mismatch
@@ -120,6 +121,7 @@ def predict_to_zarr(
     tiler: Tiler | None = None,
     device: str = "cpu",
     precision: str | int = 32,
+    engine: str = "torch",
     postprocess: PostProcessing | None = None,
     instance_class: int | None = None,
     labels: bool = True,
@@ -145,6 +147,8 @@ def predict_to_zarr(
             (``unet.data.readers.INPUT_AXES``).
         chunk: the store's chunk side (px); predicted bands are whole chunk rows.
         probability_dtype: ``float16``, ``float32`` or ``uint8`` (``round(255 p)``).
+        engine: what runs the network on the tiles (:mod:`unet.engines`); the store's
+            record names the weights, not the engine (fp32 engines agree within 1e-4).
         instance_class: for a K-class network, the class whose probability is stored and
             labelled (None: 1 - p(background)); as in ``unet.labels.foreground_probability``.
         labels: also write instance labels (``labels/cells``): chunk-wise, or per whole
@@ -182,6 +186,7 @@ def predict_to_zarr(
         instance_class,
     )
     sections = with_pixel_size(sections, pixel_size)
+    net = engine_network(net, engine, precision)  # after the record hashed its weights
     if rank == 0:
         warn_mismatch(str(input), PixelSize.of(sections.scale, sections.units), training_pixel_size)
     with store_guard(output, rank):

@@ -30,7 +30,7 @@ from unet.fingerprint import DAMAGED, nonfinite_weights
 from unet.guard import NumericGuard
 from unet.model_record import ModelRecord
 from unet.output_safety import write_faults
-from unet.precision import resolve_precision
+from unet.precision import choose_training
 from unet.shapes import InvalidInputSizeError
 from unet.tiler import Tiler
 from unet.validation import build, check_config
@@ -63,6 +63,34 @@ def check_tile_size(module: L.LightningModule, datamodule: L.LightningDataModule
             ) from None
 
 
+def choose_for_machine(cfg: DictConfig, module, datamodule, stored: dict | None) -> None:
+    """Resolve ``trainer.precision=auto`` (bf16 only where the device runs it natively) and
+    ``model.channels_last=auto`` (where a timed train step is faster) for this machine, or
+    as the ``stored`` choice of a resumed run (so that it trains on as it began); print the
+    choice, and keep it on the module for checkpoints and metrics.json."""
+    precision = cfg.trainer.precision
+    channels_last = cfg.model.get("channels_last", False)
+    if stored and "auto" in (str(precision), channels_last):
+        precision = stored["precision"] if str(precision) == "auto" else precision
+        channels_last = stored["channels_last"] if channels_last == "auto" else channels_last
+    hparams = datamodule.hparams
+    tile, batch = hparams.get("tile_size") or 188, hparams.get("batch_size") or 1
+    choice = choose_training(
+        module.net,
+        (batch, module.net.config.in_channels, tile, tile),
+        precision,
+        cfg.trainer.get("accelerator", "auto"),
+        channels_last,
+    )
+    if is_rank_zero():
+        print(choice.line() + (" (as the resumed run chose)" if stored else ""))
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+        cfg.model.channels_last = choice.channels_last
+    module.channels_last = choice.channels_last
+    module.training_choice = choice.to_dict()
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     """The checkpoint to resume from: a path as given, or for ``"last"`` this run folder's
     ``checkpoints/last.ckpt`` if it exists (None, a fresh start, if not)."""
@@ -76,8 +104,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
-def check_resumable(ckpt_path: str, module: L.LightningModule) -> None:
-    """Refuse to resume from a checkpoint of another architecture, naming what differs."""
+def check_resumable(ckpt_path: str, module: L.LightningModule) -> dict | None:
+    """Refuse to resume from a checkpoint of another architecture, naming what differs;
+    returns the checkpoint's training choice (precision, layout), if it stores one."""
     checkpoint = read_checkpoint(ckpt_path)
     stored = checkpoint.get("net_config")
     current = module.net.config.to_dict()
@@ -108,6 +137,7 @@ def check_resumable(ckpt_path: str, module: L.LightningModule) -> None:
             f"({detail}); resume with the run's own settings or start a new run"
         )
     check_sound(checkpoint, Path(ckpt_path))
+    return checkpoint.get("training_choice")
 
 
 def optimizer_tensors(checkpoint: dict) -> list[tuple[str, torch.Tensor]]:
@@ -214,8 +244,9 @@ def fit_run(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg, "data")
     module = build(cfg, "model")
     check_tile_size(module, datamodule)
+    stored_choice = None
     if ckpt_path is not None:  # before any logger makes a folder for a run that cannot resume
-        check_resumable(ckpt_path, module)
+        stored_choice = check_resumable(ckpt_path, module)
     if cfg.get("train", True):
         # read and check the data now (Lightning would do it inside fit, after the loggers
         # made their folders); DataModule.setup does the work once
@@ -232,10 +263,7 @@ def fit_run(cfg: DictConfig) -> dict[str, float]:
             cfg.trainer.enable_progress_bar = False
     if not cfg.trainer.enable_progress_bar:  # (Lightning refuses a bar then)
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    with open_dict(cfg):  # "auto": bf16 only where the device runs it natively
-        cfg.trainer.precision = resolve_precision(
-            cfg.trainer.precision, cfg.trainer.get("accelerator", "auto")
-        )
+    choose_for_machine(cfg, module, datamodule, stored_choice)
     callbacks.append(NumericGuard())  # always: a non-finite loss must never train on
     callbacks.append(TrainingPlan())  # what is about to run, and how long it will take
     trainer = build(
@@ -265,7 +293,8 @@ def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, f
     (``report.md``), whose panels also go to the image loggers (W&B, TensorBoard)."""
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = metrics_as_floats(trainer.callback_metrics)
+    choice = module.training_choice or {}  # precision, channels_last, step_seconds
+    metrics = metrics_as_floats(trainer.callback_metrics) | choice
     if cfg.validate and trainer.is_global_zero:
         best = next(
             (
@@ -276,6 +305,7 @@ def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, f
             "",
         )
         metrics, split, postprocess = final_validation(cfg, module, datamodule, best)
+        metrics |= choice
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         panels = split_report(
             cfg, datamodule, "val", split, postprocess, metrics, "train", csv_logs(cfg)

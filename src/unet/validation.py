@@ -239,6 +239,7 @@ SETTINGS = [
     Setting("model.net.up_mode", one_of("transpose", "bilinear"), "transpose or bilinear"),
     Setting("model.init_from", string, "a checkpoint file path", nullable=True),
     Setting("model.freeze_encoder_epochs", integer(0), "an integer >= 0 (0: none)"),
+    Setting("model.channels_last", either(boolean, one_of("auto")), "true, false or auto"),
     Setting("model.optimizer.lr", number(0), "a number >= 0, e.g. 0.001"),
     Setting("model.optimizer.momentum", number(0, 1), "a number in [0, 1]"),
     Setting("model.optimizer.weight_decay", number(0), "a number >= 0"),
@@ -276,6 +277,12 @@ SETTINGS = [
         nullable=True,
     ),
     Setting("tta", one_of("none", "flips8", "paper7"), "none, flips8 or paper7", nullable=True),
+    # what runs the network on the tiles (unet.engines)
+    Setting(
+        "engine",
+        one_of("torch", "onnxruntime", "openvino", "auto"),
+        "torch, onnxruntime, openvino or auto",
+    ),
     Setting("postprocess.threshold", number(0, 1), "a number in (0, 1)", nullable=True),
     Setting("postprocess.min_area", integer(0), "an integer >= 0", nullable=True),
     Setting("postprocess.fill_holes", boolean, "true or false", nullable=True),
