@@ -160,17 +160,45 @@ def test_training_precision_auto_follows_native_bf16(monkeypatch):
     assert fixed == precision.TrainingChoice("32-true", True, None)  # nothing timed
 
 
+NATIVE = {True: "bf16-mixed", False: "32-true"}  # faked native bf16 -> the precision
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "avx2-only"])
+@pytest.mark.parametrize("group", ["cpu", "gpu"])
+def test_the_default_trainer_configs_resolve_precision_auto(
+    group, native, monkeypatch, compose_train, tmp_path
+):
+    from unet.validation import build
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    cfg = compose_train([f"trainer={group}"], tmp_path)
+    assert cfg.trainer.precision == "auto"  # the default, not an override
+    if group == "gpu":
+        if not torch.cuda.is_available():  # no GPU: the CPU's answer for the same config
+            cfg.trainer.accelerator = "cpu"
+        else:
+            native = torch.cuda.is_bf16_supported()
+    trainer = build(cfg, "trainer", logger=False, enable_progress_bar=False)
+    assert trainer.precision == NATIVE[native]
+    # an explicit precision is never changed
+    cfg.trainer.precision = "32-true"
+    assert build(cfg, "trainer", logger=False).precision == "32-true"
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "avx2-only"])
 def test_the_run_record_holds_the_training_choice(
-    compose_train, small_overrides, data_dir, tmp_path
+    native, monkeypatch, compose_train, small_overrides, data_dir, tmp_path
 ):
     from unet.training import train
 
+    if native and not precision.cpu_has_native_bf16():
+        pytest.skip("bf16 is emulated on this CPU (about 20x slower)")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: native)
     overrides = ["debug=fast_dev_run", "trainer.enable_progress_bar=false"]
-    overrides += ["trainer=cpu", "trainer.precision=auto", "model.channels_last=auto"]
+    overrides += ["trainer=cpu", "model.channels_last=auto"]  # precision: the default auto
     cfg = compose_train([*overrides, *small_overrides], tmp_path, data_dir)
     metrics = train(cfg)
-    expected = "bf16-mixed" if precision.cpu_has_native_bf16() else "32-true"
-    assert metrics["precision"] == cfg.trainer.precision == expected
+    assert metrics["precision"] == cfg.trainer.precision == NATIVE[native]
     assert metrics["channels_last"] is cfg.model.channels_last
     assert metrics["step_seconds"] > 0
 

@@ -252,6 +252,9 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
         enable_model_summary=False,
         enable_progress_bar=cfg.progress and not is_store(cfg.output),
         sync_batchnorm=False,  # no batch statistics are computed in prediction
+        # the prediction's own setting (cfg.precision) autocasts the tiles; the Trainer's
+        # (trainer=cpu/gpu say auto: bf16-mixed for training where native) stays out of it
+        precision="32-true",
     )
     start = time.perf_counter()
     with module.locks, write_faults(cfg.output), relaunch_as_this_job(), warnings.catch_warnings():

@@ -10,7 +10,9 @@ skipped, so one table serves training, evaluation and prediction.
 :func:`build` instantiates one part of the config and turns a constructor's refusal (a
 ``ValueError``/``TypeError`` such as an unknown key, or Lightning's misconfiguration
 error) into the same kind of one-line error naming the config key; anything else, such
-as a failing import, propagates unchanged.
+as a failing import, propagates unchanged. It also resolves ``trainer.precision=auto`` (the
+default of ``trainer=cpu`` and ``trainer=gpu``), which Lightning's Trainer refuses, into the
+precision this machine trains in (:func:`unet.precision.resolve_precision`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from unet.data.readers import INPUT_AXES, NONFINITE_CHOICES
 from unet.errors import UserError
+from unet.precision import resolve_precision
 
 
 class ConfigError(UserError, ValueError):
@@ -385,6 +388,8 @@ def _one_line(err: BaseException) -> str:
 
 def build(cfg: DictConfig, key: str, **kwargs) -> Any:
     """``instantiate(cfg.<key>, **kwargs)``; a constructor's refusal becomes a ConfigError.
+    For ``key="trainer"``, ``precision: auto`` is resolved for this machine unless
+    ``kwargs`` gives a precision.
 
     Errors that are already user errors pass through as they are; errors of other kinds
     (an import that fails, a bug) propagate unchanged, with their traceback.
@@ -393,6 +398,10 @@ def build(cfg: DictConfig, key: str, **kwargs) -> Any:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     node = OmegaConf.select(cfg, key)
+    if key == "trainer" and isinstance(node, DictConfig) and "precision" not in kwargs:
+        # every route that builds the Trainer from a config: bf16-mixed where native
+        if str(node.get("precision")) == "auto":
+            kwargs["precision"] = resolve_precision("auto", node.get("accelerator", "auto"))
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
