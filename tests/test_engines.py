@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from unet import engines, precision
@@ -203,16 +205,67 @@ def test_the_run_record_holds_the_training_choice(
     assert metrics["step_seconds"] > 0
 
 
-def test_exported_weights_keep_their_own_runtime():
+def test_torchscript_only_weights_name_the_engine_that_runs_them():
     from unet.export.runner import ExportedNet
 
     net = tiny_net("valid")
     onnx_model = ExportedNet(net.config, session=object())
-    assert engine_network(onnx_model, "onnxruntime") is onnx_model
-    for model, runtime in (
-        (onnx_model, "onnxruntime"),
-        (ExportedNet(net.config, module=net), "torch"),
-    ):
-        with pytest.raises(EngineError, match=f"use engine={runtime}") as err:
-            engine_network(model, "openvino")
-        assert "\n" not in str(err.value)
+    assert engine_network(onnx_model, "onnxruntime") is onnx_model  # its own session
+    for engine in ("onnxruntime", "openvino", "auto"):
+        with pytest.raises(EngineError, match="TorchScript only") as err:
+            engine_network(ExportedNet(net.config, module=net), engine)
+        assert "\n" not in str(err.value) and "use engine=torch" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, compose_export) -> dict[str, Path]:
+    """A tiny net's checkpoint exported as a package with ONNX weights and as an .onnx file."""
+    pytest.importorskip("bioimageio.spec")
+    from unet.export.run import export
+    from unet.fingerprint import record_probe
+
+    folder = tmp_path_factory.mktemp("exported")
+    net = tiny_net("valid", seed=3)
+    ckpt = folder / "tiny.ckpt"
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save(
+        {"state_dict": state, "net_config": net.config.to_dict(), "net_probe": record_probe(net)},
+        ckpt,
+    )
+    image = folder / "image.tif"
+    tifffile.imwrite(image, np.random.default_rng(1).normal(size=(92, 92)).astype(np.float32))
+    files = {"bioimageio": folder / "model.zip", "onnx": folder / "model.onnx"}
+    package = ["training_data=isbi", f"image={image}", "onnx=true", 'authors=["Test Author"]']
+    for fmt, path in files.items():
+        extra = package if fmt == "bioimageio" else []
+        export(compose_export([f"ckpt_path={ckpt}", f"format={fmt}", f"output={path}", *extra]))
+    return files
+
+
+@pytest.mark.parametrize("engine", FP32_ENGINES)
+def test_an_exported_onnx_package_runs_on_the_other_engines(engine, exported, image):
+    from unet.export.runner import load_for_prediction
+
+    trained = load_for_prediction(exported["bioimageio"])
+    assert trained.net.module is not None  # PyTorch runs the package's TorchScript weights
+    tiler = Tiler(tile_size=TILES["valid"], batch_size=2)
+    reference = predict_image(trained.net, image[:400, :500], tiler)
+    prob = predict_image(engine_network(trained.net, engine), image[:400, :500], tiler)
+    assert prob.shape == reference.shape == (2, 400, 500)
+    assert np.abs(prob - reference).max() <= engines.TOLERANCE
+
+
+def test_auto_on_an_exported_onnx_file_picks_an_exact_engine(exported, cache, image):
+    from unet.export.runner import load_for_prediction
+
+    net = load_for_prediction(exported["onnx"]).net
+    tiler = Tiler(tile_size=TILES["valid"], batch_size=2)
+    chosen = engine_network(net, "auto")
+    prob = predict_image(chosen, image[:300, :300], tiler)
+    assert chosen.chosen in ("onnxruntime", "openvino")
+    assert np.abs(prob - predict_image(net, image[:300, :300], tiler)).max() <= engines.TOLERANCE
+    stored = json.loads((cache / "auto.json").read_text())
+    (entry,) = [v for k, v in stored.items() if chosen.folder.name in k]
+    assert entry["max_difference"][chosen.chosen] <= engines.TOLERANCE
+    # measured against ONNX Runtime (the weights' own runtime), never against PyTorch
+    assert set(entry["seconds"]) == {e for e in ("onnxruntime", "openvino") if engines.installed(e)}

@@ -19,10 +19,16 @@ of an axis can be smaller, and gets its own file. Fixed shapes let both runtimes
 and kernels once. ``auto`` measures the engines on the first tile batch, keeps the fastest
 whose probabilities equal PyTorch fp32 within :data:`TOLERANCE`, and remembers the choice in
 ``auto.json`` (keyed by CPU model, weights and tile shape).
+
+Exported weights (``ckpt_path=model.zip|model.onnx``) run on the other engines where they
+include ONNX weights: ONNX Runtime runs them as loaded, OpenVINO reads the same ONNX model,
+and ``auto`` keeps the faster whose probabilities equal ONNX Runtime's. TorchScript alone
+runs in PyTorch only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -35,7 +41,7 @@ import torch
 from torch import nn
 
 from unet.errors import UserError
-from unet.export.runner import ExportedNet
+from unet.export.runner import ExportedNet, log_probabilities
 from unet.inference import autocast_dtype, net_device
 from unet.machine import cpu_model
 from unet.precision import cpu_has_native_bf16
@@ -107,17 +113,26 @@ def engine_network(net: nn.Module, engine: str = "torch", precision: str | int =
     if engine == "torch":
         return net
     if isinstance(net, ExportedNet):
-        # exported weights run in their own runtime: an .onnx file in ONNX Runtime already,
-        # TorchScript in PyTorch (a traced ScriptModule cannot be traced into ONNX again)
-        if engine == "onnxruntime" and net.session is not None:
-            return net
-        kind = "an ONNX model" if net.session is not None else "a TorchScript model"
-        runtime = "engine=onnxruntime" if net.session is not None else "engine=torch"
-        raise EngineError(
-            f"engine={engine}: exported weights ({kind}) run in their own runtime; use "
-            f"{runtime}, or predict from the checkpoint with engine={engine}"
-        )
+        return exported_network(net, engine, autocast_dtype(precision))
     return EngineNet(net, engine, autocast_dtype(precision))
+
+
+def exported_network(net: ExportedNet, engine: str, dtype: torch.dtype | None) -> nn.Module:
+    """Exported weights on ``engine`` (not ``torch``): ONNX weights (an .onnx file, or a
+    package's beside its TorchScript) run in ONNX Runtime as loaded, in OpenVINO (which
+    reads ONNX), or as ``auto`` chooses; TorchScript alone runs in PyTorch only (a traced
+    ScriptModule cannot be traced into ONNX again)."""
+    if net.session is None and net.load_onnx is not None:
+        net = net.load_onnx()
+    if net.session is None:
+        raise EngineError(
+            f"engine={engine}: these exported weights are TorchScript only, which runs in "
+            "PyTorch alone; use engine=torch, export ONNX weights (format=onnx, or a package "
+            f"with onnx=true), or predict from the checkpoint with engine={engine}"
+        )
+    if engine == "onnxruntime":
+        return net
+    return ExportedEngineNet(net, engine, dtype)
 
 
 def export_onnx(network: nn.Module, shape: tuple[int, ...], path: Path) -> None:
@@ -152,14 +167,19 @@ def onnx_runner(path: Path):
     return lambda x: run_session(session, x)
 
 
-def openvino_runner(path: Path, dtype: torch.dtype | None):
-    """OpenVINO (CPU) on the ONNX file, at fp32 or bf16 inference precision; its compiled
-    blobs are cached beside the file, so that the next process compiles faster."""
+def openvino_runner(path: Path, dtype: torch.dtype | None, shape: tuple[int, ...]):
+    """OpenVINO (CPU) on the ONNX file for inputs of ``shape`` (a graph of free size is
+    fixed to it: OpenVINO plans fixed shapes once), at fp32 or bf16 inference precision;
+    its compiled blobs are cached beside the file, so that the next process compiles
+    faster."""
     import openvino
 
     core = openvino.Core()
+    model = core.read_model(str(path))
+    if model.is_dynamic():
+        model.reshape(list(shape))
     compiled = core.compile_model(
-        core.read_model(str(path)),
+        model,
         device_name="CPU",
         config={
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[dtype],
@@ -194,9 +214,23 @@ class EngineNet(nn.Module):
         super().__init__()
         self.network, self.engine, self.dtype = network, engine, dtype
         self.config = network.config
-        self.folder = Path(cache or cache_root()) / network_hash(network)
+        self.folder = Path(cache or cache_root()) / self.weights_key()
         self.runners: dict[tuple[int, ...], object] = {}
         self.chosen: str | None = None  # what ``auto`` chose
+
+    reference = "torch"  # what ``auto`` compares the engines with
+
+    def weights_key(self) -> str:
+        """The name of this network's cache folder: the hash of its weights."""
+        return network_hash(self.network)
+
+    def probabilities(self, out: np.ndarray) -> np.ndarray:
+        """Class probabilities of a runner's output (B, K, h, w): a softmax of logits."""
+        return probabilities(out)
+
+    def output(self, out: np.ndarray) -> torch.Tensor:
+        """What ``forward`` returns for a runner's output: the logits, float32."""
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
     def onnx_file(self, shape: tuple[int, ...]) -> Path:
         """The cached ONNX file for inputs of ``shape``, traced if it is not there yet."""
@@ -214,7 +248,7 @@ class EngineNet(nn.Module):
             elif engine == "onnxruntime":
                 self.runners[key] = onnx_runner(self.onnx_file(shape))
             else:
-                self.runners[key] = openvino_runner(self.onnx_file(shape), self.dtype)
+                self.runners[key] = openvino_runner(self.onnx_file(shape), self.dtype, shape)
         return self.runners[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,8 +258,47 @@ class EngineNet(nn.Module):
         if engine == "auto":
             engine = self.chosen or choose_engine(self, array)
             self.chosen = engine
-        out = self.runner(engine, shape)(array)
-        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+        return self.output(self.runner(engine, shape)(array)).to(x.device)
+
+
+class ExportedEngineNet(EngineNet):
+    """Exported ONNX weights (an :class:`ExportedNet` with an ONNX Runtime session) run by
+    OpenVINO, or by the faster of ONNX Runtime and OpenVINO whose probabilities equal ONNX
+    Runtime's (the weights' own runtime) within :data:`TOLERANCE` (``auto``). ``forward``
+    returns log class probabilities, as ``ExportedNet`` does.
+
+    The ONNX model is copied once into the cache folder, named by the SHA-256 of its bytes,
+    and fixed to each tile batch shape as OpenVINO compiles it.
+    """
+
+    reference = "onnxruntime"
+
+    def weights_key(self) -> str:
+        source = self.network.source
+        self.model = Path(source).read_bytes() if isinstance(source, str | Path) else source
+        return f"onnx-{hashlib.sha256(self.model).hexdigest()}"
+
+    def probabilities(self, out: np.ndarray) -> np.ndarray:
+        return np.asarray(out, dtype=np.float32)  # the exported graph ends with a softmax
+
+    def output(self, out: np.ndarray) -> torch.Tensor:
+        return log_probabilities(torch.from_numpy(np.asarray(out, dtype=np.float32)))
+
+    def onnx_file(self, shape: tuple[int, ...]) -> Path:
+        path = self.folder / "model.onnx"  # one file of free size for every tile shape
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"model.{os.getpid()}.partial.onnx")
+            partial.write_bytes(self.model)
+            os.replace(partial, path)
+        return path
+
+    def runner(self, engine: str, shape: tuple[int, ...]):
+        if engine == "onnxruntime":  # the session the weights were loaded and checked in
+            from unet.export.onnx import run_session
+
+            return lambda x: run_session(self.network.session, x)
+        return super().runner(engine, shape)
 
 
 def installed(engine: str) -> bool:
@@ -254,21 +327,22 @@ def measure(run, x: np.ndarray, repeats: int = 2) -> tuple[np.ndarray, float]:
 
 
 def choose_engine(net: EngineNet, x: np.ndarray) -> str:
-    """The fastest installed engine whose probabilities for the tiles ``x`` equal PyTorch
-    fp32's within :data:`TOLERANCE`, measured on ``x`` once per (CPU model, weights, tile
+    """The fastest installed engine whose probabilities for the tiles ``x`` equal those of
+    ``net.reference`` (PyTorch fp32; ONNX Runtime for exported weights) within
+    :data:`TOLERANCE`, measured on ``x`` once per (CPU model, weights, tile
     batch shape) and remembered in ``auto.json`` of the cache folder."""
     key = f"{cpu_model()} | {net.folder.name} | {'x'.join(map(str, x.shape))}"
     record = net.folder.parent / "auto.json"
     stored = read_choices(record)
     if key in stored and installed(stored[key]["engine"]):
         return stored[key]["engine"]
-    reference, seconds = measure(net.runner("torch", x.shape), x)
-    reference = probabilities(reference)
-    timings, differences = {"torch": seconds}, {"torch": 0.0}
+    reference, seconds = measure(net.runner(net.reference, x.shape), x)
+    reference = net.probabilities(reference)
+    timings, differences = {net.reference: seconds}, {net.reference: 0.0}
     for engine in ("onnxruntime", "openvino"):
-        if installed(engine):
+        if engine != net.reference and installed(engine):
             out, timings[engine] = measure(net.runner(engine, x.shape), x)
-            differences[engine] = float(np.abs(probabilities(out) - reference).max())
+            differences[engine] = float(np.abs(net.probabilities(out) - reference).max())
     exact = [e for e in timings if differences[e] <= TOLERANCE]
     chosen = min(exact, key=timings.get)
     shown = ", ".join(f"{e} {1000 * t:.0f} ms" for e, t in timings.items())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,17 +43,29 @@ PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
 UNSOUND = "the file is damaged -- export it again from a sound checkpoint"
 
 
+def log_probabilities(prob: torch.Tensor) -> torch.Tensor:
+    """log of class probabilities (B, K, H, W), float32."""
+    # clamped: log(0) would be -inf, and -inf x a stitching weight of 0 is NaN
+    return prob.float().clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
 class ExportedNet(nn.Module):
     """Exported weights (TorchScript module or ONNX Runtime session) as a network.
 
     ``forward`` maps standardised images (B, C, H, W) to log class probabilities
     (B, K, H', W'). ``config`` is the architecture the weights were exported from. ONNX
-    Runtime runs on the CPU whatever the input's device.
+    Runtime runs on the CPU whatever the input's device. ``source`` is the ONNX model the
+    session runs (its path or bytes), which other engines read (``unet.engines``);
+    ``load_onnx`` is set for a package's TorchScript weights where the package also holds
+    ONNX weights: it loads those (checked as they load) for the other engines.
     """
 
-    def __init__(self, config: NetConfig, module: nn.Module | None = None, session=None):
+    def __init__(
+        self, config: NetConfig, module: nn.Module | None = None, session=None, source=None
+    ):
         super().__init__()
-        self.config, self.module, self.session = config, module, session
+        self.config, self.module, self.session, self.source = config, module, session, source
+        self.load_onnx: Callable[[], ExportedNet] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.module is not None:
@@ -61,8 +74,7 @@ class ExportedNet(nn.Module):
             from unet.export.onnx import run_session
 
             prob = torch.from_numpy(run_session(self.session, x.detach().float().cpu().numpy()))
-        # clamped: log(0) would be -inf, and -inf x a stitching weight of 0 is NaN
-        return prob.float().clamp_min(torch.finfo(torch.float32).tiny).log().to(x.device)
+        return log_probabilities(prob).to(x.device)
 
 
 def exported_kind(path: Path) -> str | None:
@@ -131,7 +143,7 @@ def load_onnx(source, path: Path) -> TrainedModel:
             f"{path}: expected an ONNX model with one input of shape (B, {channels}, H, W) "
             f"(its record's in_channels = {channels}), found input shape(s) {shown}"
         )
-    net = ExportedNet(config, session=session)
+    net = ExportedNet(config, session=session, source=source)
     verify_exported(net, onnx_weights(source), record, path)
     return trained_model(net, record, path)
 
@@ -179,13 +191,15 @@ def package_description(path: Path):
 
 
 def load_package(path: Path) -> TrainedModel:
-    """A bioimage.io package: its TorchScript weights (ONNX if it has none), validated
-    with bioimageio.spec (file hashes included)."""
+    """A bioimage.io package: its TorchScript weights (ONNX if it has none; both where
+    the other engines need them), validated with bioimageio.spec (file hashes included)."""
     descr = package_description(path)
     record = getattr(descr.config, KEY, None) or {}
     if descr.weights.torchscript is not None:
         data = descr.weights.torchscript.get_reader().read()
         trained = load_torchscript(io.BytesIO(data), path)
+        if (onnx := descr.weights.onnx) is not None:  # for engine=onnxruntime|openvino|auto
+            trained.net.load_onnx = lambda: load_onnx(onnx.get_reader().read(), path).net
     elif descr.weights.onnx is not None:
         trained = load_onnx(descr.weights.onnx.get_reader().read(), path)
     else:
