@@ -30,6 +30,7 @@ pytest.importorskip("npe2", reason="npe2 not installed: pip install -e '.[napari
 
 from napari.components import ViewerModel  # noqa: E402
 from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+from npe2 import PluginManager  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
 from unet.checkpoint import load_trained  # noqa: E402
@@ -342,6 +343,7 @@ def test_failures_are_notifications_never_tracebacks(qtbot, window, ckpt, monkey
 def test_stream_button_writes_what_predict_to_zarr_writes(qtbot, any_viewer, ckpt, tmp_path):
     viewer, source = any_viewer, tmp_path / "cells.tif"
     tifffile.imwrite(source, cell_image(96)[0])
+    PluginManager.instance().discover()  # napari's builtin TIFF reader (a viewer does this)
     viewer.open(str(source), plugin="napari")  # a layer that knows its file
     widget = dock(qtbot, viewer, segment.SegmentWidget(viewer))
     assert widget.load_model(str(ckpt)) and widget.image.currentText() == "cells"
