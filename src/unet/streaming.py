@@ -33,6 +33,7 @@ from torch import nn
 from unet.inference import autocast_dtype, net_device
 from unet.labels import foreground_probability
 from unet.mirror import reflect_indices
+from unet.stream_plan import StreamPlan
 from unet.tiler import Tiler
 
 
@@ -197,6 +198,54 @@ def predict_streaming(
             sink(lo, done, band.emit(done - lo, instance_class))
         if band.lo >= stop:
             break
+
+
+def predict_windows(
+    net: nn.Module,
+    image: LazyImage,
+    plan: StreamPlan,
+    write: Callable[[int, int, int, np.ndarray], None],
+    rows_done: Callable[[int, int], None],
+    *,
+    chunk_rows: int,
+    rows: tuple[int, int],
+    **options,
+) -> None:
+    """:func:`predict_streaming` of output rows ``rows`` through ``plan``'s column windows:
+    ``write(y0, y1, x0, block)`` gets each block (whole chunks), ``rows_done(y0, y1)`` says
+    when rows y0..y1-1 are written across the whole width. One window: band by band as
+    :func:`predict_streaming` emits them; several: every window of a group of
+    ``plan.row_group`` rows, left to right, then the group. ``options``: the remaining
+    keywords of :func:`predict_streaming` (precision, statistics, ...)."""
+    start, stop = rows
+    if len(plan.windows) == 1:
+
+        def sink(y0: int, y1: int, prob: np.ndarray) -> None:
+            write(y0, y1, 0, prob)
+            rows_done(y0, y1)
+
+        predict_streaming(
+            net, image, sink, chunk_rows=chunk_rows, tiler=plan.tiler, rows=rows, **options
+        )
+        return
+    for a in range(start, stop, plan.row_group):
+        b = min(a + plan.row_group, stop)
+        for c0, c1 in plan.windows:
+
+            def block(y0: int, y1: int, prob: np.ndarray, c0: int = c0) -> None:
+                write(y0, y1, c0, prob)
+
+            predict_streaming(
+                net,
+                image,
+                block,
+                chunk_rows=chunk_rows,
+                tiler=plan.tiler,
+                rows=(a, b),
+                columns=(c0, c1),
+                **options,
+            )
+        rows_done(a, b)
 
 
 def _touches(cols, j: int, c0: int, c1: int) -> bool:
