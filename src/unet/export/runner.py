@@ -140,6 +140,15 @@ def package_description(path: Path):
     )
 
 
+def inner_network(trained: TrainedModel) -> TrainedModel:
+    """The bare network inside any-size TorchScript weights (:mod:`unet.export.any_size`):
+    the tiler places tiles of valid sizes itself, exactly as for a checkpoint."""
+    module = trained.net.module
+    # the traced submodule ``net`` returns logits; ExportedNet expects probabilities
+    trained.net.module = nn.Sequential(module.net, nn.Softmax(dim=1))
+    return trained
+
+
 def load_package(path: Path) -> TrainedModel:
     """A bioimage.io package: its TorchScript weights (ONNX if it has none), validated
     with bioimageio.spec (file hashes included)."""
@@ -148,6 +157,13 @@ def load_package(path: Path) -> TrainedModel:
     if descr.weights.torchscript is not None:
         data = descr.weights.torchscript.get_reader().read()
         trained = load_torchscript(io.BytesIO(data), path)
+        if "any_size" in record:
+            trained = inner_network(trained)
+    elif descr.weights.onnx is not None and "any_size" in record:
+        raise CheckpointError(
+            f"{path}: any-size ONNX weights cannot run tile by tile; expected TorchScript "
+            "weights in the package (export it again)"
+        )
     elif descr.weights.onnx is not None:
         trained = load_onnx(descr.weights.onnx.get_reader().read(), path)
     else:
