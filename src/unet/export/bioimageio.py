@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,22 @@ def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, 
         raise PackageError(f"bioimage.io field {where}: {first['msg']}") from None
 
 
+def write_reflect_padding(package: Path) -> None:
+    """Spell out ``pad: {mode: reflect}`` in the package's rdf.yaml.
+
+    bioimageio.spec 0.5.12 leaves a field at its default out when it writes rdf.yaml, so
+    ``ReflectPadding()`` (whose ``mode`` defaults to ``reflect``) is written as ``pad: {}``,
+    which reads back as constant (zero) padding.
+    """
+    with zipfile.ZipFile(package) as archive:
+        members = {info: archive.read(info) for info in archive.infolist()}
+    with zipfile.ZipFile(package, "w") as archive:
+        for info, data in members.items():
+            if info.filename == "rdf.yaml":
+                data = data.replace(b"\n    pad: {}\n", b"\n    pad: {mode: reflect}\n")
+            archive.writestr(info, data)
+
+
 # weights, test tensors, the zip, its validation: write_package's steps, for progress
 PACKAGE_STEPS = 4
 
@@ -339,6 +356,8 @@ def write_package(
         step()
         descr = describe(trained, record, folder, settings, weights)
         staged = save_bioimageio_package(descr, output_path=folder / "package.zip")
+        if any_size:
+            write_reflect_padding(staged)
         step()
         written = load_model_description(staged, perform_io_checks=True)
         step()
@@ -346,6 +365,8 @@ def write_package(
             errors = written.validation_summary.errors
             first = errors[0] if errors else "unknown"
             raise PackageError(f"{output}: the package does not validate: {first}")
+        if any_size and written.inputs[0].pad.mode != "reflect":
+            raise PackageError(f"{output}: rdf.yaml lost its reflect padding (bioimageio.spec)")
         with atomic_file(output, replace=overwrite) as partial:
             shutil.move(staged, partial)
     return output
