@@ -83,9 +83,9 @@ def isbi_slice(data_dir: Path) -> np.ndarray:
     return tifffile.imread(data_dir / "isbi2012" / "test-volume.tif", key=3)  # (512, 512)
 
 
-def expected(ckpt: Path, image: np.ndarray) -> np.ndarray:
+def expected(ckpt: Path, image: np.ndarray, tile: int = 212) -> np.ndarray:
     """src/predict.py's probabilities (K, H, W): the tiler with tiles smaller than the image."""
-    return predict_image(load_trained(ckpt).net, image, Tiler(tile_size=212))
+    return predict_image(load_trained(ckpt).net, image, Tiler(tile_size=tile))
 
 
 def assert_same_result(found: np.ndarray, reference: np.ndarray) -> None:
@@ -163,14 +163,14 @@ def test_core_predicts_a_520x696_u373_frame_like_predict_py(descr, zoo_ckpt, dat
 
 
 def test_core_blocked_2048_equals_predict_py(descr, zoo_ckpt, data_dir):
-    """169 blocks of 256 px (halo 48, inner 160) on the pooling grid: exact stitching."""
+    """25 blocks of 512 px (halo 48, inner 416) on the pooling grid: exact stitching."""
     from bioimageio.core import predict
 
     image = np.pad(isbi_slice(data_dir), 768, mode="reflect")  # (2048, 2048)
-    n = 256 - minimum_size(UNet(depth=DEPTH, base_channels=2).config)  # block 256 = min + n
+    n = 512 - minimum_size(UNet(depth=DEPTH, base_channels=2).config)  # block 512 = min + n
     out = predict(model=descr, inputs=image[None, None], blocksize_parameter=n)
     found = out.members["output"].data.to_numpy()[0]
-    assert_same_result(found, expected(zoo_ckpt, image))
+    assert_same_result(found, expected(zoo_ckpt, image, tile=1036))
 
 
 def test_core_test_passes_for_every_weight_format(zoo_package):

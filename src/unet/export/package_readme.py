@@ -36,17 +36,19 @@ Standardisation is per image: tools that compute it over the whole image before 
 """
 
 
-def tools_section(min_size: int, onnx: bool) -> str:
+def tools_section(min_size: int, grid: int, onnx: bool) -> str:
     """``## Running it``: the steps per tool, and what was tested."""
     engines = "TorchScript or ONNX" if onnx else "TorchScript"
+    n = -(-512 // grid) * grid - min_size  # blocks of about 512 px on the pooling grid
     return f"""## Running it
 
-- Python (bioimageio.core, tested): `pip install bioimageio.core torch`, then
-  `bioimageio predict model.zip --inputs image.tif` for a whole image, or in Python
-  `bioimageio.core.predict(model="model.zip", inputs=image, blocksize_parameter=n)` for
-  blocks (choose n so that the block is a multiple of 16). Whole-image `predict` pads the
-  image by the halo before standardising, so its statistics include that mirrored frame;
-  blocked prediction standardises the image as it is (exact).
+- bioimageio.core (Python; the only tool run by the exporting repository's tests):
+  `pip install bioimageio.core torch`, then
+  `bioimageio predict model.zip --inputs image.tif --blockwise {n}` (blocks of
+  {min_size} + {n} = {min_size + n} px, a multiple of {grid}: exact, see above). Without
+  `--blockwise` the whole image is one block, but bioimageio.core pads it by the halo
+  *before* standardising, so the statistics include that mirrored frame (a small
+  difference from training's); blocked prediction standardises the image as it is.
 - Fiji / deepImageJ (not run here): install deepImageJ from the Fiji update site, then
   `Plugins > deepImageJ > deepImageJ Install Model`, choose this zip; open an image and
   `Plugins > deepImageJ > deepImageJ Run`. It runs the {engines} weights and tiles with the
@@ -108,7 +110,7 @@ training). The weights end with a softmax: the output holds class probabilities.
 The test tensors are a crop of a real image and the output of these weights for it
 (PyTorch {pytorch}); TorchScript and ONNX weights match PyTorch within 1e-4 at three sizes.
 
-{tools_section(sizes["min"], onnx)}
+{tools_section(sizes["min"], 2**config.depth, onnx)}
 ## Training data
 
 {dataset["description"]}
