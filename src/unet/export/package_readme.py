@@ -30,7 +30,9 @@ edge; the input declares `pad: reflect` for blocks at the image border.
 
 Exact (equal to the whole image): blocks whose size (with halo) is a multiple of {grid}
 (2^depth, the pooling grid), on an image whose sides are multiples of {grid}. Otherwise
-blocks in the last row or column sit off the pooling grid and differ slightly.
+the tool shifts the last row and column of blocks back to the image's edge, off the pooling
+grid, and their probabilities can differ noticeably (up to 0.5 for a briefly trained test
+network): predict such images whole, or cut them to a multiple of {grid} first.
 Standardisation is per image: tools that compute it over the whole image before tiling
 (bioimageio.core does) match training; statistics per block would not.
 """
