@@ -10,10 +10,12 @@ from unet.evaluation import evaluate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
+KEPT = "nothing was written (metrics.json and report.md are written at the end)"
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    run_or_exit(evaluate, cfg)
+    run_or_exit(evaluate, cfg, kept=KEPT)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,16 @@ from unet.prediction import predict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
+# what Ctrl-C leaves (unet.atomic, unet.prediction_store)
+KEPT = (
+    "an earlier output is kept as it was and nothing partial is left (a .zarr output keeps "
+    "its finished chunk rows: run the same command again to continue)"
+)
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    run_or_exit(predict, cfg)
+    run_or_exit(predict, cfg, kept=KEPT)
 
 
 if __name__ == "__main__":

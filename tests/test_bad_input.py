@@ -741,6 +741,7 @@ COMPOSITION_CASES = {
     "misspelt key": ("train", ["trainer.max_epoch=2"], ["trainer.max_epochs", "+trainer"]),
     "unknown nested key": ("train", ["data.nosuch.deep=3"], ["'data.nosuch.deep'"]),
     "misspelt eval key": ("eval", ["splitt=val"], ["did you mean split?"]),
+    "misspelt export key": ("export", ["formatt=onnx"], ["did you mean format?"]),
     "unreadable value": ("train", ["data.tile_size=[1"], ["data.tile_size=[1", "key=value"]),
     "sweep without -m": ("train", ["seed=1,2"], ["seed=1,2", "--multirun"]),
     "unknown sweeper": ("train", ["-m", "hydra/sweeper=optunaa"], ["basic, optuna"]),
@@ -755,6 +756,14 @@ def test_composition_mistake_is_one_line_exit_2(case, capsys):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert all(word in err for word in words), err
+
+
+def test_export_entry_point_checks_its_command_line(tmp_path):
+    # src/export.py runs the same check as the other entry points, before Hydra starts
+    command = [sys.executable, str(ROOT / "src" / "export.py"), "ckpt_path=x.ckpt", "formatt=onnx"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "did you mean format?" in done.stderr and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ existing output stops every rank; the SLURM launcher composes for prediction."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from unet.distributed_prediction import frame_share
+from unet.fingerprint import record_probe
 from unet.network import UNet
+from unet.output_safety import MARKER
 from unet.prediction import predict
 
 TWO_CPU_RANKS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -28,7 +31,8 @@ def tiny_checkpoint(path):
     torch.manual_seed(0)
     net = UNet(base_channels=2, depth=2, padding="valid", dropout=0.0)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "net_config": net.config.to_dict()}, path)
+    probe = record_probe(net)
+    torch.save({"state_dict": state, "net_config": net.config.to_dict(), "net_probe": probe}, path)
     return path
 
 
@@ -97,6 +101,8 @@ def test_two_ranks_write_the_folder_of_one_process(tmp_path, repo_root, configs_
             assert [s.shape for s in a] == [s.shape for s in b] == [(2, 100, 90), (84, 110)]
             for x, y in zip(a, b, strict=True):
                 np.testing.assert_allclose(y.asarray(), x.asarray(), rtol=0, atol=1e-5)
+        elif str(name) == MARKER:  # says when each was written
+            assert json.loads(two[name])["tool"] == json.loads(one[name])["tool"] == "predict"
         else:
             assert two[name] == one[name], name  # byte for byte
     assert not list(tmp_path.glob("*.partial"))

@@ -25,6 +25,7 @@ from unet.export.probabilities import ProbabilityUNet
 from unet.export.run import ExportSettingError, export
 from unet.export.runner import ExportedNet, load_for_prediction
 from unet.export.torchscript import read_torchscript
+from unet.fingerprint import record_probe
 from unet.inference import predict_image
 from unet.network import UNet
 from unet.tiler import Tiler
@@ -76,6 +77,7 @@ def ckpt(isbi_crop, tmp_path_factory) -> Path:
         {
             "state_dict": state,
             "net_config": net.config.to_dict(),
+            "net_probe": record_probe(net),
             "postprocess": POSTPROCESS,
             "postprocess_chosen_on": chosen_on,
         },

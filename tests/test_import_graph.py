@@ -9,6 +9,7 @@ INFERENCE = [
     "unet.prediction",
     "unet.inference",
     "unet.checkpoint",
+    "unet.model_record",
     "unet.postprocess",
     "unet.tta",
     # streamed prediction of large images (README, "Large images")
@@ -24,6 +25,7 @@ INFERENCE = [
     "unet.chunked_measurements",
     "unet.rois",
     "unet.tiler",
+    "unet.engines",
     "unet.shapes",
     "unet.export.probabilities",
     "unet.export.record",
@@ -49,3 +51,26 @@ def test_inference_modules_do_not_import_training_libraries():
     code = "import sys, unet.module; print('lightning' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "True"
+
+
+# the plugin's Qt-free parts (unet.napari.*): usable in a script without a viewer
+QT_FREE_PLUGIN = [
+    "unet.napari.reader",
+    "unet.napari.layers",
+    "unet.napari.segmentation",
+    "unet.napari.training_set",
+    "unet.napari.sample",
+]
+VIEWER_ONLY = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "vispy")
+
+
+def test_inference_and_plugin_core_do_not_import_napari_or_qt():
+    modules = INFERENCE + QT_FREE_PLUGIN
+    code = (
+        f"import sys\nimport {', '.join(modules)}\n"
+        f"print(' '.join(m for m in {VIEWER_ONLY!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "", f"inference imports {result.stdout.strip()}"

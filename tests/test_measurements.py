@@ -19,6 +19,7 @@ from scipy import ndimage
 from skimage.measure import points_in_poly, regionprops_table
 
 from unet.chunked_measurements import measure_chunks
+from unet.fingerprint import record_probe
 from unet.measurements import COLUMNS, PIXELS, REGIONPROPS, PixelSize, measure_frame
 from unet.network import UNet
 from unet.objects import ObjectOutputError, check_object_outputs
@@ -85,7 +86,10 @@ def folder_run(tmp_path_factory, compose_predict):
     net = tiny_net()
     ckpt = root / "tiny.ckpt"
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "net_config": net.config.to_dict()}, ckpt)
+    torch.save(
+        {"state_dict": state, "net_config": net.config.to_dict(), "net_probe": record_probe(net)},
+        ckpt,
+    )
     frames = root / "frames"
     frames.mkdir()
     for t, size in enumerate([(64, 80), (56, 72)]):
@@ -156,8 +160,10 @@ def test_outlines_enclose_exactly_the_object_pixels(folder_run):
 
 
 def test_frame_without_objects_gives_no_rows_and_empty_roi_files(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
     for t in range(2):
-        tifffile.imwrite(tmp_path / f"t{t:03d}.tif", blobs(48, 48, seed=t))
+        tifffile.imwrite(frames / f"t{t:03d}.tif", blobs(48, 48, seed=t))
     calls = []
 
     def first_frame_only(cells):  # frame t001 has no objects
@@ -166,7 +172,7 @@ def test_frame_without_objects_gives_no_rows_and_empty_roi_files(tmp_path):
 
     out = tmp_path / "out"
     predict_path(
-        tiny_net(), tmp_path, out, postprocess=first_frame_only, progress=False,
+        tiny_net(), frames, out, postprocess=first_frame_only, progress=False,
         overlays=False, measurements=True, rois=True,
     )  # fmt: skip
     rows = read_table(out / "measurements.csv")

@@ -77,3 +77,20 @@ def test_bad_inputs_say_what_was_expected():
         pixel_error(np.zeros((4, 4)), np.zeros((4, 4)), valid=np.ones((4, 5), bool))
     with pytest.raises(MetricInputError, match="thresholds"):
         PixelCounts([1.5])
+
+
+@pytest.mark.parametrize("predicted", [0.0, 0.7])
+def test_labels_without_a_cell_give_missing_scores_not_perfect_ones(predicted):
+    # an all-membrane (no-foreground) split: every threshold would score an empty
+    # prediction as perfect, so the scores are NaN ("missing"), never pixel error 0
+    counts = PixelCounts()
+    counts.add(np.full((2, 8, 8), predicted), np.zeros((2, 8, 8), np.uint8))
+    scores = counts.scores()
+    assert not counts.has_cells
+    for name in ("pixel_error", "pixel_error_threshold", "pixel_error_t05", "iou", "dice"):
+        assert np.isnan(scores[name]), name
+    # one cell pixel makes them defined again
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[0, 0, 0] = 1
+    counts.add(np.full((2, 8, 8), predicted), labels)
+    assert counts.has_cells and np.isfinite(counts.scores()["pixel_error"])

@@ -16,9 +16,11 @@ from unet.checkpoint import CheckpointError, load_network, load_trained
 from unet.cli import run_or_exit
 from unet.data.readers import DataError
 from unet.errors import UserError
+from unet.fingerprint import record_probe
 from unet.network import NetConfig, UNet
 from unet.panels import GAP, HEADER
 from unet.postprocess import PostProcessing, postprocessing_for
+from unet.precision import cpu_has_native_bf16
 from unet.prediction import (
     PredictionSettingError,
     mask_name,
@@ -34,7 +36,8 @@ from unet.writers import overlay
 def save_checkpoint(path: Path, net: UNet, config: NetConfig | None = None) -> Path:
     """A checkpoint as SegmentationModule writes it (weights under ``net.``, the config)."""
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "net_config": (config or net.config).to_dict()}, path)
+    config = (config or net.config).to_dict()
+    torch.save({"state_dict": state, "net_config": config, "net_probe": record_probe(net)}, path)
     return path
 
 
@@ -155,6 +158,7 @@ def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(
         assert [s.shape for s in tif.series] == [(2, 40, 50), (33, 61)]
 
 
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 is refused where it is emulated")
 def test_bf16_autocast_and_tta_run_on_cpu(tiny_ckpt, tmp_path):
     frame = tmp_path / "image.tif"
     tifffile.imwrite(frame, np.random.default_rng(0).normal(size=(37, 45)).astype(np.float32))

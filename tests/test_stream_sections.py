@@ -15,6 +15,7 @@ from PIL import Image  # noqa: E402
 
 import unet.stream_prediction as stream_prediction  # noqa: E402
 from unet.data.readers import DataError  # noqa: E402
+from unet.fingerprint import record_probe  # noqa: E402
 from unet.inference import predict_image  # noqa: E402
 from unet.network import UNet  # noqa: E402
 from unet.postprocess import PostProcessing  # noqa: E402
@@ -271,7 +272,8 @@ def test_predict_entry_streams_a_stack(tmp_path, compose_predict):
     net = tiny_net()
     ckpt = tmp_path / "tiny.ckpt"
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "net_config": net.config.to_dict()}, ckpt)
+    probe = record_probe(net)
+    torch.save({"state_dict": state, "net_config": net.config.to_dict(), "net_probe": probe}, ckpt)
     tifffile.imwrite(tmp_path / "stack.tif", stack(2), photometric="minisblack")
     settings = [f"ckpt_path={ckpt}", f"input={tmp_path / 'stack.tif'}", "progress=false"]
     settings += [f"output={tmp_path / 'out.zarr'}", "zarr.chunk=64", "tiler.tile_size=92"]
@@ -294,8 +296,10 @@ def test_nan_pixels_are_refused_naming_the_section(tmp_path, compose_predict):
         predict_to_zarr(tiny_net(), tmp_path / "stack.tif", tmp_path / "out.zarr", **OPTIONS)
     assert "\n" not in str(err.value)
     ckpt = tmp_path / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in tiny_net().state_dict().items()}
-    torch.save({"state_dict": state, "net_config": tiny_net().config.to_dict()}, ckpt)
+    net = tiny_net()
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    probe = record_probe(net)
+    torch.save({"state_dict": state, "net_config": net.config.to_dict(), "net_probe": probe}, ckpt)
     settings = [f"ckpt_path={ckpt}", f"input={tmp_path / 'stack.tif'}", "nonfinite=zero"]
     with pytest.raises(PredictionSettingError, match="nonfinite=zero: a .zarr output refuses"):
         predict(compose_predict([*settings, f"output={tmp_path / 'new.zarr'}"]))

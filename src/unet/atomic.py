@@ -97,7 +97,11 @@ class StagedFolder:
             if old.exists():
                 shutil.rmtree(old)
             os.replace(self.final, old)
-            os.replace(self.path, self.final)
+            try:
+                os.replace(self.path, self.final)
+            except BaseException:  # the earlier output goes back under its name
+                os.replace(old, self.final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.path, self.final)
@@ -112,7 +116,11 @@ class StagedFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:  # a full or read-only disk at the rename: nothing partial
+                self.abort()
+                raise
         else:
             self.abort()
 

@@ -107,6 +107,10 @@ class EpochLog(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start, self._losses = time.perf_counter(), []
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a run resumed mid-epoch starts there, without on_train_epoch_start
+        self._start, self._losses = time.perf_counter(), []
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
@@ -128,9 +132,93 @@ class EpochLog(Callback):
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         text = self.line(trainer)
-        if self.path:
+        if self.path and not trainer.fast_dev_run:  # (a check that leaves no logs behind)
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(text + "\n")
         if self.console == "always" or (self.console == "auto" and not sys.stdout.isatty()):
             print(text, flush=True)
+
+
+def millions(count: int) -> str:
+    """``31.0M`` or ``0.03M``: a parameter count in millions, with two significant digits."""
+    return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e6:.2g}M"
+
+
+HEAVY_ON_CPU = 5_000_000  # parameters; the paper net (31M) takes about a day of CPU training
+
+
+class TrainingPlan(Callback):
+    """Say what training is about to do, and after ``timed_steps`` steps how long it takes.
+
+    At the start, one line: the network (parameters, depth, channels), the device, the
+    precision, the epochs and steps; on a CPU with a network of more than
+    :data:`HEAVY_ON_CPU` parameters, a second line naming the CPU recipes. After
+    ``timed_steps`` training batches (timed from one batch's end to the next within an
+    epoch: without the first batch's one-off costs and without validation), the time per
+    batch and the estimates per epoch and for the epochs left. Only rank 0 prints.
+    """
+
+    def __init__(self, timed_steps: int = 5):
+        self.timed_steps = timed_steps
+        self._last_end: tuple[int, float] | None = None  # (epoch, time) of the last batch end
+        self._timed: list[float] = []
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_end, self._timed = None, []
+        if trainer.is_global_zero:
+            for line in plan_lines(trainer, pl_module.net):
+                print(line, flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero or len(self._timed) >= self.timed_steps:
+            return
+        now, epoch = time.perf_counter(), trainer.current_epoch
+        if self._last_end is not None and self._last_end[0] == epoch:
+            self._timed.append(now - self._last_end[1])
+        self._last_end = (epoch, now)
+        if len(self._timed) == self.timed_steps:
+            print(timing_line(trainer, float(np.mean(self._timed))), flush=True)
+
+
+def plan_lines(trainer: Trainer, net) -> list[str]:
+    """What training is about to do (:class:`TrainingPlan`)."""
+    count = sum(p.numel() for p in net.parameters())
+    device = trainer.strategy.root_device.type
+    epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else "unlimited"
+    lines = [
+        f"training: U-Net of {millions(count)} parameters (depth {net.config.depth}, "
+        f"{net.config.base_channels} base channels) on {device} x {trainer.world_size}, "
+        f"precision {trainer.precision}, {optimizers(trainer)}, {epochs} epochs of "
+        f"{trainer.num_training_batches} steps, from epoch {trainer.current_epoch + 1}"
+    ]
+    if device == "cpu" and count > HEAVY_ON_CPU:
+        lines.append(
+            f"note: a {millions(count)}-parameter network trains slowly on a CPU (the paper's "
+            "takes about a day); experiment=isbi_cpu (or hela_cpu, u373_cpu, folder_cpu) "
+            "trains a narrower one in under 30 minutes"
+        )
+    return lines
+
+
+def optimizers(trainer: Trainer) -> str:
+    """``SGD lr 0.01``: the optimizer(s) and starting learning rate."""
+    names = [f"{type(o).__name__} lr {o.param_groups[0]['lr']:g}" for o in trainer.optimizers]
+    return ", ".join(names) or "no optimizer"
+
+
+def timing_line(trainer: Trainer, per_batch: float) -> str:
+    """The measured time per batch and what it makes of an epoch and of the run."""
+    epoch = per_batch * trainer.num_training_batches
+    line = f"timing: {per_batch:.2f} s per batch, about {duration(epoch)} per epoch"
+    if trainer.max_epochs not in (None, -1):
+        left = trainer.max_epochs - trainer.current_epoch
+        line += f", {duration(left * epoch)} for the {left} epochs left (without validation)"
+    return line
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min`` or ``26.1 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

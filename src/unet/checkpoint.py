@@ -5,9 +5,13 @@ Lightning's own entries,
 
 - ``state_dict``: the weights, under ``net.``;
 - ``net_config``: the architecture (:class:`unet.network.NetConfig` as a dict);
+- ``pixel_size``: the training data's pixel size (``unet.pixel_size``; None if unknown);
 - ``postprocess``: the post-processing settings chosen on the validation split at the end
   of training (:class:`unet.postprocess.PostProcessing` as a dict), with
-  ``postprocess_chosen_on``: the split, the score it maximised, and that score.
+  ``postprocess_chosen_on``: the split, the score it maximised, and that score;
+- ``model_record``: how that validation predicted (:class:`unet.model_record.ModelRecord`
+  as a dict: test-time augmentation, precision, standardisation, tiles, pixel size), the
+  defaults of prediction, evaluation and export.
 
 Everything loads with ``torch.load(weights_only=True)``: plain values and tensors only.
 Imports torch and NumPy-level modules only (no Lightning, no torchmetrics), so that
@@ -23,8 +27,11 @@ import torch
 
 from unet.atomic import atomic_file
 from unet.errors import UserError
-from unet.fingerprint import probe_mismatch
+from unet.fingerprint import DAMAGED, nonfinite_weights, output_problem, probe_mismatch
+from unet.model_record import ModelRecord, ModelRecordError, stored_record
 from unet.network import NetConfig, UNet
+from unet.pixel_size import KEY as PIXEL_SIZE
+from unet.pixel_size import PixelSize, from_record
 from unet.postprocess import PostProcessing, PostProcessingError
 
 
@@ -66,6 +73,9 @@ class TrainedModel:
             then the plain defaults apply (:class:`PostProcessing`).
         chosen_on: how ``postprocess`` was chosen (split, score name and value).
         path: the checkpoint file.
+        record: how the model was validated, or None for a checkpoint written before
+            records were stored (:func:`unet.model_record.record_or_default`).
+        pixel_size: the training data's pixel size, or None where unknown.
     """
 
     net: UNet
@@ -73,6 +83,8 @@ class TrainedModel:
     postprocess: PostProcessing | None = None
     chosen_on: dict = field(default_factory=dict)
     path: Path | None = None
+    record: ModelRecord | None = None
+    pixel_size: PixelSize | None = None
 
 
 def net_config_of(checkpoint: dict, path: Path) -> NetConfig:
@@ -95,29 +107,68 @@ def parse_net_config(stored: dict, path: Path) -> NetConfig:
         raise CheckpointError(f"{path}: its architecture record cannot be used: {err}") from None
 
 
-def load_trained(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the trained U-Net of a checkpoint, with its stored settings."""
-    path = Path(ckpt_path)
-    checkpoint = read_checkpoint(path, map_location)
-    config = net_config_of(checkpoint, path)
-    net = UNet.from_config(config)
-    state = {
+def net_state(checkpoint: dict) -> dict:
+    """The network's tensors of a checkpoint (``net.`` prefix removed)."""
+    return {
         k.removeprefix("net."): v
         for k, v in checkpoint["state_dict"].items()
         if k.startswith("net.")
     }
+
+
+UNPROBED = (
+    "holds no probe (the logits training stores to tie the architecture record to the "
+    "weights), so its record cannot be checked (padding valid/same changes no weight "
+    "shape); use a checkpoint written by unet's training, or pass trust_checkpoint=true "
+    "if you know its record is right"
+)
+
+
+def verified_net(checkpoint: dict, path: Path, trust: bool = False, label: str = "") -> UNet:
+    """The network of ``checkpoint``, rebuilt and checked: every weight and batch-norm
+    buffer finite, the stored probe reproduced (NaN counts as a mismatch) and the output
+    for a probe input finite and of the recorded size. A checkpoint without a probe is
+    refused unless ``trust``. Errors name ``label`` (default: the file) and the cause.
+
+    Raises:
+        CheckpointError: any of these fails.
+    """
+    where = label or str(path)
+    config = net_config_of(checkpoint, path)
+    state = net_state(checkpoint)
+    named = ((f"net.{k}", v) for k, v in state.items())  # as the file names them
+    if damaged := nonfinite_weights(named, "weights and batch-norm statistics"):
+        raise CheckpointError(f"{where}: {damaged}; {DAMAGED}")
+    net = UNet.from_config(config)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[:3]
         raise CheckpointError(
-            f"{path}: weights do not fit the network {config}: {' '.join(first)}"
+            f"{where}: weights do not fit the network {config}: {' '.join(first)}"
         ) from None
-    if mismatch := probe_mismatch(net, checkpoint.get("net_probe")):
+    probe = checkpoint.get("net_probe")
+    if not probe and not trust:
+        raise CheckpointError(f"{where}: {UNPROBED}")
+    if mismatch := probe_mismatch(net, probe):
         raise CheckpointError(
-            f"{path}: its stored architecture {config} does not fit its weights ({mismatch}); "
+            f"{where}: its stored architecture {config} does not fit its weights ({mismatch}); "
             "the checkpoint was edited or damaged: use the one training wrote"
         )
+    if problem := output_problem(net):
+        raise CheckpointError(f"{where}: {problem}; {DAMAGED}")
+    return net
+
+
+def load_trained(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False
+) -> TrainedModel:
+    """Rebuild the trained U-Net of a checkpoint, with its stored settings, after checking
+    it (:func:`verified_net`; ``trust``: accept a checkpoint without a probe)."""
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path, map_location)
+    config = net_config_of(checkpoint, path)
+    net = verified_net(checkpoint, path, trust)
     postprocess = None
     if checkpoint.get("postprocess") is not None:
         try:
@@ -130,12 +181,26 @@ def load_trained(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
         postprocess=postprocess,
         chosen_on=dict(checkpoint.get("postprocess_chosen_on") or {}),
         path=path,
+        record=record_of(checkpoint, path),
+        pixel_size=from_record(checkpoint.get(PIXEL_SIZE)),
     )
 
 
-def load_network(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
-    """The trained U-Net of a checkpoint (in ``eval()`` mode)."""
-    return load_trained(ckpt_path, map_location).net
+def record_of(checkpoint: dict, path: Path) -> ModelRecord | None:
+    """The model record of a checkpoint (:func:`unet.model_record.stored_record`)."""
+    chosen_on = checkpoint.get("postprocess_chosen_on") or {}
+    try:
+        return stored_record(checkpoint.get("model_record"), chosen_on, path)
+    except ModelRecordError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def load_network(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False
+) -> UNet:
+    """The trained U-Net of a checkpoint (in ``eval()`` mode), checked as in
+    :func:`load_trained`."""
+    return load_trained(ckpt_path, map_location, trust).net
 
 
 def store_postprocessing(
@@ -154,6 +219,24 @@ def store_postprocessing(
         torch.save(checkpoint, partial)
 
 
+def store_validation(
+    ckpt_path: str | Path,
+    record: ModelRecord,
+    postprocess: PostProcessing | None = None,
+    chosen_on: dict | None = None,
+) -> None:
+    """Write the model record (and validated post-processing, if given) into a checkpoint
+    file, in place and atomically (as :func:`store_postprocessing`)."""
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path)
+    checkpoint["model_record"] = record.to_dict()
+    if postprocess is not None:
+        checkpoint["postprocess"] = postprocess.to_dict()
+        checkpoint["postprocess_chosen_on"] = dict(chosen_on or {})
+    with atomic_file(path, replace=True) as partial:
+        torch.save(checkpoint, partial)
+
+
 HEAD = "head."  # the final 1x1 conv (unet.network.UNet.head): one output per class
 
 
@@ -162,18 +245,20 @@ def init_from_checkpoint(net: UNet, ckpt_path: str | Path) -> list[str]:
     the head when the class counts differ. Returns the names of the tensors left as they
     were (the head's, or none).
 
+    The checkpoint is checked first (:func:`verified_net`: finite weights, its probe).
+
     Raises:
-        CheckpointError: any other tensor is missing or has another shape (another depth,
-            width, input channels, batch norm, ...); the message names the layers.
+        CheckpointError: a damaged checkpoint, or any other tensor is missing or has
+            another shape (another depth, width, input channels, batch norm, ...); the
+            message names the layers.
     """
     path = Path(ckpt_path)
     checkpoint = read_checkpoint(path)
     stored = net_config_of(checkpoint, path)
-    state = {
-        k.removeprefix("net."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith("net.")
-    }
+    # without a probe the record's padding cannot be checked, but model.net, not the
+    # record, decides the architecture here: only the weights must be sound
+    verified_net(checkpoint, path, trust=True, label=f"model.init_from={path}")
+    state = net_state(checkpoint)
     own = net.state_dict()
     skip = (
         [k for k in own if k.startswith(HEAD)]

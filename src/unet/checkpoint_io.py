@@ -10,6 +10,7 @@ step is always a rename.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from unet.atomic import atomic_file
+from unet.output_safety import write_faults
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,9 +32,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path) or storage_options is not None:
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as tmp:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+        # serialised in memory first: torch.save reports a full disk as a RuntimeError,
+        # a plain write as the OSError (ENOSPC) that becomes one line
+        data = io.BytesIO()
+        torch.save(checkpoint, data)
+        with write_faults(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(path) as tmp, open(tmp, "wb") as f:
+                f.write(data.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())

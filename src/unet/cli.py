@@ -11,12 +11,13 @@ composes the config once before Hydra does and answers both kinds the same way: 
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from unet.errors import UserError
+from unet.errors import Interrupted, UserError
 
 T = TypeVar("T")
 
@@ -25,13 +26,31 @@ T = TypeVar("T")
 _LEFT_TO_HYDRA = ("help", "hydra_help", "info", "shell_completion", "config_path", "config_dir")
 
 
-def run_or_exit(fn: Callable[..., T], *args) -> T:
-    """Call ``fn(*args)``; a :class:`UserError` prints ``error: <message>`` and exits with 2."""
+# exit code of a program stopped by Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = 130
+
+
+def run_or_exit(fn: Callable[..., T], *args, kept: str | None = None) -> T:
+    """Call ``fn(*args)``; a :class:`UserError` prints ``error: <message>`` and exits with 2,
+    an :class:`Interrupted` run (training stopped by a signal after saving) prints its
+    message and exits with its code (143, 130).
+
+    With ``kept`` (what an interrupted ``fn`` leaves, e.g. "an earlier output is kept as it
+    was"), Ctrl-C prints ``interrupted; <kept>`` and exits with 130 instead of a traceback.
+    """
     try:
         return fn(*args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        print(err, file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        if kept is None:
+            raise
+        print(f"interrupted; {kept}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 def check_command_line(
@@ -81,7 +100,7 @@ def command_line_error(config_dir: Path, config_name: str, argv: list[str]) -> s
         line = _one_value(override)
         if line is not None:
             checked.append((override.input_line, line))
-    return _compose_error(config_dir, args.config_name or config_name, checked)
+    return _compose_error(config_dir, args.config_name or config_name, checked, args.multirun)
 
 
 def _one_value(override) -> str | None:
@@ -100,7 +119,9 @@ def _one_value(override) -> str | None:
     return f"{override.get_key_element()}={first}"
 
 
-def _compose_error(config_dir: Path, config_name: str, checked: list[tuple[str, str]]):
+def _compose_error(
+    config_dir: Path, config_name: str, checked: list[tuple[str, str]], multirun: bool = False
+):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
@@ -111,14 +132,36 @@ def _compose_error(config_dir: Path, config_name: str, checked: list[tuple[str, 
     try:
         with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
             try:
-                compose(config_name, overrides=lines, return_hydra_config=True)
+                cfg = compose(config_name, overrides=lines, return_hydra_config=True)
             except MissingConfigException as err:
                 return _missing_choice(err, checked, config_name)
             except (HydraException, OmegaConfBaseException) as err:
                 return _not_composed(err, checked, config_name, compose)
     finally:
         GlobalHydra.instance().clear()
-    return None
+    return _run_dir_error(cfg, multirun)
+
+
+def _run_dir_error(cfg, multirun: bool) -> str | None:
+    """Why Hydra could not make the run folder (a file in its way, a read-only or forbidden
+    place): Hydra would answer with a traceback before the program starts."""
+    from hydra.core.utils import setup_globals
+    from omegaconf import OmegaConf
+
+    setup_globals()  # the ${now:...} of the folder's name
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        folder = Path(str(OmegaConf.select(cfg, key))).absolute()
+    except Exception:  # a name only Hydra's own run can resolve
+        return None
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    what = "is not writable" if existing.is_dir() else "is a file"
+    return (
+        f"{key}={folder}: the run folder cannot be made ({existing} {what}); choose a "
+        f"writable place with {key}=<folder>"
+    )
 
 
 def _missing_choice(err, checked, config_name: str) -> str:

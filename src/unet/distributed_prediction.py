@@ -29,6 +29,7 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
+from contextlib import ExitStack
 
 import lightning as L
 import numpy as np
@@ -38,10 +39,12 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from unet.atomic import partial_path
 from unet.data.frames import FrameSource
-from unet.distributed import relaunch_as_this_job
+from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import UserError
 from unet.export.runner import load_for_prediction
-from unet.inference import autocast_dtype, predict_image
+from unet.inference import autocast_dtype, predict_image, require_finite_output
+from unet.output_safety import output_lock, write_faults
+from unet.pixel_size import input_pixel_size, warn_mismatch
 from unet.postprocess import postprocessing_for
 from unet.prediction import (
     check_frame,
@@ -53,6 +56,7 @@ from unet.prediction import (
     report_store,
     stage_output,
     store_options,
+    with_model_record,
     write_contact_sheet,
     write_frame,
 )
@@ -89,18 +93,25 @@ class RankedPrediction(L.LightningModule):
     """Rank 0 prepares the output in ``setup`` (:meth:`prepare`); every rank learns whether
     it could, and all stop if not."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, output: str):
         super().__init__()
-        self.net = net
+        self.net, self.output = net, output
+        self.locks = ExitStack()  # rank 0: the output's lock, held until the output is named
 
     def prepare(self) -> None:
         """What rank 0 does once before any rank writes (raises a UserError to refuse)."""
+
+    def lock_and_prepare(self) -> None:
+        """Rank 0: lock the output (one writer at a time), then :meth:`prepare`."""
+        self.locks.enter_context(output_lock(self.output))
+        with write_faults(self.output):
+            self.prepare()
 
     def setup(self, stage: str) -> None:
         refusal = None
         if self.trainer.is_global_zero:
             try:
-                self.prepare()
+                self.lock_and_prepare()
             except UserError as err:
                 refusal = err
         refusal = self.trainer.strategy.broadcast(refusal, src=0)
@@ -113,9 +124,10 @@ class RankedPrediction(L.LightningModule):
 class FramePrediction(RankedPrediction):
     """Each rank predicts and writes its share of the frames of ``source`` (module doc)."""
 
-    def __init__(self, net, source: FrameSource, cfg: DictConfig, postprocess):
-        super().__init__(net)
+    def __init__(self, net, source: FrameSource, cfg: DictConfig, postprocess, pixel_size=None):
+        super().__init__(net, cfg.output)
         self.source, self.cfg, self.postprocess = source, cfg, postprocess
+        self.pixel_size = pixel_size  # of the input (unet.pixel_size), None: unknown
         self.tiler = build(cfg, "tiler")
         self.folder = partial_path(cfg.output)  # the staged folder (unet.atomic.StagedFolder)
         self.staged = None
@@ -135,6 +147,7 @@ class FramePrediction(RankedPrediction):
         cfg = self.cfg
         check_frame(name, frame, self.net.config.in_channels)
         prob = predict_image(self.net, frame, self.tiler, cfg.tta, cfg.precision)
+        require_finite_output(prob, f"frame {name}", str(cfg.ckpt_path))
         page, small = write_frame(
             self.folder,
             index,
@@ -146,6 +159,7 @@ class FramePrediction(RankedPrediction):
             overlays=cfg.overlays,
             instance_class=cfg.get("instance_class"),
             challenge_naming=cfg.challenge_naming,
+            pixel_size=self.pixel_size,
         )
         np.save(self.folder / SCRATCH / f"{index}.npy", page)
         if small is not None:
@@ -156,7 +170,7 @@ class FramePrediction(RankedPrediction):
         frame order, then the folder under its name; returns the summary."""
         scratch = self.folder / SCRATCH
         num_classes = self.net.config.num_classes
-        stack = probability_stack(self.folder, self.source, num_classes)
+        stack = probability_stack(self.folder, self.source, num_classes, self.pixel_size)
         thumbnails = []
         with self.staged, stack:
             for index, name in enumerate(self.source.names):
@@ -175,7 +189,7 @@ class StorePrediction(RankedPrediction):
     (module doc)."""
 
     def __init__(self, net, options: dict, cfg: DictConfig):
-        super().__init__(net)
+        super().__init__(net, cfg.output)
         self.options, self.cfg = options, cfg
         self.summary: dict = {}
 
@@ -210,7 +224,8 @@ class StorePrediction(RankedPrediction):
 def predict_on_ranks(cfg: DictConfig) -> dict:
     """``src/predict.py`` with a ``trainer``: the frames or chunk rows of ``cfg.input`` shared
     over the Trainer's ranks; rank 0 prints the summary."""
-    trained = load_for_prediction(cfg.ckpt_path)
+    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
+    cfg = with_model_record(cfg, trained, streamed=is_store(cfg.output))
     if is_store(cfg.output):
         module = StorePrediction(trained.net, store_options(cfg, trained), cfg)
     else:
@@ -224,7 +239,10 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
         autocast_dtype(cfg.precision)  # the settings every rank checks before any writing
         count_tiles(net, source.shapes[0], build(cfg, "tiler"), cfg.tta)
         postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
-        module = FramePrediction(net, source, cfg, postprocess)
+        pixel_size = input_pixel_size(cfg.input, cfg.get("pixel_size"))
+        if is_rank_zero():
+            warn_mismatch(str(cfg.input), pixel_size, trained.pixel_size)
+        module = FramePrediction(net, source, cfg, postprocess, pixel_size)
     trainer = build(
         cfg,
         "trainer",
@@ -236,7 +254,7 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
         sync_batchnorm=False,  # no batch statistics are computed in prediction
     )
     start = time.perf_counter()
-    with relaunch_as_this_job(), warnings.catch_warnings():
+    with module.locks, write_faults(cfg.output), relaunch_as_this_job(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*predict returned None.*")  # each rank writes
         try:

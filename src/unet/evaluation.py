@@ -41,6 +41,7 @@ from rich.table import Table
 from unet.atomic import write_json
 from unet.checkpoint import load_trained
 from unet.data.readers import DataError, read_tiff
+from unet.engines import engine_network
 from unet.errors import UserError
 from unet.inference import predict_image
 from unet.labels import CELL_CLASS, foreground, foreground_probability
@@ -51,6 +52,8 @@ from unet.metrics import (
     score_cell_frames,
     score_isbi_stack,
 )
+from unet.model_record import record_or_default, settings_for
+from unet.output_safety import check_apart
 from unet.postprocess import (
     PostProcessing,
     boundary_map,
@@ -58,7 +61,14 @@ from unet.postprocess import (
     postprocessing_for,
 )
 from unet.progress import progress_bar
-from unet.report import ReportImage, dataset_name, image_panel, write_report
+from unet.report import (
+    ReportImage,
+    dataset_name,
+    error_kind,
+    image_panel,
+    shown_metrics,
+    write_report,
+)
 from unet.tiler import Tiler
 from unet.validation import build, check_config
 
@@ -86,9 +96,14 @@ class SplitPredictions:
 
 
 def predict_split(
-    net, datamodule: L.LightningDataModule, split: str, tiler: Tiler | None, tta: str
+    net,
+    datamodule: L.LightningDataModule,
+    split: str,
+    tiler: Tiler | None,
+    tta: str,
+    precision: str | int = 32,
 ) -> SplitPredictions:
-    """Predict every whole image of ``split`` once."""
+    """Predict every whole image of ``split`` once (``unet.inference.predict_image``)."""
     if split not in datamodule.whole_sets:
         raise UserError(
             f"split={split!r}: expected one of {', '.join(sorted(datamodule.whole_sets))}"
@@ -99,7 +114,7 @@ def predict_split(
         task = bar.add_task("images", total=len(dataset.images))
         predicted = []  # (H, W) cell probability per image; (K, H, W) for K > 2 classes
         for image in dataset.images:
-            prob = predict_image(net, image, tiler, tta)
+            prob = predict_image(net, image, tiler, tta, precision)
             predicted.append(prob[CELL_CLASS] if net.config.num_classes == 2 else prob)
             bar.advance(task)
     if net.config.num_classes == 2:
@@ -352,22 +367,16 @@ def split_report(
 ) -> list[tuple[str, np.ndarray]]:
     """Write the run report (:mod:`unet.report`) of a predicted split to the output folder,
     from the probabilities already computed; returns its panels (image id, RGB picture)."""
-    panels = []
+    panels, dataset = [], dataset_name(cfg.data)
+    errors = error_kind(dataset, split is not None and split.instances is not None)
     if split is not None:
         images, ids = datamodule.whole_sets[name].images, datamodule.frame_ids[name]
         for k, prob in enumerate(split.probabilities):
             truth = None if split.instances is None else split.instances[k]
             item = ReportImage(ids[k], images[k], split.classes[k], split.weights[k], prob, truth)
-            panels.append((item.name, image_panel(item, postprocess)))
-    write_report(
-        cfg.paths.output_dir,
-        f"Report: {command_line(entry_point)}",
-        metrics,
-        dataset_name(cfg.data),
-        name,
-        panels,
-        curves,
-    )
+            panels.append((item.name, image_panel(item, postprocess, errors == "membranes")))
+    title = f"Report: {command_line(entry_point)}"
+    write_report(cfg.paths.output_dir, title, metrics, dataset, name, panels, curves, errors=errors)
     return panels
 
 
@@ -375,7 +384,7 @@ def print_table(metrics: dict, title: str) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in metrics.items():
+    for name, value in shown_metrics(metrics).items():
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
 
@@ -390,8 +399,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)  # types and ranges of every setting, before anything is read
     if not cfg.get("ckpt_path") and not cfg.get("predictions"):
         raise UserError("nothing to score: pass ckpt_path=<checkpoint> or predictions=<tif stack>")
+    # its files are new ones (never replaced): only an output in an input could harm one
+    check_apart(
+        cfg.paths.output_dir,
+        contains=False,
+        key="paths.output_dir",
+        ckpt_path=cfg.get("ckpt_path"),
+        predictions=cfg.get("predictions"),
+    )
     L.seed_everything(cfg.seed, workers=True)
-    trained = load_trained(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    trust = cfg.get("trust_checkpoint", False)
+    trained = load_trained(cfg.ckpt_path, trust=trust) if cfg.get("ckpt_path") else None
     datamodule = build(cfg, "data")
     datamodule.setup("validate")
     if cfg.get("predictions"):
@@ -400,11 +418,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         split, postprocess = None, PostProcessing()
     else:
         postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
-        split = predict_split(trained.net, datamodule, cfg.split, Tiler(), cfg.tta)
+        record = record_or_default(trained.record, trained.path)
+        tta, precision = settings_for(record, cfg.tta, cfg.get("precision"))
+        tiler = Tiler(tile_size=record.tile_size, overlap=record.overlap)
+        net = engine_network(trained.net, cfg.get("engine", "torch"), precision)
+        split = predict_split(net, datamodule, cfg.split, tiler, tta, precision)
         metrics, postprocess, chosen_on = score_split(split, postprocess, cfg.get("choose", False))
         metrics |= {
             "source": str(cfg.ckpt_path),
-            "tta": cfg.tta,
+            "tta": tta,
+            "precision": str(precision),
+            "engine": cfg.get("engine", "torch"),
             "postprocess": postprocess.to_dict(),
         }
         if chosen_on:

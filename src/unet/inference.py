@@ -31,6 +31,24 @@ class InferenceSettingError(UserError, ValueError):
     """An inference setting that cannot work (precision, image shape)."""
 
 
+class NonFiniteOutputError(UserError, ValueError):
+    """Probabilities with NaN or infinite values: never written as a result."""
+
+
+def require_finite_output(prob: np.ndarray, where: str, model: str | None = None) -> None:
+    """A NonFiniteOutputError naming ``model`` (the checkpoint) and ``where`` (the frame,
+    section or rows) unless every value of ``prob`` is finite. Writers call it before
+    writing, so that a damaged or overflowing network stops with earlier outputs intact."""
+    bad = int(np.size(prob) - np.count_nonzero(np.isfinite(prob)))
+    if bad:
+        raise NonFiniteOutputError(
+            f"{model or 'the network'}: {where}: {bad:,} of {np.size(prob):,} probabilities "
+            "are NaN or infinite; stopped before writing them (earlier outputs are kept) -- "
+            "the network is damaged or overflows on this input: use another checkpoint, or "
+            "precision=32 if bf16 was set"
+        )
+
+
 def autocast_dtype(precision: str | int) -> torch.dtype | None:
     """The autocast dtype of a precision setting (``32``, ``bf16``, ``bf16-mixed``...);
     None for full precision."""

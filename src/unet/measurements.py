@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from skimage.measure import regionprops_table
 
 from unet.atomic import atomic_file
+from unet.pixel_size import PIXELS, PixelSize
 
 MEASUREMENTS = "measurements.csv"
 COLUMNS = (
@@ -58,26 +58,6 @@ REGIONPROPS = {
     "bbox_max_x": "bbox-3",
     "mean_probability": "intensity_mean",
 }
-
-
-@dataclass(frozen=True)
-class PixelSize:
-    """The size of one pixel along y and x, in ``unit`` (1 ``pixel`` where unknown)."""
-
-    y: float = 1.0
-    x: float = 1.0
-    unit: str = "pixel"
-
-    @classmethod
-    def of(cls, scale: tuple[float, float], units: tuple[str | None, str | None]) -> PixelSize:
-        """From a reader's (y, x) scale and units (``unet.zarr_io.Sections``). Without a
-        unit: ``pixel`` for a scale of 1, else ``unknown`` (a scale whose unit nobody wrote)."""
-        y, x = float(scale[0]), float(scale[1])
-        unit = units[-1] or units[0] or ("pixel" if (y, x) == (1.0, 1.0) else "unknown")
-        return cls(y, x, unit)
-
-
-PIXELS = PixelSize()  # the pixel size where none is known: 1 pixel
 
 
 def measure_frame(

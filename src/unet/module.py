@@ -8,15 +8,17 @@ from collections.abc import Callable
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from unet.checkpoint import init_from_checkpoint
+from unet.data.base import SegmentationDataModule
 from unet.fingerprint import record_probe
 from unet.labels import foreground, foreground_probability
 from unet.loss import WeightedCrossEntropy
 from unet.metrics import ClassCounts, PixelCounts
 from unet.network import center_crop
+from unet.pixel_size import record_pixel_size
 from unet.tiler import Tiler, predict_whole_image
 
 
@@ -54,6 +56,10 @@ class SegmentationModule(L.LightningModule):
             then loads its own weights over them.
         freeze_encoder_epochs: the contracting path and bottleneck get no updates in the
             first this many epochs (their batch-norm statistics still follow the data).
+        channels_last: train with the network's weights and the training tiles in the
+            ``channels_last`` memory layout (faster convolutions on many CPUs and GPUs);
+            ``auto``: whichever a timed train step prefers, chosen by ``src/train.py``
+            (:func:`unet.precision.choose_training`), contiguous until then.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class SegmentationModule(L.LightningModule):
         tiler: Tiler | None = None,
         init_from: str | None = None,
         freeze_encoder_epochs: int = 0,
+        channels_last: bool | str = False,
     ):
         super().__init__()
         # Only plain values go into the checkpoint (it must load with weights_only=True); the
@@ -75,6 +82,9 @@ class SegmentationModule(L.LightningModule):
         self.loss = loss if loss is not None else WeightedCrossEntropy()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tiler = tiler
+        self.channels_last = channels_last is True
+        # how this machine trains (unet.precision.TrainingChoice), stored in checkpoints
+        self.training_choice: dict | None = None
         if init_from is not None:
             fresh = init_from_checkpoint(net, init_from)
             rank_zero_info(
@@ -95,7 +105,10 @@ class SegmentationModule(L.LightningModule):
         return self.tiler(self.net, image)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.net(batch["image"])  # (B, K, h, w), smaller than the tile when valid
+        image = batch["image"]  # (B, C, H, W)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        logits = self.net(image)  # (B, K, h, w), smaller than the tile when valid
         size = tuple(logits.shape[-2:])
         loss = self.loss(
             logits, center_crop(batch["target"], size), center_crop(batch["weight"], size)
@@ -113,7 +126,13 @@ class SegmentationModule(L.LightningModule):
         for parameter in self.encoder_parameters():
             parameter.requires_grad_(not frozen)
 
+    def on_train_start(self) -> None:
+        # a run resumed mid-epoch starts there, without on_train_epoch_start
+        self.on_train_epoch_start()
+
     def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self._base_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
@@ -143,6 +162,11 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         scores = self.pixel_counts.scores()
+        if not self.pixel_counts.has_cells and not self.trainer.sanity_checking:
+            rank_zero_warn(
+                "the validation labels hold no cell pixel: val/pixel_error, val/iou and "
+                "val/dice are missing (NaN), and no checkpoint is chosen on them"
+            )
         self.pixel_counts.reset()
         for name in ("pixel_error_t05", "iou", "dice"):
             self.log(f"val/{name}", scores[name], sync_dist=True)
@@ -171,6 +195,12 @@ class SegmentationModule(L.LightningModule):
         # The architecture travels with the weights, so eval/predict can rebuild the network.
         checkpoint["net_config"] = self.net.config.to_dict()
         checkpoint["net_probe"] = record_probe(self.net)  # ties net_config to the weights
+        # The training data's pixel size (None: unknown): predict warns on other sizes.
+        data = self.trainer.datamodule if self._trainer is not None else None
+        found = data.pixel_size if isinstance(data, SegmentationDataModule) else None
+        record_pixel_size(checkpoint, found)
+        if self.training_choice is not None:  # precision, layout, measured step time
+            checkpoint["training_choice"] = dict(self.training_choice)
         # Each logger's run (W&B run id, ...), so that a resumed run continues it.
         checkpoint["logger_versions"] = {
             type(logger).__name__: logger.version

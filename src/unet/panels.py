@@ -180,10 +180,15 @@ def cell_panel(
 
 
 def membrane_panel(
-    image: np.ndarray, classes: np.ndarray, prob: np.ndarray, weight: np.ndarray
+    image: np.ndarray,
+    classes: np.ndarray,
+    prob: np.ndarray,
+    weight: np.ndarray,
+    membranes: bool = True,
 ) -> np.ndarray:
-    """The panel of an ISBI image: classes, P(cell) in gray, membrane errors of p > 0.5."""
-    kinds = pixel_errors(prob, classes, weight, membranes=True)
+    """The panel of an ISBI image: classes, P(cell) in gray, membrane errors of p > 0.5
+    (``membranes=False``: the same errors named as cell pixels, for other class masks)."""
+    kinds = pixel_errors(prob, classes, weight, membranes)
     prediction = np.repeat(prob.astype(np.float32)[..., None], 3, axis=-1)
     return render_panel(image, classes_rgb(classes, weight), prediction, kinds)
 

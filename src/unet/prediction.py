@@ -21,6 +21,7 @@ The output folder holds
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
@@ -29,19 +30,36 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from torch import nn
 
 from unet.atomic import StagedFolder, partial_path
 from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
+from unet.engines import engine_network
 from unet.errors import OutputExistsError, UserError
 from unet.export.runner import load_for_prediction
-from unet.inference import autocast_dtype, predict_image
+from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.labels import foreground_probability
+from unet.model_record import record_or_default, settings_for
 from unet.objects import ObjectOutputs, check_object_outputs
+from unet.output_safety import (
+    check_apart,
+    check_free_space,
+    check_replaceable,
+    output_lock,
+    write_faults,
+    write_marker,
+)
 from unet.panels import contact_sheet, thumbnail
+from unet.pixel_size import (
+    PIXELS,
+    PixelSize,
+    input_pixel_size,
+    pixel_size_setting,
+    warn_mismatch,
+)
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.progress import progress_bar
 from unet.tiler import Tiler
@@ -83,12 +101,14 @@ def prepare_output(output: str | Path, overwrite: bool, create: bool = True) -> 
                 f"output folder {output} already exists; pass overwrite=true to replace it "
                 "(the whole folder), or choose a new output folder"
             )
+        check_replaceable(output)  # overwrite replaces only what unet wrote
     partial = partial_path(output)
     if partial.exists() and not overwrite:
         raise OutputExistsError(
             f"{partial} holds the incomplete output of an interrupted prediction (or of one "
             "still running); pass overwrite=true to start over and replace it, or delete it"
         )
+    check_replaceable(partial)
     parent = next(p for p in (output.absolute(), *output.absolute().parents) if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PredictionSettingError(
@@ -122,6 +142,7 @@ def predict_path(
     tta: str = "none",
     device: str = "auto",
     precision: str | int = 32,
+    engine: str = "torch",
     postprocess: PostProcessing | None = None,
     labels: bool = True,
     instance_class: int | None = None,
@@ -131,6 +152,8 @@ def predict_path(
     progress: bool = True,
     measurements: bool = False,
     rois: bool = False,
+    checkpoint: str | Path | None = None,
+    pixel_size: PixelSize | None = None,
 ) -> dict:
     """Predict every frame of ``source`` and write the results to the folder ``output``;
     returns a summary (frame count, sizes, TIFF series, seconds, megapixels/s).
@@ -141,6 +164,8 @@ def predict_path(
         output: the output folder (see the module docstring for its contents).
         tiler, tta, precision: as in :func:`unet.inference.predict_image`.
         device: ``auto``, ``cpu`` or ``cuda``.
+        engine: what runs the network on the tiles: ``torch``, ``onnxruntime``,
+            ``openvino`` or ``auto`` (:mod:`unet.engines`).
         postprocess: cell probability -> instance labels (default: plain components).
         labels, challenge_naming, overlays: what to write besides the probabilities.
         instance_class: the class whose objects ``labels/`` holds (None: the cell class of
@@ -148,46 +173,74 @@ def predict_path(
         overwrite: replace an existing output folder (all of it, once complete).
         progress: show a progress bar over frames and tiles.
         measurements, rois: write ``measurements.csv`` and ``rois/`` (``unet.objects``).
+        checkpoint: the file ``net`` came from, named when a frame's probabilities are not
+            finite (:class:`unet.inference.NonFiniteOutputError`; nothing is kept then).
+        pixel_size: of the input, written into the TIFFs and the table (None: the one the
+            input says, ``unet.pixel_size.read_pixel_size``).
     """
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
     channels, num_classes = net.config.in_channels, net.config.num_classes
     source = source if isinstance(source, FrameSource) else FrameSource(source, channels)
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     autocast_dtype(precision)  # checks the setting before anything is written
+    net = engine_network(net, engine, precision)
     count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
-    staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
+    pixel_size = pixel_size or input_pixel_size(source.path)
+    check_apart(output, input=source.path)
+    check_free_space(output, 4 * frame_pixels(source, num_classes), "probabilities.tif")
+    with output_lock(output), write_faults(output):
+        staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
+        try:
+            stack = probability_stack(staged.path, source, num_classes, pixel_size)
+        except BaseException:
+            staged.abort()
+            raise
+        per_object = ObjectOutputs(staged.path, measurements, rois, pixel_size or PIXELS)
+        return write_frames(
+            net,
+            source,
+            (staged, stack, per_object),
+            (tiler, tta, precision, checkpoint),
+            postprocess,
+            progress,
+            labels=labels,
+            overlays=overlays,
+            instance_class=instance_class,
+            challenge_naming=challenge_naming,
+            on_objects=per_object if per_object.wanted else None,
+            pixel_size=pixel_size,
+        )
+
+
+def write_frames(net, source, outputs, settings, postprocess, progress, **what) -> dict:
+    """Predict every frame of ``source`` into the staged folder, ``probabilities.tif`` and
+    the per-object outputs (``outputs`` = (staged, stack, per_object); ``settings`` = (tiler,
+    tta, precision, checkpoint); ``what``: as :func:`write_frame` takes), then name the
+    folder; returns the summary."""
+    staged, stack, per_object = outputs
+    tiler, tta, precision, checkpoint = settings
     start = time.perf_counter()
     thumbnails: list[tuple[str, np.ndarray]] = []
-    stack = probability_stack(staged.path, source, num_classes)
-    per_object = ObjectOutputs(staged.path, measurements, rois)
     with progress_bar(progress, "predict") as bar, staged, stack, per_object:
         for index, (name, frame, prob) in enumerate(
-            predict_frames(net, source, tiler, tta, precision, bar)
+            predict_frames(net, source, tiler, tta, precision, bar, checkpoint)
         ):
-            page, small = write_frame(
-                staged.path,
-                index,
-                name,
-                frame,
-                prob,
-                postprocess,
-                labels=labels,
-                overlays=overlays,
-                instance_class=instance_class,
-                challenge_naming=challenge_naming,
-                on_objects=per_object if per_object.wanted else None,
-            )
+            page, small = write_frame(staged.path, index, name, frame, prob, postprocess, **what)
             stack.write(page)
             if small is not None:
                 thumbnails.append((name, small))
         write_contact_sheet(staged.path, thumbnails)
-    return frames_summary(source, staged.final, stack, num_classes, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return frames_summary(source, staged.final, stack, net.config.num_classes, seconds)
 
 
-def probability_stack(folder: Path, source: FrameSource, num_classes: int):
+def probability_stack(
+    folder: Path, source: FrameSource, num_classes: int, pixel_size: PixelSize | None = None
+):
     """The writer of ``probabilities.tif`` (BigTIFF where the stack may pass 4 GB)."""
     pixels = frame_pixels(source, num_classes)
-    return ProbabilityStackWriter(folder / "probabilities.tif", 4 * pixels > 2**32 - 2**25)
+    big = 4 * pixels > 2**32 - 2**25
+    return ProbabilityStackWriter(folder / "probabilities.tif", big, pixel_size)
 
 
 def frame_pixels(source: FrameSource, num_classes: int) -> int:
@@ -220,23 +273,27 @@ def write_frame(
     instance_class: int | None,
     challenge_naming: bool,
     on_objects=None,
+    pixel_size: PixelSize | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Write the files of frame number ``index`` (``classes/``, ``labels/``, ``overlays/``);
     returns its page(s) of ``probabilities.tif`` (the (H, W) cell probability, or all K
     classes) and the thumbnail of its overlay (None without overlays). ``on_objects``, if
-    given, is called with (name, labels, cell probability)."""
+    given, is called with (name, labels, cell probability); ``pixel_size`` goes into the
+    label and class images."""
     cells = foreground_probability(prob, instance_class)  # (H, W), float32
     page = cells
     if len(prob) > 2:  # all K classes, and the argmax
         page = prob
-        write_class_image(folder / "classes" / f"{name}.tif", prob.argmax(axis=0))
+        write_class_image(folder / "classes" / f"{name}.tif", prob.argmax(axis=0), pixel_size)
     picture = None
     if labels or overlays or on_objects is not None:
         objects = postprocess(cells)
         if on_objects is not None:
             on_objects(name, objects, cells)
         label_file = mask_name(name, index) if challenge_naming else f"{name}.tif"
-        picture = write_objects(folder, name, label_file, frame, objects, labels, overlays)
+        picture = write_objects(
+            folder, name, label_file, frame, objects, labels, overlays, pixel_size
+        )
     return page, None if picture is None else thumbnail(picture)
 
 
@@ -248,10 +305,17 @@ def write_contact_sheet(folder: Path, thumbnails: list[tuple[str, np.ndarray]]) 
 
 
 def predict_frames(
-    net: nn.Module, source: FrameSource, tiler: Tiler, tta: str, precision, bar
+    net: nn.Module,
+    source: FrameSource,
+    tiler: Tiler,
+    tta: str,
+    precision,
+    bar,
+    checkpoint: str | Path | None = None,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, frame, class probabilities (K, H, W)) for each frame, advancing ``bar``
-    (:func:`unet.progress.progress_bar`)."""
+    (:func:`unet.progress.progress_bar`); a NonFiniteOutputError naming ``checkpoint`` for
+    probabilities that are not finite."""
     frames_task = bar.add_task("frames", total=len(source))
     tiles_task = bar.add_task("tiles", total=None)
     channels = net.config.in_channels
@@ -261,6 +325,7 @@ def predict_frames(
         prob = predict_image(
             net, frame, tiler, tta, precision, on_batch=lambda n: bar.advance(tiles_task, n)
         )
+        require_finite_output(prob, f"frame {name}", str(checkpoint) if checkpoint else None)
         yield name, frame, prob
         bar.advance(frames_task)
 
@@ -274,12 +339,19 @@ def check_frame(name: str, frame: np.ndarray, channels: int) -> None:
 
 
 def write_objects(
-    folder: Path, name: str, label_file: str, frame, objects, labels: bool, overlays: bool
+    folder: Path,
+    name: str,
+    label_file: str,
+    frame,
+    objects,
+    labels: bool,
+    overlays: bool,
+    pixel_size: PixelSize | None = None,
 ) -> np.ndarray | None:
     """A frame's instance labels (``labels/<label_file>``) and overlay PNG, as asked;
     returns the overlay (None without)."""
     if labels:
-        write_label_image(folder / "labels" / label_file, objects)
+        write_label_image(folder / "labels" / label_file, objects, pixel_size)
     if overlays:
         gray = frame if frame.ndim == 2 else frame.mean(axis=0)  # (C, H, W): channel mean
         return write_overlay(folder / "overlays" / f"{name}.png", gray, objects)
@@ -310,6 +382,7 @@ def stage_output(
     no half-written folder looks done (:class:`unet.atomic.StagedFolder`)."""
     try:
         staged = StagedFolder(prepare_output(output, overwrite, create=False), overwrite)
+        write_marker(staged.path, "predict")  # so that overwrite=true may replace it later
     except OSError as err:
         raise PredictionSettingError(f"output={output}: cannot be written ({err})") from None
     for sub, wanted in (("labels", labels), ("overlays", overlays), ("classes", classes)):
@@ -332,7 +405,14 @@ def predict(cfg: DictConfig) -> dict:
         store=is_store(cfg.output),
         ranks=cfg.get("trainer") is not None,
     )
+    check_apart(cfg.output, input=cfg.input, ckpt_path=cfg.ckpt_path)  # on every route
     if cfg.get("trainer") is not None:
+        if cfg.get("engine", "torch") != "torch":
+            raise PredictionSettingError(
+                f"engine={cfg.engine} with trainer={cfg.trainer.get('strategy', 'set')}: "
+                "prediction on a Trainer's ranks runs PyTorch; set engine=torch, or leave "
+                "the trainer out"
+            )
         # imported here: only this route needs Lightning, the inference modules do not
         from unet.distributed_prediction import predict_on_ranks
 
@@ -340,7 +420,9 @@ def predict(cfg: DictConfig) -> dict:
     if is_store(cfg.output):
         return predict_large(cfg)
     prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
-    trained = load_for_prediction(cfg.ckpt_path)  # a checkpoint or an exported model
+    # a checkpoint or an exported model, checked (finite weights, probe) as it loads
+    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
+    cfg = with_model_record(cfg, trained)
     # the network's input channels say how to read the frames (gray, RGB, channel stacks)
     source = FrameSource(
         cfg.input,
@@ -349,6 +431,8 @@ def predict(cfg: DictConfig) -> dict:
         cfg.get("input_axes", "auto"),
     )
     postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
+    pixel_size = input_pixel_size(cfg.input, cfg.get("pixel_size"))
+    warn_mismatch(str(cfg.input), pixel_size, trained.pixel_size)
     summary = predict_path(
         trained.net,
         source,
@@ -357,6 +441,7 @@ def predict(cfg: DictConfig) -> dict:
         tta=cfg.tta,
         device=cfg.device,
         precision=cfg.precision,
+        engine=cfg.get("engine", "torch"),
         postprocess=postprocess,
         labels=cfg.labels,
         instance_class=cfg.get("instance_class"),
@@ -366,9 +451,34 @@ def predict(cfg: DictConfig) -> dict:
         progress=cfg.progress,
         measurements=measurements,
         rois=rois,
+        checkpoint=cfg.ckpt_path,
+        pixel_size=pixel_size,
     )
     report_frames(summary, cfg.output)
     return summary
+
+
+def with_model_record(cfg: DictConfig, trained, streamed: bool = False) -> DictConfig:
+    """A copy of ``cfg`` whose null ``tta``, ``precision``, ``tiler.tile_size`` and
+    ``tiler.overlap`` are those the model was validated with (:mod:`unet.model_record`);
+    a value given wins, with a line saying so. ``streamed`` (a .zarr output): no
+    test-time augmentation, with a note where the model was validated with one."""
+    record = record_or_default(trained.record, trained.path)
+    tta, precision = settings_for(record, cfg.tta, cfg.precision)
+    if streamed and cfg.tta is None and tta != "none":
+        print(
+            f"note: a .zarr output is predicted without test-time augmentation; the model "
+            f"was validated with tta={tta} (its post-processing was chosen on those probabilities)"
+        )
+        tta = "none"
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.tta, cfg.precision = tta, precision
+        if cfg.tiler.tile_size is None:
+            cfg.tiler.tile_size = record.tile_size
+        if cfg.tiler.overlap is None:
+            cfg.tiler.overlap = record.overlap
+    return cfg
 
 
 def is_store(output) -> bool:
@@ -420,15 +530,20 @@ def store_options(cfg: DictConfig, trained) -> dict:
         "probability_dtype": cfg.zarr.probability_dtype,
         "tiler": build(cfg, "tiler"),
         "precision": cfg.precision,
+        "engine": cfg.get("engine", "torch"),
         "postprocess": postprocessing_for(trained.postprocess, cfg.get("postprocess")),
         "labels": cfg.labels,
         "instance_class": cfg.get("instance_class"),
+        "checkpoint": str(cfg.ckpt_path),
+        "pixel_size": pixel_size_setting(cfg.get("pixel_size")),
+        "training_pixel_size": trained.pixel_size,
     }
 
 
 def check_store_tta(cfg: DictConfig) -> None:
-    """A .zarr output is predicted without test-time augmentation."""
-    if cfg.tta != "none":
+    """A .zarr output is predicted without test-time augmentation (null: the model's
+    validated one is left out, :func:`with_model_record`)."""
+    if cfg.tta not in (None, "none"):
         raise PredictionSettingError(
             f"tta={cfg.tta}: a .zarr output is predicted without test-time augmentation; "
             "set tta=none"
@@ -442,7 +557,8 @@ def predict_large(cfg: DictConfig) -> dict:
     from unet.stream_prediction import predict_to_zarr
 
     check_store_tta(cfg)  # before the checkpoint is read
-    trained = load_for_prediction(cfg.ckpt_path)
+    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
+    cfg = with_model_record(cfg, trained, streamed=True)
     summary = predict_to_zarr(
         trained.net,
         **store_options(cfg, trained),

@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 
 from unet.errors import OutputExistsError, UserError
+from unet.output_safety import check_free_space, check_replaceable
 from unet.zarr_io import Sections
 
 PROBABILITY_DTYPES = ("float16", "float32", "uint8")
@@ -216,10 +217,20 @@ def open_store(
     if sections.axis is not None:
         shape, chunks = (len(sections), *shape), (1, *chunks)
         expected.update(shape=list(shape), sections=list(sections.names))
-    if path.exists() and overwrite:
-        shutil.rmtree(path)
-    if path.exists():
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(
+            f"output={path} exists and is a file, not a .zarr store; choose a new output or "
+            "move that file away"
+        )
+    if path.exists() and not overwrite:
         return _continue(path, expected)
+    # before anything is deleted; the space of a store it replaces counts as free
+    need = int(np.prod(shape)) * np.dtype(dtype).itemsize  # uncompressed: an upper bound
+    old = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    check_free_space(path, need - old, "the store's probability map")
+    if path.exists():
+        check_replaceable(path)  # overwrite replaces only a store unet wrote
+        shutil.rmtree(path)
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.attrs["ome"] = {"version": "0.5", "multiscales": [_multiscales(path.stem, sections)]}
     group.attrs["unet"] = expected

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from unet.atomic import atomic_file, write_text
+from unet.metrics.thresholds import PIXEL_THRESHOLDS
 from unet.panels import KINDS, cell_panel, membrane_panel
 from unet.postprocess import PostProcessing
 from unet.writers import write_png
@@ -38,9 +39,38 @@ PAPER: dict[str, dict[str, tuple[float, str]]] = {
 }
 
 
+OWN_DATA = "own data"  # data=folder: no paper has figures for it
+
+
 def dataset_name(data_cfg) -> str:
-    """``isbi2012`` or the Cell Tracking Challenge data set's name, from the ``data`` config."""
-    return str(data_cfg.get("dataset") or "isbi2012")
+    """``isbi2012``, the Cell Tracking Challenge data set's name, or :data:`OWN_DATA`, from
+    the ``data`` config (its keys tell them apart: only ISBI's has ``val_slices``, only the
+    Cell Tracking Challenge's ``dataset``)."""
+    if data_cfg.get("dataset"):
+        return str(data_cfg.dataset)
+    return "isbi2012" if "val_slices" in data_cfg else OWN_DATA
+
+
+def error_kind(dataset: str, instances: bool) -> str:
+    """What a report's error pictures show: ``objects`` (merges and splits of instances),
+    ``membranes`` (ISBI's pixel errors) or ``pixels`` (pixel errors of other class masks)."""
+    if instances:
+        return "objects"
+    return "membranes" if dataset == "isbi2012" else "pixels"
+
+
+# The best pixel-error threshold is shown only strictly inside the sweep (0.00 .. 0.99): at
+# either end the best is "every pixel a cell" or "almost none", which says the sweep found
+# no threshold that separates the classes (e.g. dense masks of an untrained net), not where
+# one lies.
+def shown_metrics(metrics: dict) -> dict:
+    """``metrics`` without those that mean nothing here (the rule above)."""
+    threshold = metrics.get("val/pixel_error_threshold")
+    if isinstance(threshold, int | float) and not (
+        PIXEL_THRESHOLDS[0] < threshold < PIXEL_THRESHOLDS[-1]
+    ):
+        return {k: v for k, v in metrics.items() if k != "val/pixel_error_threshold"}
+    return metrics
 
 
 @dataclass
@@ -61,8 +91,11 @@ class ReportImage:
     instances: np.ndarray | None = None
 
 
-def image_panel(item: ReportImage, postprocess: PostProcessing) -> np.ndarray:
-    """Cell data: instances made by ``postprocess`` with object errors; ISBI: membranes.
+def image_panel(
+    item: ReportImage, postprocess: PostProcessing, membranes: bool = True
+) -> np.ndarray:
+    """Cell data: instances made by ``postprocess`` with object errors; otherwise pixel
+    errors of p > 0.5, named as membranes (ISBI, ``membranes``) or as cell pixels.
 
     Multi-channel images are shown as their channel mean; for K > 2 classes the panel
     shows foreground (any class but 0) against background, as ``prob`` is the foreground
@@ -74,7 +107,7 @@ def image_panel(item: ReportImage, postprocess: PostProcessing) -> np.ndarray:
     classes = item.classes
     if classes.max(initial=0) > 1:  # K classes: foreground against background
         classes = (classes > 0).astype(item.classes.dtype)
-    return membrane_panel(image, classes, item.prob, item.weight)
+    return membrane_panel(image, classes, item.prob, item.weight, membranes)
 
 
 def read_curves(files: Sequence[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -121,13 +154,14 @@ def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) ->
 
 
 def metric_table(metrics: dict, dataset: str, split: str) -> str:
-    """Markdown: each scalar metric, this run's value and the paper's where it has one."""
-    paper = PAPER.get(dataset, {})
-    lines = [
-        f"| metric | this run ({split} split) | paper ({dataset} test set) |",
-        "| --- | ---: | ---: |",
-    ]
-    for name, value in metrics.items():
+    """Markdown: each scalar metric, this run's value and the paper's where it has one (a
+    paper column only for the paper's data sets)."""
+    paper = PAPER.get(dataset)
+    columns = ["metric", f"this run ({split} split)"]
+    if paper:
+        columns.append(f"paper ({dataset} test set)")
+    lines = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
+    for name, value in shown_metrics(metrics).items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             if math.isfinite(value) and float(value).is_integer():  # counts: 13, not 13.0000
                 ours = f"{int(value)}"
@@ -135,14 +169,16 @@ def metric_table(metrics: dict, dataset: str, split: str) -> str:
                 ours = f"{value:.4f}"
             else:
                 ours = f"{value:.3g}"
-            theirs = f"{paper[name][0]:g} ({paper[name][1]})" if name in paper else ""
-            lines.append(f"| {name} | {ours} | {theirs} |")
+            cells = [name, ours]
+            if paper:
+                cells.append(f"{paper[name][0]:g} ({paper[name][1]})" if name in paper else "")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def legend(cell_data: bool) -> str:
-    """What the error colours mean, in Markdown."""
-    kinds = (1, 2, 3, 4) if cell_data else (5, 6)
+def legend(kind: str) -> str:
+    """What the error colours of :func:`error_kind`'s pictures mean, in Markdown."""
+    kinds = {"objects": (1, 2, 3, 4), "membranes": (5, 6), "pixels": (7, 8)}[kind]
     meaning = {
         1: "one predicted object covers two or more true cells",
         2: "a true cell holds two or more predicted objects",
@@ -150,6 +186,8 @@ def legend(cell_data: bool) -> str:
         4: "a predicted object outside every (annotated) true cell",
         5: "true membrane predicted as cell (p > 0.5): may merge neighbours",
         6: "true cell interior predicted as membrane: may split a cell",
+        7: "a true foreground pixel predicted as background (p <= 0.5)",
+        8: "a true background pixel predicted as foreground (p > 0.5)",
     }
     rows = [f"- {KINDS[k][0]} (RGB {KINDS[k][1]}): {meaning[k]}" for k in kinds]
     return "\n".join(rows)
@@ -168,6 +206,7 @@ def write_report(
     panels: Sequence[tuple[str, np.ndarray]],
     curves: Sequence[Path] = (),
     notes: Sequence[str] = (),
+    errors: str | None = None,
 ) -> Path:
     """Write ``report.md`` and its PNGs to ``folder``; returns the path of ``report.md``.
 
@@ -178,16 +217,23 @@ def write_report(
         panels: (image id, picture from :func:`image_panel`) per image.
         curves: Lightning CSV metric files (empty: no learning curves).
         notes: extra lines under the heading.
+        errors: what the panels' error colours are (:func:`error_kind`); None: objects for
+            the Cell Tracking Challenge's data sets, membranes for ISBI, pixels otherwise.
     """
+    errors = errors or error_kind(dataset, dataset in PAPER and dataset != "isbi2012")
     folder = Path(folder)
     pictures = folder / "report"
     pictures.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", *notes, ""]
     lines += ["## Scores", "", metric_table(metrics, dataset, split), ""]
-    lines.append(
-        f"Our numbers are on the {split} split of the data here; the paper's are on the "
-        "challenge's test set (Ronneberger et al. 2015), so they are a reference, not a match."
-    )
+    if dataset in PAPER:
+        lines.append(
+            f"Our numbers are on the {split} split of the data here; the paper's are on the "
+            "challenge's test set (Ronneberger et al. 2015), so they are a reference, not a "
+            "match."
+        )
+    else:
+        lines.append(f"Our numbers are on the {split} split of {dataset}; no paper has figures.")
     settings = {k: v for k, v in metrics.items() if not isinstance(v, int | float)}
     if settings:
         lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()]
@@ -199,7 +245,7 @@ def write_report(
         lines.append("No learning curves: the run had no CSV logger (`logger=csv`).")
     lines += ["", f"## {split.capitalize()} images", ""]
     lines += ["input | ground truth | prediction | errors. Error colours:", ""]
-    lines += [legend(dataset != "isbi2012"), ""]
+    lines += [legend(errors), ""]
     for name, picture in panels:
         png = write_png(pictures / file_name(split, name), picture)
         lines += [f"### {name}", "", f"![{split} image {name}](report/{png.name})", ""]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,14 +32,17 @@ from unet.chunked_holes import fill_holes_chunks
 from unet.chunked_labels import label_chunks
 from unet.chunked_measurements import write_store_measurements
 from unet.data.readers import DataError
-from unet.measurements import PixelSize
+from unet.engines import engine_network
+from unet.inference import require_finite_output
+from unet.output_safety import check_apart, output_lock, write_faults
+from unet.pixel_size import PixelSize, warn_mismatch
 from unet.postprocess import PostProcessing
 from unet.prediction import check_network, resolve_device
 from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
 from unet.progress import progress_bar
 from unet.streaming import image_statistics, network_hash, predict_streaming, rank_share
 from unet.tiler import Tiler, available_memory_bytes
-from unet.zarr_io import ImageSource, open_sections
+from unet.zarr_io import ImageSource, open_sections, with_pixel_size
 
 STATISTICS = "statistics.json"  # a section's note: per-channel mean and standard deviation
 # peak memory of PostProcessing with regrow on a whole section, beyond its probability map:
@@ -116,12 +121,16 @@ def predict_to_zarr(
     tiler: Tiler | None = None,
     device: str = "cpu",
     precision: str | int = 32,
+    engine: str = "torch",
     postprocess: PostProcessing | None = None,
     instance_class: int | None = None,
     labels: bool = True,
     overwrite: bool = False,
     progress: bool = True,
     measurements: bool = False,
+    checkpoint: str | None = None,
+    pixel_size: PixelSize | None = None,
+    training_pixel_size: PixelSize | None = None,
     rank: int | None = None,
     world_size: int | None = None,
     barrier=None,
@@ -138,6 +147,8 @@ def predict_to_zarr(
             (``unet.data.readers.INPUT_AXES``).
         chunk: the store's chunk side (px); predicted bands are whole chunk rows.
         probability_dtype: ``float16``, ``float32`` or ``uint8`` (``round(255 p)``).
+        engine: what runs the network on the tiles (:mod:`unet.engines`); the store's
+            record names the weights, not the engine (fp32 engines agree within 1e-4).
         instance_class: for a K-class network, the class whose probability is stored and
             labelled (None: 1 - p(background)); as in ``unet.labels.foreground_probability``.
         labels: also write instance labels (``labels/cells``): chunk-wise, or per whole
@@ -145,16 +156,23 @@ def predict_to_zarr(
         overwrite: start over; otherwise an existing store of this network continues.
         measurements: rank 0 writes ``measurements.csv`` into the store from its labels
             (``unet.chunked_measurements``).
+        pixel_size: the input's pixel size, replacing what the input says (None: its own).
+        training_pixel_size: the training data's; rank 0 warns when the input's differs
+            (``unet.pixel_size.mismatch_warning``).
         rank, world_size, barrier: this process's share of the chunk rows; ``barrier()``
             waits for all ranks (before labels, and before rank 0 counts the objects).
             None: those of an initialised torch.distributed group (gloo or NCCL), else one
             process.
         on_batch: called with the number of tiles after each forward pass (tests).
+        checkpoint: the file ``net`` came from, named when a band's probabilities are not
+            finite: nothing of that band is written, earlier chunk rows stay done
+            (:class:`unet.inference.NonFiniteOutputError`).
         Others: as in :func:`unet.prediction.predict_path`.
     """
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
+    check_apart(output, input=input)
     net, sections, record = checked_inputs(
         net,
         input,
@@ -167,16 +185,65 @@ def predict_to_zarr(
         labels,
         instance_class,
     )
-    start = time.perf_counter()
-    # rank 0 creates the store first; the others then open it
+    sections = with_pixel_size(sections, pixel_size)
+    net = engine_network(net, engine, precision)  # after the record hashed its weights
+    if rank == 0:
+        warn_mismatch(str(input), PixelSize.of(sections.scale, sections.units), training_pixel_size)
+    with store_guard(output, rank):
+        start = time.perf_counter()
+        store = shared_store(
+            (output, sections, record, chunk, probability_dtype, overwrite, labels), rank, barrier
+        )
+        share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
+        settings = (tiler, precision, instance_class)
+        predicted = predict_rows(
+            net, str(input), sections, store, share, settings, progress, on_batch, checkpoint
+        )
+        if barrier is not None:
+            barrier()
+        objects = None
+        if labels:
+            objects = label_store(store, sections, postprocess, (rank, world_size, barrier))
+            if rank == 0 and measurements:
+                pixel_size = PixelSize.of(sections.scale, sections.units)
+                write_store_measurements(store, sections.names, pixel_size)
+        return {
+            "shape": tuple(store.probability.shape),
+            "sections": len(sections),
+            "rows_predicted": predicted,
+            "objects": objects,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+@contextmanager
+def store_guard(output, rank: int) -> Iterator[None]:
+    """One writer per store (rank 0 holds the lock for all ranks); write faults of the
+    environment as one line (:mod:`unet.output_safety`)."""
+    with ExitStack() as stack:
+        if rank == 0:
+            stack.enter_context(output_lock(output))
+        stack.enter_context(write_faults(output))
+        yield
+
+
+def shared_store(arguments, rank: int, barrier) -> PredictionStore:
+    """The store, created (or continued) by rank 0 first and then opened by the others;
+    ``arguments`` as :func:`store_with_labels` takes them."""
+    output, sections, record, chunk, dtype, overwrite, labels = arguments
+    store = None
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
             store = store_with_labels(  # rank 0 creates the labels; the others find them
-                output, sections, record, chunk, probability_dtype, overwrite and rank == 0, labels
+                output, sections, record, chunk, dtype, overwrite and rank == 0, labels
             )
         if turn == 0 and barrier is not None:
             barrier()
-    share = rank_share(len(sections), sections.shape[0], chunk, rank, world_size)
+    return store
+
+
+def predict_rows(net, input, sections, store, share, settings, progress, on_batch, checkpoint):
+    """:func:`predict_share` with a progress display over chunk rows and tiles."""
     with progress_bar(progress, "predict") as bar:
         rows_task = bar.add_task("chunk rows", total=chunk_rows_to_do(store, share))
         tiles_task = bar.add_task("tiles", total=None)
@@ -186,36 +253,30 @@ def predict_to_zarr(
             if on_batch is not None:
                 on_batch(n)
 
-        predicted = predict_share(
+        return predict_share(
             net,
-            str(input),
+            input,
             sections,
             store,
             share,
-            (tiler, precision, instance_class),
+            settings,
             advance,
             lambda n: bar.advance(rows_task, n),
+            checkpoint,
         )
+
+
+def label_store(store, sections, postprocess, ranks) -> int | None:
+    """Label this rank's sections (``ranks`` = (rank, world_size, barrier)); rank 0 returns
+    the object count of the whole store once every rank is done, the others None."""
+    rank, world_size, barrier = ranks
+    for index in range(rank, len(store), world_size):
+        label_section(store.plane(index), postprocess)
     if barrier is not None:
         barrier()
-    objects = None
-    if labels:
-        for index in range(rank, len(store), world_size):
-            label_section(store.plane(index), postprocess)
-        if barrier is not None:
-            barrier()
-        if rank == 0:
-            objects = sum(store.plane(i).note(LABELS_DONE)["objects"] for i in range(len(store)))
-            if measurements:
-                pixel_size = PixelSize.of(sections.scale, sections.units)
-                write_store_measurements(store, sections.names, pixel_size)
-    return {
-        "shape": tuple(store.probability.shape),
-        "sections": len(sections),
-        "rows_predicted": predicted,
-        "objects": objects,
-        "seconds": time.perf_counter() - start,
-    }
+    if rank != 0:
+        return None
+    return sum(store.plane(i).note(LABELS_DONE)["objects"] for i in range(len(store)))
 
 
 def chunk_rows_to_do(store: PredictionStore, share) -> int:
@@ -224,10 +285,14 @@ def chunk_rows_to_do(store: PredictionStore, share) -> int:
     return sum(b - a for section in runs for a, b in section)
 
 
-def predict_share(net, input: str, sections, store, share, settings, on_batch, on_rows=None) -> int:
+def predict_share(
+    net, input: str, sections, store, share, settings, on_batch, on_rows=None, checkpoint=None
+) -> int:
     """Predict the chunk rows of ``share`` (:func:`unet.streaming.rank_share`) that the store
     does not mark as written; returns the number of rows predicted. ``settings``: (tiler,
-    precision, instance_class); ``on_rows`` is called with the chunk rows each band wrote."""
+    precision, instance_class); ``on_rows`` is called with the chunk rows each band wrote. A
+    band of probabilities that is not all finite stops it before being written
+    (``checkpoint`` names the network)."""
     tiler, precision, instance_class = settings
     height, chunk = sections.shape[0], store.chunk
     predicted = 0
@@ -239,9 +304,10 @@ def predict_share(net, input: str, sections, store, share, settings, on_batch, o
         image = sections.open(index)
         where = input if len(sections) == 1 else f"{input}, section {sections.names[index]}"
         statistics = section_statistics(plane, image, where)
+        write = finite_writer(plane, where, checkpoint)
 
-        def sink(y0: int, y1: int, prob: np.ndarray, plane: Plane = plane) -> None:
-            plane.write_rows(y0, y1, prob)
+        def sink(y0: int, y1: int, prob: np.ndarray, write=write) -> None:
+            write(y0, y1, prob)
             if on_rows is not None:
                 on_rows(-(-y1 // chunk) - y0 // chunk)
 
@@ -263,6 +329,16 @@ def predict_share(net, input: str, sections, store, share, settings, on_batch, o
     return predicted
 
 
+def finite_writer(plane: Plane, where: str, checkpoint: str | None):
+    """``plane.write_rows`` after :func:`unet.inference.require_finite_output`."""
+
+    def write(y0: int, y1: int, prob: np.ndarray) -> None:
+        require_finite_output(prob, f"{where}, rows {y0}-{y1 - 1}", checkpoint)
+        plane.write_rows(y0, y1, prob)
+
+    return write
+
+
 def create_store(
     net: nn.Module,
     input: str | Path,
@@ -279,11 +355,16 @@ def create_store(
     instance_class: int | None = None,
     labels: bool = True,
     overwrite: bool = False,
+    checkpoint: str | None = None,
+    pixel_size: PixelSize | None = None,
+    training_pixel_size: PixelSize | None = None,
 ) -> PredictionStore:
     """What rank 0 of :func:`predict_to_zarr` does first, alone: check the settings, then
     create the store (or open the store of this prediction to continue). Arguments as in
-    :func:`predict_to_zarr`; a refusal is a UserError."""
+    :func:`predict_to_zarr` (``checkpoint`` is only named in messages there,
+    ``training_pixel_size`` is not used); a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
+    check_apart(output, input=input)
     _, sections, record = checked_inputs(
         net,
         input,
@@ -296,7 +377,11 @@ def create_store(
         labels,
         instance_class,
     )
-    return store_with_labels(output, sections, record, chunk, probability_dtype, overwrite, labels)
+    sections = with_pixel_size(sections, pixel_size)
+    with write_faults(output):
+        return store_with_labels(
+            output, sections, record, chunk, probability_dtype, overwrite, labels
+        )
 
 
 def store_with_labels(output, sections, record, chunk, dtype, overwrite, labels):

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unet.atomic import write_json
-from unet.callbacks import log_panels
+from unet.callbacks import TrainingPlan, log_panels
 from unet.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
     load_trained,
     read_checkpoint,
-    store_postprocessing,
+    store_validation,
+    verified_net,
 )
 from unet.checkpoint_io import AtomicCheckpointIO
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import OutputExistsError
 from unet.evaluation import predict_split, score_split, split_report
+from unet.fingerprint import DAMAGED, nonfinite_weights
 from unet.guard import NumericGuard
-from unet.precision import resolve_precision
+from unet.model_record import ModelRecord
+from unet.output_safety import write_faults
+from unet.precision import choose_training
 from unet.shapes import InvalidInputSizeError
 from unet.tiler import Tiler
 from unet.validation import build, check_config
@@ -57,6 +63,34 @@ def check_tile_size(module: L.LightningModule, datamodule: L.LightningDataModule
             ) from None
 
 
+def choose_for_machine(cfg: DictConfig, module, datamodule, stored: dict | None) -> None:
+    """Resolve ``trainer.precision=auto`` (bf16 only where the device runs it natively) and
+    ``model.channels_last=auto`` (where a timed train step is faster) for this machine, or
+    as the ``stored`` choice of a resumed run (so that it trains on as it began); print the
+    choice, and keep it on the module for checkpoints and metrics.json."""
+    precision = cfg.trainer.precision
+    channels_last = cfg.model.get("channels_last", False)
+    if stored and "auto" in (str(precision), channels_last):
+        precision = stored["precision"] if str(precision) == "auto" else precision
+        channels_last = stored["channels_last"] if channels_last == "auto" else channels_last
+    hparams = datamodule.hparams
+    tile, batch = hparams.get("tile_size") or 188, hparams.get("batch_size") or 1
+    choice = choose_training(
+        module.net,
+        (batch, module.net.config.in_channels, tile, tile),
+        precision,
+        cfg.trainer.get("accelerator", "auto"),
+        channels_last,
+    )
+    if is_rank_zero():
+        print(choice.line() + (" (as the resumed run chose)" if stored else ""))
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+        cfg.model.channels_last = choice.channels_last
+    module.channels_last = choice.channels_last
+    module.training_choice = choice.to_dict()
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     """The checkpoint to resume from: a path as given, or for ``"last"`` this run folder's
     ``checkpoints/last.ckpt`` if it exists (None, a fresh start, if not)."""
@@ -70,8 +104,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
-def check_resumable(ckpt_path: str, module: L.LightningModule) -> None:
-    """Refuse to resume from a checkpoint of another architecture, naming what differs."""
+def check_resumable(ckpt_path: str, module: L.LightningModule) -> dict | None:
+    """Refuse to resume from a checkpoint of another architecture, naming what differs;
+    returns the checkpoint's training choice (precision, layout), if it stores one."""
     checkpoint = read_checkpoint(ckpt_path)
     stored = checkpoint.get("net_config")
     current = module.net.config.to_dict()
@@ -101,6 +136,30 @@ def check_resumable(ckpt_path: str, module: L.LightningModule) -> None:
             f"ckpt_path={ckpt_path}: cannot resume, its weights do not fit model.net "
             f"({detail}); resume with the run's own settings or start a new run"
         )
+    check_sound(checkpoint, Path(ckpt_path))
+    return checkpoint.get("training_choice")
+
+
+def optimizer_tensors(checkpoint: dict) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of a checkpoint's optimizer states (Adam's moments, ...), named."""
+    found = []
+    for i, optimizer in enumerate(checkpoint.get("optimizer_states") or []):
+        for param, values in (optimizer.get("state") or {}).items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    found.append((f"optimizer {i}, parameter {param}, {key}", value))
+    return found
+
+
+def check_sound(checkpoint: dict, path: Path) -> None:
+    """Refuse to resume from a damaged checkpoint: NaN or infinite weights, batch-norm
+    statistics or optimizer state (they would poison every later step), or a network that
+    does not reproduce its probe (:func:`unet.checkpoint.verified_net`)."""
+    named = [*(checkpoint.get("state_dict") or {}).items(), *optimizer_tensors(checkpoint)]
+    if damaged := nonfinite_weights(named, "weights, batch-norm statistics and optimizer values"):
+        raise CheckpointError(f"ckpt_path={path}: cannot resume, {damaged}; {DAMAGED}")
+    if checkpoint.get("net_config") is not None:  # a run's own checkpoints always have one
+        verified_net(checkpoint, path, trust=True, label=f"ckpt_path={path}")
 
 
 def logger_versions(ckpt_path: str | None) -> dict:
@@ -162,8 +221,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg``, then score its best checkpoint on the validation split.
 
     Returns the final validation metrics, also written to ``<output_dir>/metrics.json``.
-    Under DDP every rank runs this; only rank 0 writes files.
+    Under DDP every rank runs this; only rank 0 writes files. A full, read-only or forbidden
+    run folder is one line (:class:`unet.output_safety.OutputWriteError`).
     """
+    with write_faults(cfg.paths.output_dir):
+        return fit_run(cfg)
+
+
+def fit_run(cfg: DictConfig) -> dict[str, float]:
+    """The work of :func:`train`."""
     check_config(cfg)  # types and ranges of every setting, before anything is read
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
@@ -178,25 +244,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg, "data")
     module = build(cfg, "model")
     check_tile_size(module, datamodule)
+    stored_choice = None
     if ckpt_path is not None:  # before any logger makes a folder for a run that cannot resume
-        check_resumable(ckpt_path, module)
+        stored_choice = check_resumable(ckpt_path, module)
     if cfg.get("train", True):
         # read and check the data now (Lightning would do it inside fit, after the loggers
         # made their folders); DataModule.setup does the work once
         datamodule.setup("fit")
     prepare_wandb(cfg, ckpt_path)
     prepare_csv(cfg)
-    loggers = instantiate_all(cfg.get("logger"))
+    # debug=fast_dev_run: a check that everything runs, which leaves no logs behind
+    loggers = [] if cfg.trainer.get("fast_dev_run") else instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not sys.stdout.isatty():  # a log file: a bar's redraws would fill it with escape codes
+        with open_dict(cfg):  # (EpochLog prints plain epoch lines there instead)
+            cfg.trainer.enable_progress_bar = False
     if not cfg.trainer.enable_progress_bar:  # (Lightning refuses a bar then)
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    with open_dict(cfg):  # "auto": bf16 only where the device runs it natively
-        cfg.trainer.precision = resolve_precision(
-            cfg.trainer.precision, cfg.trainer.get("accelerator", "auto")
-        )
+    choose_for_machine(cfg, module, datamodule, stored_choice)
     callbacks.append(NumericGuard())  # always: a non-finite loss must never train on
+    callbacks.append(TrainingPlan())  # what is about to run, and how long it will take
     trainer = build(
         cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -224,10 +293,19 @@ def fit_and_validate(cfg, trainer, module, datamodule, ckpt_path) -> dict[str, f
     (``report.md``), whose panels also go to the image loggers (W&B, TensorBoard)."""
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = metrics_as_floats(trainer.callback_metrics)
+    choice = module.training_choice or {}  # precision, channels_last, step_seconds
+    metrics = metrics_as_floats(trainer.callback_metrics) | choice
     if cfg.validate and trainer.is_global_zero:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = next(
+            (
+                c.best_model_path
+                for c in trainer.checkpoint_callbacks
+                if isinstance(c, ModelCheckpoint)
+            ),
+            "",
+        )
         metrics, split, postprocess = final_validation(cfg, module, datamodule, best)
+        metrics |= choice
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         panels = split_report(
             cfg, datamodule, "val", split, postprocess, metrics, "train", csv_logs(cfg)
@@ -249,19 +327,25 @@ def csv_logs(cfg: DictConfig) -> list[Path]:
 
 def final_validation(cfg, module, datamodule, best: str):
     """Every metric of the best checkpoint on the validation split (``unet.evaluation``),
-    with the post-processing chosen there (``choose_postprocess``) and stored in the
-    checkpoint, so that ``src/predict.py`` and ``src/eval.py`` use it.
+    with the post-processing chosen there (``choose_postprocess``). The checkpoint stores
+    that post-processing and the model record of how the split was predicted
+    (:mod:`unet.model_record`), so that ``src/predict.py`` and ``src/eval.py`` repeat both.
 
     Returns:
         The metrics, the predicted split and the post-processing used (for the report).
     """
     net = load_trained(best).net if best else module.net.eval()
     datamodule.setup("validate")
-    tta = cfg.tta
-    split = predict_split(net, datamodule, "val", Tiler(), tta)
+    tiler = Tiler()
+    # full precision on the CPU, whatever the training's precision was
+    record = ModelRecord(
+        tta=cfg.tta or "none", precision="32", tile_size=tiler.tile_size, overlap=tiler.overlap
+    )
+    split = predict_split(net, datamodule, "val", tiler, record.tta, record.precision)
     choose = cfg.choose_postprocess
     metrics, postprocess, chosen_on = score_split(split, choose=choose)
-    if best and choose:
-        store_postprocessing(best, postprocess, chosen_on | {"split": "val", "tta": tta})
-    metrics |= {"checkpoint": best, "tta": tta, "postprocess": postprocess.to_dict()}
+    if best:
+        chosen_on = chosen_on | {"split": "val", "tta": record.tta}
+        store_validation(best, record, postprocess if choose else None, chosen_on)
+    metrics |= {"checkpoint": best, "tta": record.tta, "postprocess": postprocess.to_dict()}
     return metrics, split, postprocess

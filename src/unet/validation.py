@@ -239,6 +239,7 @@ SETTINGS = [
     Setting("model.net.up_mode", one_of("transpose", "bilinear"), "transpose or bilinear"),
     Setting("model.init_from", string, "a checkpoint file path", nullable=True),
     Setting("model.freeze_encoder_epochs", integer(0), "an integer >= 0 (0: none)"),
+    Setting("model.channels_last", either(boolean, one_of("auto")), "true, false or auto"),
     Setting("model.optimizer.lr", number(0), "a number >= 0, e.g. 0.001"),
     Setting("model.optimizer.momentum", number(0, 1), "a number in [0, 1]"),
     Setting("model.optimizer.weight_decay", number(0), "a number >= 0"),
@@ -249,6 +250,18 @@ SETTINGS = [
     Setting("callbacks.validation_images.every_n_epochs", integer(1), "an integer >= 1"),
     Setting("callbacks.precise_bn.tiles", integer(0), "an integer >= 0 (0: off)"),
     Setting(
+        "callbacks.last_checkpoint.every_n_train_steps",
+        integer(1),
+        "an integer >= 1, or null (not by steps)",
+        nullable=True,
+    ),
+    Setting(
+        "callbacks.last_checkpoint.every_minutes",
+        lambda v: number(0)(v) and v > 0,
+        "a number of minutes > 0, or null (not by time)",
+        nullable=True,
+    ),
+    Setting(
         "callbacks.epoch_log.console", one_of("auto", "always", "never"), "auto, always or never"
     ),
     # prediction and evaluation
@@ -256,10 +269,20 @@ SETTINGS = [
     Setting("output", string, "a path (predict: a folder; export: a .zip, .onnx or .pt file)"),
     Setting("overwrite", boolean, "true or false"),
     Setting("device", device, "auto, cpu, cuda or cuda:<n>"),
+    # null (predict, eval): what the model was validated with (unet.model_record)
     Setting(
-        "precision", one_of(32, "32", "32-true", "bf16", "bf16-mixed", "bf16-true"), "32 or bf16"
+        "precision",
+        one_of(32, "32", "32-true", "bf16", "bf16-mixed", "bf16-true"),
+        "32 or bf16",
+        nullable=True,
     ),
-    Setting("tta", one_of("none", "flips8", "paper7"), "none, flips8 or paper7"),
+    Setting("tta", one_of("none", "flips8", "paper7"), "none, flips8 or paper7", nullable=True),
+    # what runs the network on the tiles (unet.engines)
+    Setting(
+        "engine",
+        one_of("torch", "onnxruntime", "openvino", "auto"),
+        "torch, onnxruntime, openvino or auto",
+    ),
     Setting("postprocess.threshold", number(0, 1), "a number in (0, 1)", nullable=True),
     Setting("postprocess.min_area", integer(0), "an integer >= 0", nullable=True),
     Setting("postprocess.fill_holes", boolean, "true or false", nullable=True),
@@ -279,9 +302,16 @@ SETTINGS = [
     Setting("overlays", boolean, "true or false"),
     Setting("measurements", boolean, "true or false"),
     Setting("rois", boolean, "true or false"),
+    Setting(
+        "pixel_size",
+        lambda v: list_of(number(1e-12))(v) and len(v) == 2,
+        "null or [y, x] in micrometers, e.g. [0.5, 0.5]",
+        nullable=True,
+    ),
     Setting("nonfinite", one_of(*NONFINITE_CHOICES), "refuse, median or zero"),
     Setting("input_axes", one_of(*INPUT_AXES), "auto or zyx"),
     Setting("progress", boolean, "true or false"),
+    Setting("trust_checkpoint", boolean, "true or false"),
     Setting("tiler.tile_size", integer(1), "a valid input size, e.g. 572", nullable=True),
     Setting("tiler.overlap", integer(0), "an integer >= 0", nullable=True),
     Setting("tiler.batch_size", integer(1), "an integer >= 1", nullable=True),

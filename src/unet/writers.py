@@ -14,6 +14,7 @@ import tifffile
 from PIL import Image
 
 from unet.atomic import atomic_file, temporary_name
+from unet.pixel_size import PixelSize, tiff_resolution
 
 
 class ProbabilityStackWriter:
@@ -29,10 +30,14 @@ class ProbabilityStackWriter:
     Args:
         path: the TIFF file to write (replaced if it exists).
         bigtiff: write BigTIFF, needed beyond 4 GB.
+        pixel_size: stored as every page's resolution (None: unknown, none stored).
     """
 
-    def __init__(self, path: str | Path, bigtiff: bool = False):
+    def __init__(
+        self, path: str | Path, bigtiff: bool = False, pixel_size: PixelSize | None = None
+    ):
         self.path = Path(path)
+        self.resolution = tiff_resolution(pixel_size)
         self._tmp = temporary_name(self.path)
         self._tiff = tifffile.TiffWriter(self._tmp, bigtiff=bigtiff)
         self.shapes: list[tuple[int, int]] = []
@@ -41,7 +46,7 @@ class ProbabilityStackWriter:
     def write(self, page: np.ndarray) -> None:
         page = np.asarray(page, dtype=np.float32)
         contiguous = bool(self.shapes) and self.shapes[-1] == page.shape
-        self._tiff.write(page, contiguous=contiguous, photometric="minisblack")
+        self._tiff.write(page, contiguous=contiguous, photometric="minisblack", **self.resolution)
         self.shapes.append(page.shape)
         self.num_series += not contiguous
 
@@ -60,18 +65,30 @@ class ProbabilityStackWriter:
         self.close(exc)
 
 
-def write_label_image(path: str | Path, labels: np.ndarray) -> None:
+def write_label_image(
+    path: str | Path, labels: np.ndarray, pixel_size: PixelSize | None = None
+) -> None:
     """An instance label image (0 = background), uncompressed uint16 as the Cell Tracking
-    Challenge expects (uint32 if there are more than 65535 objects)."""
+    Challenge expects (uint32 if there are more than 65535 objects), with the resolution of
+    ``pixel_size`` (None: none)."""
     dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
+    resolution = tiff_resolution(pixel_size)
     with atomic_file(path) as tmp:
-        tifffile.imwrite(tmp, labels.astype(dtype), photometric="minisblack")
+        tifffile.imwrite(tmp, labels.astype(dtype), photometric="minisblack", **resolution)
 
 
-def write_class_image(path: str | Path, classes: np.ndarray) -> None:
-    """A class-index image (argmax of the class probabilities), uncompressed uint8."""
+def write_class_image(
+    path: str | Path, classes: np.ndarray, pixel_size: PixelSize | None = None
+) -> None:
+    """A class-index image (argmax of the class probabilities), uncompressed uint8, with
+    ``pixel_size`` as its resolution (None: none stored)."""
     with atomic_file(path) as tmp:
-        tifffile.imwrite(tmp, classes.astype(np.uint8), photometric="minisblack")
+        tifffile.imwrite(
+            tmp,
+            classes.astype(np.uint8),
+            photometric="minisblack",
+            **tiff_resolution(pixel_size),
+        )
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.ndarray:

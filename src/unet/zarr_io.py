@@ -23,7 +23,7 @@ the output store (``unet.prediction_store``) with its name, unit and scale.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from unet.data.frames import (
     samples_hint,
 )
 from unet.data.readers import DataError, checked_tiff
+from unet.pixel_size import PixelSize, read_pixel_size, read_tiff_pixel_size
 
 ZARR_MARKERS = ("zarr.json", ".zattrs", ".zgroup")  # a zarr v3 or v2 group, whatever its name
 
@@ -292,10 +293,14 @@ def _open_tiff(path: Path, level: int, channels: int, input_axes: str = "auto") 
         levels = len(series.levels)
         chosen = series.levels[min(level, levels - 1)]
         shape, axes = tuple(chosen.shape), chosen.axes
+        scale, units = scale_and_units(read_tiff_pixel_size(tif))
+        full_width = series.levels[0].shape[series.levels[0].axes.index("X")]
     if not 0 <= level < levels:
         raise DataError(
             f"{path}: resolution level {level} does not exist; it has levels 0-{levels - 1}"
         )
+    if level > 0 and units[0] is not None:  # a level's pixels: larger by the width ratio
+        scale = tuple(s * full_width / shape[axes.index("X")] for s in scale)
     try:
         array = zarr.open_array(tifffile.imread(path, aszarr=True, level=level), mode="r")
     except (OSError, ValueError, tifffile.TiffFileError) as err:
@@ -316,14 +321,14 @@ def _open_tiff(path: Path, level: int, channels: int, input_axes: str = "auto") 
     def section(i: int) -> ImageSource:
         index = tuple(roles.get(n, i if n == stack else 0) for n in names)
         dtype = np.dtype(array.dtype)
-        return ImageSource(array, index, yx, dtype, (1.0, 1.0), (None, None), str(path))
+        return ImageSource(array, index, yx, dtype, scale, units, str(path))
 
     if stack is None:
-        return Sections([path.stem], yx, None, section)
+        return Sections([path.stem], yx, None, section, scale, units)
     n = sizes[stack]
     axis = StackAxis("t" if stack == "t" else "z", None, 1.0)  # pages (I, Q, Z): z
     # <stem>_NNN: the names unet.data.frames.FrameSource gives a stack's frames
-    return Sections(_numbered(f"{path.stem}_", n), yx, axis, section)
+    return Sections(_numbered(f"{path.stem}_", n), yx, axis, section, scale, units)
 
 
 def _open_folder(path: Path, level: int, channels: int) -> Sections:
@@ -345,4 +350,21 @@ def _open_folder(path: Path, level: int, channels: int) -> Sections:
             return _in_memory(file, channels)
         return open_image(file, level, channels)
 
-    return Sections(frames.names, sizes[0], StackAxis("z", None, 1.0), section)
+    scale, units = scale_and_units(read_pixel_size(path))  # its first TIFF frame's
+    return Sections(frames.names, sizes[0], StackAxis("z", None, 1.0), section, scale, units)
+
+
+def scale_and_units(pixel_size: PixelSize | None) -> tuple[tuple, tuple]:
+    """(scale, units) along (y, x) of a pixel size read from a file (None: unknown)."""
+    if pixel_size is None:
+        return (1.0, 1.0), (None, None)
+    return (pixel_size.y, pixel_size.x), (pixel_size.unit, pixel_size.unit)
+
+
+def with_pixel_size(sections: Sections, pixel_size: PixelSize | None) -> Sections:
+    """``sections`` with another pixel size (predict's ``pixel_size`` setting); as they
+    are for None."""
+    if pixel_size is None:
+        return sections
+    scale, units = scale_and_units(pixel_size)
+    return replace(sections, scale=scale, units=units)

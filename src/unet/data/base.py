@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from unet.augmentation import Augmentation
 from unet.data.samples import RandomTileDataset, WholeImageDataset, training_dataloader
+from unet.pixel_size import PixelSize
 
 SPLITS = ("train", "val")
 
@@ -64,6 +65,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.whole_sets: dict[str, WholeImageDataset] = {}
         self.frame_ids: dict[str, list[str]] = {}
         self.instances: dict[str, list[np.ndarray]] = {}
+        # the training images' pixel size (None: unknown), set by read_splits; the
+        # checkpoint records it (unet.pixel_size)
+        self.pixel_size: PixelSize | None = None
 
     def read_splits(self) -> dict[str, Split]:
         """The dataset's ``"train"`` and ``"val"`` splits (read, standardised, weighted)."""

@@ -34,6 +34,7 @@ from unet.data.readers import (
     require_contrast,
 )
 from unet.data.samples import standardize
+from unet.pixel_size import read_pixel_size
 from unet.weight_maps import cached_instance_weight_map
 
 DOWNLOAD_HINT = (
@@ -261,6 +262,8 @@ class CellTrackingDataModule(SegmentationDataModule):
             markers=margin is not None,
             nonfinite=hp.nonfinite,
         )
+        # the first sequence's first frame's (a data set's frames share one microscope)
+        self.pixel_size = read_pixel_size(Path(hp.data_dir) / hp.dataset / hp.sequences[0])
         images, classes, weights, complete, all_instances = [], [], [], [], []
         for f in frames:
             image, instances, markers = f.image, f.instances, f.markers

@@ -36,6 +36,7 @@ from unet.data.pairs import (
 from unet.data.readers import DataError
 from unet.data.samples import standardize
 from unet.distributed import is_rank_zero
+from unet.pixel_size import read_pixel_size
 
 
 def evenly_spaced(count: int, fraction: float) -> list[int]:
@@ -229,6 +230,7 @@ class FolderDataModule(SegmentationDataModule):
             splits[name], raw = self.read_set(pairs)
             lines.append(describe_split(name, pairs, splits[name], raw, hp.num_classes))
         require_every_class(splits["train"], sets["train"], hp.num_classes)
+        self.pixel_size = read_pixel_size(sets["train"][0].image)  # the first image's
         if hp.summary and is_rank_zero():
             kind = f"{hp.mask_type} masks, {hp.num_classes} classes"
             print(f"folder data set {hp.data_dir} ({kind}):", *lines, sep="\n")

@@ -22,6 +22,7 @@ from unet.data.readers import (
     require_two_classes,
 )
 from unet.data.samples import standardize
+from unet.pixel_size import read_pixel_size
 from unet.weight_maps import cached_binary_weight_map
 
 DOWNLOAD_HINT = (
@@ -142,6 +143,7 @@ class IsbiDataModule(SegmentationDataModule):
     def read_splits(self) -> dict[str, Split]:
         hp = self.hparams
         volume, classes = read_isbi_training(hp.data_dir, hp.nonfinite)
+        self.pixel_size = read_pixel_size(Path(hp.data_dir) / "isbi2012" / "train-volume.tif")
         if hp.crop:
             volume, classes = volume[:, : hp.crop, : hp.crop], classes[:, : hp.crop, : hp.crop]
         images = [standardize(s) for s in volume]

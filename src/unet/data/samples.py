@@ -58,6 +58,7 @@ class EpochIndexSampler(Sampler[int]):
                 "raise data.samples_per_epoch"
             )
         self.n, self.rank, self.world_size, self.epoch = n, rank, world_size, 0
+        self.start = 0  # this rank's samples to leave out at the next pass (a resumed epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -66,10 +67,57 @@ class EpochIndexSampler(Sampler[int]):
         return self.n // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        stop = len(self) * self.world_size
+        first = self.epoch * self.n + self.rank + self.start * self.world_size
+        self.start = 0  # only the first pass after a resume starts late
         return iter(
-            range(self.epoch * self.n + self.rank, self.epoch * self.n + stop, self.world_size)
+            range(first, self.epoch * self.n + len(self) * self.world_size, self.world_size)
         )
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that can continue an epoch where a checkpoint left it.
+
+    Lightning saves ``state_dict()`` in every checkpoint (``loops.fit_loop.combined_loader``)
+    and, resuming mid-epoch, calls ``load_state_dict`` before it iterates: the next pass then
+    leaves out the batches the interrupted run had already trained on, so that the resumed
+    run sees the uninterrupted run's tiles in its order (they are keyed by (seed, epoch,
+    index), :class:`RandomTileDataset`). Its length stays the whole epoch's, as Lightning's
+    step counting expects. Needs an :class:`EpochIndexSampler`.
+
+    The iterator is made at the first ``next()``, not at ``iter()``: Lightning calls
+    ``iter()`` before it sets the resumed epoch on the sampler, and loader workers take
+    their first indices from the sampler as soon as the iterator exists.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = 0  # batches handed out in the current pass, counting skipped ones
+        self._resume: dict | None = None
+
+    def __iter__(self) -> Iterator:
+        return self._pass()
+
+    def _epoch(self) -> int:
+        # another sampler (Lightning's for trainer.overfit_batches): no epochs, no resume
+        return self.sampler.epoch if isinstance(self.sampler, EpochIndexSampler) else -1
+
+    def _pass(self) -> Iterator:
+        self.batches = 0
+        if self._resume is not None and self._resume["epoch"] == self._epoch() >= 0:
+            self.batches = int(self._resume["batches"])
+            self.sampler.start = self.batches * self.batch_size
+        self._resume = None
+        for batch in super().__iter__():
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and how many of its batches have been handed out."""
+        return {"epoch": self._epoch(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Leave out ``state["batches"]`` batches when epoch ``state["epoch"]`` is next read."""
+        self._resume = dict(state)
 
 
 class RandomTileDataset(Dataset):
@@ -173,7 +221,7 @@ def training_dataloader(
         # One OpenCV thread per worker: the workers already run side by side. Set here, in
         # the parent: OpenCV's thread pool cannot be resized in a forked worker (it hangs).
         cv2.setNumThreads(1)
-    return DataLoader(
+    return ResumableLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochIndexSampler(len(dataset), rank, world_size),

@@ -35,6 +35,7 @@ from unet.checkpoint import TrainedModel
 from unet.data.samples import standardize
 from unet.errors import UserError
 from unet.export.any_size import AnySizeUNet, any_size_record, axis_sizes, minimum_size
+from unet.export.check import require_finite
 from unet.export.datasets import UNET_PAPER
 from unet.export.onnx import OPSET, write_onnx
 from unet.export.package_readme import readme
@@ -161,9 +162,12 @@ def write_weights(model: ProbabilityUNet, folder: Path, record: dict, onnx: bool
     return weights
 
 
-def tensor_descriptions(config, folder: Path, any_size: bool = True) -> tuple[list, list]:
-    """(inputs, outputs) descriptions, with the test tensors already in ``folder``;
-    ``any_size``: the weights of :class:`unet.export.any_size.AnySizeUNet`."""
+def tensor_descriptions(
+    config, folder: Path, pixel_size=None, any_size: bool = True
+) -> tuple[list, list]:
+    """(inputs, outputs) descriptions, with the test tensors already in ``folder``; the
+    space axes carry ``pixel_size`` (the training data's) as scale and unit; ``any_size``:
+    the weights of :class:`unet.export.any_size.AnySizeUNet`."""
     from bioimageio.spec.model.v0_5 import (
         BatchAxis,
         ChannelAxis,
@@ -184,12 +188,15 @@ def tensor_descriptions(config, folder: Path, any_size: bool = True) -> tuple[li
     )
 
     sizes = axis_sizes(config, any_size)
+    scales = axis_scales(pixel_size)
     in_names, classes = channel_names(config)
     in_axes = [
         BatchAxis(),
         ChannelAxis(channel_names=in_names),
         *(
-            SpaceInputAxis(id=a, size=ParameterizedSize(min=sizes["min"], step=sizes["step"]))
+            SpaceInputAxis(
+                id=a, size=ParameterizedSize(min=sizes["min"], step=sizes["step"]), **scales[a]
+            )
             for a in ("y", "x")
         ),
     ]
@@ -197,9 +204,9 @@ def tensor_descriptions(config, folder: Path, any_size: bool = True) -> tuple[li
     for a in ("y", "x"):
         size = SizeReference(tensor_id=INPUT, axis_id=a, offset=sizes["offset"])
         out_space.append(
-            SpaceOutputAxisWithHalo(id=a, size=size, halo=sizes["halo"])
+            SpaceOutputAxisWithHalo(id=a, size=size, halo=sizes["halo"], **scales[a])
             if sizes["halo"]
-            else SpaceOutputAxis(id=a, size=size)
+            else SpaceOutputAxis(id=a, size=size, **scales[a])
         )
     image = "gray-value image" if config.in_channels == 1 else f"{config.in_channels}-channel image"
     inputs = InputTensorDescr(
@@ -228,6 +235,16 @@ def tensor_descriptions(config, folder: Path, any_size: bool = True) -> tuple[li
     return [inputs], [outputs]
 
 
+def axis_scales(pixel_size) -> dict[str, dict]:
+    """Per space axis, the ``scale`` and ``unit`` of a known pixel size (none otherwise)."""
+    if pixel_size is None or not pixel_size.known:
+        return {"y": {}, "x": {}}
+    return {
+        "y": {"scale": pixel_size.y, "unit": pixel_size.unit},
+        "x": {"scale": pixel_size.x, "unit": pixel_size.unit},
+    }
+
+
 @torch.no_grad()
 def write_test_tensors(
     model: ProbabilityUNet, image: np.ndarray, where: str, folder: Path, membranes: bool = False
@@ -240,6 +257,7 @@ def write_test_tensors(
     crop = test_crop(image, model.config, where, isinstance(model, AnySizeUNet))
     raw = crop.astype(np.float32).reshape(1, -1, *crop.shape[-2:])  # (1, C, h, w)
     prob = model(torch.from_numpy(standardize(raw[0]))[None]).numpy()  # (1, K, h', w')
+    require_finite(f"test input cropped from {where}", prob, raw.shape[-2:])
     np.save(folder / "test_input.npy", raw)
     np.save(folder / "test_output.npy", prob)
     Image.fromarray(cover_image(raw[0], prob[0], membranes)).save(folder / "cover.png")
@@ -260,7 +278,7 @@ def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, 
 
     dataset = settings["dataset"]
     any_size = settings.get("any_size", True)
-    inputs, outputs = tensor_descriptions(trained.config, folder, any_size)
+    inputs, outputs = tensor_descriptions(trained.config, folder, trained.pixel_size, any_size)
     pytorch = torch.__version__.split("+")[0]
     text = readme(
         settings["name"], dataset, record, trained.config, pytorch, any_size, settings["onnx"]

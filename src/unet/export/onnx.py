@@ -74,3 +74,15 @@ def run_session(session, x: np.ndarray) -> np.ndarray:
     """The session's output for a float32 (B, C, H, W) array."""
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def onnx_weights(source: str | bytes) -> list[tuple[str, torch.Tensor]]:
+    """The stored tensors (initializers: weights, batch-norm statistics) of an ONNX model
+    file path or the file's bytes, named."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
+    return [
+        (t.name, torch.from_numpy(numpy_helper.to_array(t).copy())) for t in graph.graph.initializer
+    ]

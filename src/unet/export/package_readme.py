@@ -68,6 +68,26 @@ def tools_section(min_size: int, grid: int, onnx: bool) -> str:
 """
 
 
+TTA_WORDS = {
+    "none": "none (one pass)",
+    "flips8": "flips8 (the mean probabilities of the 8 flips and rotations of the input)",
+    "paper7": "paper7 (the mean of the 7 flips and rotations that are not the identity)",
+}
+
+
+def validation_settings(how: dict) -> str:
+    """The model record (:mod:`unet.model_record`) in words, for README.md."""
+    if not how:
+        return ""
+    tta = how.get("tta", "none")
+    return (
+        f"The validation predicted with test-time augmentation {TTA_WORDS.get(tta, tta)} at "
+        f"precision {how.get('precision', '32')}; the labels of the chosen post-processing "
+        "assume the same (`config.unet.model_record`, which this project's `src/predict.py` "
+        "uses by default for this package)."
+    )
+
+
 def readme(
     name: str,
     dataset: dict,
@@ -92,6 +112,7 @@ def readme(
         )
     else:
         validated = f"No post-processing was validated; the plain rule is {p} > 0.5."
+    validated += " " + validation_settings(record.get("model_record") or {})
     sizes = axis_sizes(config, any_size)
     image = "a gray-value image" if c == 1 else f"a {c}-channel image (RGB or a channel stack)"
     classes = "channel 1 = cell" if k == 2 else f"{k} channels, class 0 = background"

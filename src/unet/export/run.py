@@ -27,6 +27,7 @@ from unet.export.datasets import DATASETS, OWN, dataset_key, own_dataset, own_im
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import model_record
 from unet.network import NetConfig
+from unet.output_safety import check_apart, check_replaceable, output_lock, write_faults
 from unet.progress import progress_bar
 from unet.validation import check_config
 
@@ -55,6 +56,8 @@ def check_output(output: str | Path, fmt: str, overwrite: bool) -> Path:
         )
     if not output.parent.is_dir():
         raise ExportSettingError(f"output={output}: the folder {output.parent} does not exist")
+    if overwrite:
+        check_replaceable(output)  # only a model unet exported
     return output
 
 
@@ -169,6 +172,7 @@ def export(cfg: DictConfig) -> dict:
     """Export ``cfg.ckpt_path`` as ``cfg.format`` to ``cfg.output``; returns a summary
     (format, output, seconds, bytes)."""
     check_config(cfg)
+    check_apart(cfg.output, ckpt_path=cfg.ckpt_path, image=cfg.get("image"))
     output = check_output(cfg.output, cfg.format, cfg.overwrite)
     settings, image = None, None
     if cfg.format == "bioimageio":  # before the slow part: a wrong setting shows at once
@@ -180,11 +184,12 @@ def export(cfg: DictConfig) -> dict:
         _, image = next(iter(frames))
     with progress_bar(True, "export") as bar:
         task = bar.add_task("steps", total=1 + package_steps(settings))
-        trained = load_trained(cfg.ckpt_path)
+        trained = load_trained(cfg.ckpt_path, trust=cfg.get("trust_checkpoint", False))
         record = model_record(trained)
         bar.advance(task)
         start = time.perf_counter()
-        write_output(cfg, trained, record, (image, settings), output, lambda: bar.advance(task))
+        with output_lock(output), write_faults(output):
+            write_output(cfg, trained, record, (image, settings), output, lambda: bar.advance(task))
     seconds = time.perf_counter() - start
     size = output.stat().st_size
     Console().print(

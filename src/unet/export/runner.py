@@ -4,12 +4,17 @@ A bioimage.io package (zip, or its ``rdf.yaml``), an ONNX file or a TorchScript 
 written by :mod:`unet.export` loads as a :class:`unet.checkpoint.TrainedModel` whose
 ``net`` is an :class:`ExportedNet`, so prediction runs it through the same
 standardisation, tiler and test-time augmentation as a checkpoint: users check what they
-ship.
+ship. Its ``record`` (:mod:`unet.model_record`, from the export's record) is what prediction
+defaults to, as for the checkpoint it was exported from.
 
 Exported weights end with a softmax, while the tiler stitches logits and applies the
 softmax itself. ``ExportedNet`` returns log-probabilities: they differ from the logits by a
 per-pixel constant, which a softmax removes, and the tiler's stitching weights sum to 1,
 so the stitched result is the same.
+
+Every exported model is checked as it loads: its stored weights finite, and its output for
+a probe input finite and of the size its architecture record says (an edited record's
+padding would tile wrongly): :func:`verify_exported`.
 """
 
 from __future__ import annotations
@@ -22,10 +27,19 @@ import torch
 from torch import nn
 
 from unet.checkpoint import CheckpointError, CheckpointNotFoundError, TrainedModel, load_trained
-from unet.export.record import KEY, config_from_record, postprocess_from_record
+from unet.export.record import (
+    KEY,
+    config_from_record,
+    postprocess_from_record,
+    validation_from_record,
+)
+from unet.fingerprint import nonfinite_weights, output_problem, probability_probe_mismatch
 from unet.network import NetConfig
+from unet.pixel_size import KEY as PIXEL_SIZE
+from unet.pixel_size import from_record
 
 PACKAGE_FILES = ("rdf.yaml", "bioimageio.yaml")
+UNSOUND = "the file is damaged -- export it again from a sound checkpoint"
 
 
 class ExportedNet(nn.Module):
@@ -67,20 +81,40 @@ def exported_kind(path: Path) -> str | None:
     return None
 
 
+def verify_exported(net: ExportedNet, weights: list, record: dict, path: Path) -> None:
+    """Refuse exported ``weights`` (named tensors) that are not all finite, a network whose
+    output for a probe input is not finite or not of its record's size, or one that does
+    not reproduce the record's probe (exports written before probes have none); one line
+    naming ``path`` and the cause."""
+    if damaged := nonfinite_weights(weights, "stored weights"):
+        raise CheckpointError(f"{path}: {damaged}; {UNSOUND}")
+    if problem := output_problem(net):
+        raise CheckpointError(f"{path}: {problem}; {UNSOUND}")
+    probe = record.get("probe")
+    if probe and (mismatch := probability_probe_mismatch(net, probe)):
+        raise CheckpointError(
+            f"{path}: the exported weights do not fit their record ({mismatch}); the file "
+            "was edited or damaged: export it again"
+        )
+
+
 def trained_model(net: ExportedNet, record: dict, path: Path) -> TrainedModel:
+    """The checked exported network as a TrainedModel with its record's settings."""
     return TrainedModel(
         net=net.eval(),
         config=net.config,
         postprocess=postprocess_from_record(record, path),
         chosen_on=dict(record.get("postprocess_chosen_on") or {}),
         path=path,
+        record=validation_from_record(record, path),
+        pixel_size=from_record(record.get(PIXEL_SIZE)),
     )
 
 
 def load_onnx(source, path: Path) -> TrainedModel:
     """An ONNX model with the unet record and one (B, C, H, W) input, C = the recorded
     network's ``in_channels``."""
-    from unet.export.onnx import onnx_session, session_record
+    from unet.export.onnx import onnx_session, onnx_weights, session_record
 
     try:
         session = onnx_session(source)
@@ -97,7 +131,16 @@ def load_onnx(source, path: Path) -> TrainedModel:
             f"{path}: expected an ONNX model with one input of shape (B, {channels}, H, W) "
             f"(its record's in_channels = {channels}), found input shape(s) {shown}"
         )
-    return trained_model(ExportedNet(config, session=session), record, path)
+    net = ExportedNet(config, session=session)
+    verify_exported(net, onnx_weights(source), record, path)
+    return trained_model(net, record, path)
+
+
+def inner_network(module: nn.Module) -> nn.Module:
+    """The bare network inside any-size TorchScript weights (:mod:`unet.export.any_size`),
+    probabilities out: the tiler places tiles of valid sizes itself, as for a checkpoint."""
+    # the traced submodule ``net`` returns logits; ExportedNet expects probabilities
+    return nn.Sequential(module.net, nn.Softmax(dim=1))
 
 
 def load_torchscript(source, path: Path) -> TrainedModel:
@@ -109,7 +152,12 @@ def load_torchscript(source, path: Path) -> TrainedModel:
     except RuntimeError as err:
         first = " ".join(str(err).split())[:200]
         raise CheckpointError(f"{path}: not a readable TorchScript model ({first})") from None
-    return trained_model(ExportedNet(config_from_record(record, path), module=module), record, path)
+    weights = list(module.state_dict().items())
+    if "any_size" in record:
+        module = inner_network(module)
+    net = ExportedNet(config_from_record(record, path), module=module)
+    verify_exported(net, weights, record, path)
+    return trained_model(net, record, path)
 
 
 def package_description(path: Path):
@@ -140,15 +188,6 @@ def package_description(path: Path):
     )
 
 
-def inner_network(trained: TrainedModel) -> TrainedModel:
-    """The bare network inside any-size TorchScript weights (:mod:`unet.export.any_size`):
-    the tiler places tiles of valid sizes itself, exactly as for a checkpoint."""
-    module = trained.net.module
-    # the traced submodule ``net`` returns logits; ExportedNet expects probabilities
-    trained.net.module = nn.Sequential(module.net, nn.Softmax(dim=1))
-    return trained
-
-
 def load_package(path: Path) -> TrainedModel:
     """A bioimage.io package: its TorchScript weights (ONNX if it has none), validated
     with bioimageio.spec (file hashes included)."""
@@ -157,8 +196,6 @@ def load_package(path: Path) -> TrainedModel:
     if descr.weights.torchscript is not None:
         data = descr.weights.torchscript.get_reader().read()
         trained = load_torchscript(io.BytesIO(data), path)
-        if "any_size" in record:
-            trained = inner_network(trained)
     elif descr.weights.onnx is not None and "any_size" in record:
         raise CheckpointError(
             f"{path}: any-size ONNX weights cannot run tile by tile; expected TorchScript "
@@ -170,11 +207,15 @@ def load_package(path: Path) -> TrainedModel:
         raise CheckpointError(f"{path}: expected TorchScript or ONNX weights, found neither")
     trained.postprocess = postprocess_from_record(record, path)
     trained.chosen_on = dict(record.get("postprocess_chosen_on") or {})
+    trained.record = validation_from_record(record, path)
+    trained.pixel_size = from_record(record.get(PIXEL_SIZE))
     return trained
 
 
-def load_for_prediction(path: str | Path) -> TrainedModel:
-    """A checkpoint, a bioimage.io package, an ONNX or a TorchScript file, for prediction."""
+def load_for_prediction(path: str | Path, trust: bool = False) -> TrainedModel:
+    """A checkpoint, a bioimage.io package, an ONNX or a TorchScript file, for prediction,
+    checked as it loads (``trust``: accept a checkpoint without a probe,
+    :func:`unet.checkpoint.load_trained`)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint not found: {path} does not exist")
@@ -185,4 +226,4 @@ def load_for_prediction(path: str | Path) -> TrainedModel:
         return load_onnx(str(path), path)
     if kind == "torchscript":
         return load_torchscript(str(path), path)
-    return load_trained(path)
+    return load_trained(path, trust=trust)

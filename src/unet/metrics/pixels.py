@@ -10,8 +10,10 @@ alike (they all add their probability maps to a :class:`PixelCounts`):
 - pixels whose ``valid`` mask is False (weight 0: cells the annotation leaves out) are not
   counted; without a mask every pixel counts;
 - the pixel error is 1 - the maximal F1 of the cell class over the thresholds; F1, IoU and
-  Dice "at 0.5" binarise at ``p > 0.5``. A ratio whose denominator is 0 (no cell in the
-  label and none predicted) is 1.
+  Dice "at 0.5" binarise at ``p > 0.5``;
+- scores of the cell class cannot be computed when the scored labels hold no cell pixel
+  at all (every threshold would score an empty prediction as perfect): then every score is
+  NaN, "missing", never 0 error (a checkpoint callback never takes NaN as best).
 
 Relation to the ISBI 2012 challenge's Fiji script (``PixelError`` of Fiji's Trainable
 Segmentation, called with thresholds 0.0 to 1.0 in steps of 0.1): it also binarises at
@@ -114,8 +116,17 @@ class PixelCounts:
         ascending = Confusion(true_pos, false_pos, cells - true_pos, membrane - false_pos)
         return Confusion(*(_unsort(c, self._order) for c in ascending))
 
+    @property
+    def has_cells(self) -> bool:
+        """Whether the scored labels hold a cell pixel: without one no score is defined."""
+        return bool(self._on_cells.sum() > 0)
+
     def pixel_error(self) -> Sweep:
-        """1 - the maximal F1 of the cell class over the thresholds, and where it is."""
+        """1 - the maximal F1 of the cell class over the thresholds, and where it is
+        (NaN everywhere when the labels hold no cell pixel)."""
+        if not self.has_cells:
+            missing = np.full(len(self.thresholds), np.nan)
+            return Sweep(float("nan"), float("nan"), missing)
         return best(1.0 - self.confusion().f1, self.thresholds, minimize=True)
 
     def scores(self, at: float = 0.5) -> dict[str, float]:
@@ -131,6 +142,8 @@ class PixelCounts:
                 "iou": float(one.iou),
                 "dice": float(one.dice),
             }
+            if not self.has_cells:  # nothing to score: missing, not perfect
+                scores |= dict.fromkeys(("pixel_error_t05", "iou", "dice"), float("nan"))
         return scores
 
 
