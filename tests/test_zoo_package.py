@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from unet.checkpoint import load_trained
 from unet.export.any_size import AnySizeUNet, axis_plan, minimum_size, tool_halo
 from unet.export.run import export
+from unet.fingerprint import record_probe
 from unet.inference import predict_image
 from unet.labels import foreground_probability
 from unet.network import UNet
@@ -56,7 +57,7 @@ def zoo_ckpt(data_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("zoo") / "tiny.ckpt"
     state = {f"net.{k}": v for k, v in net.eval().state_dict().items()}
     torch.save({"state_dict": state, "net_config": net.config.to_dict(),
-                "postprocess": POSTPROCESS}, path)  # fmt: skip
+                "postprocess": POSTPROCESS, "net_probe": record_probe(net)}, path)  # fmt: skip
     return path
 
 
