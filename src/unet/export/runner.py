@@ -136,6 +136,13 @@ def load_onnx(source, path: Path) -> TrainedModel:
     return trained_model(net, record, path)
 
 
+def inner_network(module: nn.Module) -> nn.Module:
+    """The bare network inside any-size TorchScript weights (:mod:`unet.export.any_size`),
+    probabilities out: the tiler places tiles of valid sizes itself, as for a checkpoint."""
+    # the traced submodule ``net`` returns logits; ExportedNet expects probabilities
+    return nn.Sequential(module.net, nn.Softmax(dim=1))
+
+
 def load_torchscript(source, path: Path) -> TrainedModel:
     """A TorchScript file written by :mod:`unet.export.torchscript` (with its record)."""
     from unet.export.torchscript import read_torchscript
@@ -145,8 +152,11 @@ def load_torchscript(source, path: Path) -> TrainedModel:
     except RuntimeError as err:
         first = " ".join(str(err).split())[:200]
         raise CheckpointError(f"{path}: not a readable TorchScript model ({first})") from None
+    weights = list(module.state_dict().items())
+    if "any_size" in record:
+        module = inner_network(module)
     net = ExportedNet(config_from_record(record, path), module=module)
-    verify_exported(net, list(module.state_dict().items()), record, path)
+    verify_exported(net, weights, record, path)
     return trained_model(net, record, path)
 
 
@@ -186,6 +196,11 @@ def load_package(path: Path) -> TrainedModel:
     if descr.weights.torchscript is not None:
         data = descr.weights.torchscript.get_reader().read()
         trained = load_torchscript(io.BytesIO(data), path)
+    elif descr.weights.onnx is not None and "any_size" in record:
+        raise CheckpointError(
+            f"{path}: any-size ONNX weights cannot run tile by tile; expected TorchScript "
+            "weights in the package (export it again)"
+        )
     elif descr.weights.onnx is not None:
         trained = load_onnx(descr.weights.onnx.get_reader().read(), path)
     else:
