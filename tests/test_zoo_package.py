@@ -205,3 +205,42 @@ def test_bare_network_package_keeps_the_valid_size_rule(zoo_ckpt, data_dir, comp
     assert (y.size.min, y.size.step) == (92, 8)  # shapes.size_rule(3, "valid")
     assert bare.outputs[0].axes[2].size.offset == -88 and bare.inputs[0].pad is None
     assert "unet.export.probabilities" in str(bare.weights.pytorch_state_dict.architecture)
+
+
+@pytest.mark.slow
+def test_core_runs_a_trained_isbi_cpu_package_like_predict_py(
+    data_dir, compose_train, compose_export, tmp_path
+):
+    """The checks above with the isbi_cpu recipe's network (depth 4, 16 channels, batch
+    norm), trained by src/train.py for two short epochs, instead of the tiny net."""
+    from bioimageio.core import predict
+    from bioimageio.spec import load_model_description
+
+    from unet.training import train
+
+    overrides = ["experiment=isbi_cpu", "trainer.max_epochs=2", "data.samples_per_epoch=8",
+                 "data.num_workers=0", "logger=csv", "callbacks.progress_bar=null",
+                 "trainer.enable_progress_bar=false"]  # fmt: skip
+    ckpt = Path(train(compose_train(overrides, tmp_path / "run", data_dir))["checkpoint"])
+    package = tmp_path / "isbi_cpu.zip"
+    export(compose_export([f"ckpt_path={ckpt}", f"output={package}", 'authors=["A B"]']))
+    descr = load_model_description(package, perform_io_checks=False)
+    trained = load_trained(ckpt)
+    post = trained.postprocess or PostProcessing()
+
+    def same(found, image, tile=508):
+        reference = predict_image(trained.net, image, Tiler(tile_size=tile))
+        assert found.shape == reference.shape
+        assert np.abs(found - reference).max() <= 1e-4
+        np.testing.assert_array_equal(
+            post(foreground_probability(found)), post(foreground_probability(reference))
+        )
+
+    image = isbi_slice(data_dir)
+    same(core_whole_image(descr, image, "torchscript"), image)
+    u373 = tifffile.imread(data_dir / "PhC-C2DH-U373" / "01" / "t000.tif")
+    same(core_whole_image(descr, u373, "onnx"), u373)
+    big = np.pad(image, 768, mode="reflect")  # (2048, 2048)
+    n = 512 - minimum_size(trained.config)  # blocks of 512 on the pooling grid
+    out = predict(model=descr, inputs=big[None, None], blocksize_parameter=n)
+    same(out.members["output"].data.to_numpy()[0], big, tile=1036)
