@@ -2,6 +2,16 @@
 
     python benchmarks/stream_memory.py [--size 16384] [--compare-size 2048] [--chunk 1024]
         [--tile 508] [--memory-gb 1] [--sections 1]
+    python benchmarks/stream_memory.py --budget-table [--nets small,isbi_cpu,paper]
+        [--shapes 2048x2048,12288x12288,4096x65536] [--max-rows 2048] [--compare-src PATH]
+
+``--budget-table``: peak resident memory of streamed prediction at ``--memory-gb`` (tile
+size and batch chosen by the planner) for each net and image shape, one process per case,
+and the growth over the first shape. ``--max-rows`` crops the height of larger shapes (the
+band's memory depends on the width; the statistics pass reads blocks): a shorter run.
+``--compare-src`` also runs the first shape with the code of another checkout's ``src``
+(e.g. the main branch) for throughput. Nets: ``small`` (4 base channels, depth 2, valid),
+``isbi_cpu`` (below), ``paper`` (64 base channels, depth 4, valid); random weights.
 
 The isbi_cpu network (``configs/experiment/isbi_cpu.yaml``: depth 4, valid convs, 16 base
 channels, batch norm; random weights, eval mode). Each measurement runs in its own process
@@ -34,11 +44,16 @@ import torch
 from unet.machine import cpu_model
 
 
-def isbi_cpu_net():
+def isbi_cpu_net(name: str = "isbi_cpu"):
     from unet.network import UNet
 
     torch.manual_seed(0)
-    return UNet(base_channels=16, batch_norm=True, dropout=0.0).eval()
+    kwargs = {
+        "small": dict(base_channels=4, depth=2),
+        "isbi_cpu": dict(base_channels=16, batch_norm=True),
+        "paper": dict(base_channels=64),
+    }[name]
+    return UNet(dropout=0.0, **kwargs).eval()
 
 
 def synthetic_rows(y0: int, y1: int, w: int) -> np.ndarray:
@@ -47,7 +62,7 @@ def synthetic_rows(y0: int, y1: int, w: int) -> np.ndarray:
     return (1000 + 300 * np.sin(yy / 23.0) * np.cos(xx / 31.0)).astype(np.uint16)
 
 
-def write_input(path: Path, size: int, chunk: int, sections: int = 1) -> None:
+def write_input(path: Path, size, chunk: int, sections: int = 1) -> None:
     """A (y, x) OME-Zarr image, or a (z, y, x) stack of ``sections`` (> 1) such images."""
     import zarr
 
@@ -57,13 +72,14 @@ def write_input(path: Path, size: int, chunk: int, sections: int = 1) -> None:
     scale = [{"type": "scale", "scale": [1.0] * len(names)}]
     datasets = [{"path": "0", "coordinateTransformations": scale}]
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
-    shape, chunks = (sections, size, size), (1, chunk, chunk)
+    h, w = (size, size) if isinstance(size, int) else size
+    shape, chunks = (sections, h, w), (1, chunk, chunk)
     array = group.create_array(
         "0", shape=shape[-len(names) :], chunks=chunks[-len(names) :], dtype="uint16"
     )
     for z in range(sections):
-        for y in range(0, size, chunk):
-            rows = synthetic_rows(y, min(y + chunk, size), size) + np.uint16(100 * z)
+        for y in range(0, h, chunk):
+            rows = synthetic_rows(y, min(y + chunk, h), w) + np.uint16(100 * z)
             array[(z, slice(y, y + chunk)) if sections > 1 else slice(y, y + chunk)] = rows
 
 
@@ -105,6 +121,60 @@ def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float, secti
     }
 
 
+def run_budget_case(net_name: str, shape, chunk: int, memory_gb: float) -> dict:
+    """One streamed prediction of a (h, w) image with ``net_name`` at ``memory_gb``."""
+    from unet.stream_prediction import predict_to_zarr
+    from unet.tiler import Tiler
+
+    net = isbi_cpu_net(net_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_input(Path(tmp) / "in.zarr", shape, chunk)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        start = time.perf_counter()
+        predict_to_zarr(
+            net,
+            Path(tmp) / "in.zarr",
+            Path(tmp) / "out.zarr",
+            chunk=chunk,
+            tiler=Tiler(memory_gb=memory_gb),
+            labels=False,
+            progress=False,
+        )
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "seconds": seconds,
+        "peak_gb": peak / 2**30,
+        "before_gb": base / 2**30,
+        "megapixels_per_second": shape[0] * shape[1] / 1e6 / seconds,
+    }
+
+
+def budget_table(args) -> None:
+    """Peak memory per net and shape (one subprocess each); throughput against --compare-src."""
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    shapes = [(min(h, args.max_rows) if i else h, w) for i, (h, w) in enumerate(shapes)]
+    sources = [("this", str(Path(__file__).resolve().parents[1] / "src"))]
+    if args.compare_src:
+        sources.append(("compare", args.compare_src))
+    for net in args.nets.split(","):
+        first = None
+        for i, shape in enumerate(shapes):
+            for label, src in sources if i == 0 else sources[:1]:
+                command = [sys.executable, __file__, "--case", net, f"{shape[0]}x{shape[1]}"]
+                command += ["--chunk", str(args.chunk), "--memory-gb", str(args.memory_gb)]
+                env = dict(os.environ, PYTHONPATH=src)
+                done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                first = first if first is not None or label != "this" else r["peak_gb"]
+                print(
+                    f"{net:8s} {label:7s} {shape[0]:5d} x {shape[1]:5d}: {r['seconds']:7.1f} s, "
+                    f"{r['megapixels_per_second']:.3f} Mpx/s, peak {r['peak_gb']:.2f} GB "
+                    f"(+{(r['peak_gb'] - first) * 1024:.0f} MB over the first shape)",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16384)
@@ -114,7 +184,21 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=float, default=1.0)
     parser.add_argument("--sections", type=int, default=1, help="stack this many (streamed runs)")
     parser.add_argument("--one", choices=["stream", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--budget-table", action="store_true")
+    parser.add_argument("--nets", default="small,isbi_cpu,paper")
+    parser.add_argument("--shapes", default="2048x2048,12288x12288,4096x65536")
+    parser.add_argument("--max-rows", type=int, default=1 << 30)
+    parser.add_argument("--compare-src", help="another checkout's src, for throughput")
     args = parser.parse_args()
+    if args.case:
+        shape = tuple(int(v) for v in args.case[1].split("x"))
+        print(json.dumps(run_budget_case(args.case[0], shape, args.chunk, args.memory_gb)))
+        return
+    if args.budget_table:
+        print(f"{cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()}")
+        budget_table(args)
+        return
     if args.one:
         result = run_one(args.one, args.size, args.chunk, args.tile, args.memory_gb, args.sections)
         print(json.dumps(result))

@@ -1,14 +1,19 @@
-"""The napari plugin: manifest, reader, Segment and Fine-tune widgets, headless.
+"""The napari plugin: manifest, reader, Segment and Fine-tune widgets.
 
 Widgets run on a ``napari.components.ViewerModel`` (the layer list and ``add_*`` methods
-the widgets use, without an OpenGL canvas), with pytest-qt's ``qtbot`` for the Qt event
-loop and the worker threads.
+the widgets use, no canvas) and, for the cases a user meets, docked in a real
+``napari.Viewer`` from napari's ``make_napari_viewer`` fixture, with pytest-qt's ``qtbot``
+for the event loop and the worker threads. A real viewer needs OpenGL: under
+``QT_QPA_PLATFORM=offscreen`` that means an X display (``xvfb-run -a``, as ``.ci/run``
+does); without one those cases skip, and fail where ``CI`` is set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import threading
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
 
@@ -24,12 +29,16 @@ pytest.importorskip("pytestqt", reason="pytest-qt not installed: pip install -e 
 pytest.importorskip("npe2", reason="npe2 not installed: pip install -e '.[napari]'")
 
 from napari.components import ViewerModel  # noqa: E402
+from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+from npe2 import PluginManager  # noqa: E402
+from qtpy.QtCore import Qt  # noqa: E402
 
 from unet.checkpoint import load_trained  # noqa: E402
 from unet.fingerprint import record_probe  # noqa: E402
 from unet.inference import predict_image  # noqa: E402
 from unet.napari import finetune, reader, segment, streamed, widgets  # noqa: E402
 from unet.napari.layers import frames_of  # noqa: E402
+from unet.napari.reader import read_store  # noqa: E402
 from unet.napari.sample import cell_image, sample_cells  # noqa: E402
 from unet.napari.segmentation import label_frames  # noqa: E402
 from unet.network import UNet  # noqa: E402
@@ -76,9 +85,71 @@ def ckpt(tmp_path_factory, isbi_slice) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("napari") / "tiny.ckpt", image=image)
 
 
+def opengl_missing() -> str | None:
+    """Why a real viewer cannot draw here, or None (vispy needs an OpenGL context)."""
+    from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
+
+    context, surface = QOpenGLContext(), QOffscreenSurface()
+    surface.create()
+    if context.create() and context.makeCurrent(surface):
+        context.doneCurrent()
+        return None
+    platform, display = os.environ.get("QT_QPA_PLATFORM"), os.environ.get("DISPLAY")
+    return (
+        f"no OpenGL context (QT_QPA_PLATFORM={platform}, DISPLAY={display}): a real napari "
+        "viewer needs a display; run under xvfb-run -a"
+    )
+
+
+@pytest.fixture
+def window(request, qapp):
+    """A real napari.Viewer (Qt main window, vispy canvas), closed after the test."""
+    why = None
+    if not request.config.pluginmanager.has_plugin("napari"):
+        why = "napari's pytest plugin (make_napari_viewer) is not registered"
+    why = why or opengl_missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why + " (CI must run the real-viewer tests)")
+        pytest.skip(why)
+    return request.getfixturevalue("make_napari_viewer")()
+
+
 @pytest.fixture
 def viewer(qtbot):
     return ViewerModel()
+
+
+@pytest.fixture(params=["model", "window"])
+def any_viewer(request, qtbot):
+    """A ViewerModel (logic) and a real viewer with the widgets docked (what a user runs)."""
+    return ViewerModel() if request.param == "model" else request.getfixturevalue("window")
+
+
+def dock(qtbot, viewer, widget):
+    """Dock ``widget`` in a real viewer's window (which then owns it); else qtbot does."""
+    if isinstance(viewer, napari.Viewer):
+        viewer.window.add_dock_widget(widget, name=type(widget).__name__)
+    else:
+        qtbot.addWidget(widget)
+    return widget
+
+
+def excepthook_calls(monkeypatch) -> list[tuple]:
+    """The exceptions that reach ``sys.excepthook`` (napari shows them in a traceback dialog)
+    from here on; call it in the test body: pytest-qt sets its own hook after the fixtures."""
+    caught: list[tuple] = []
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: caught.append(exc))
+    return caught
+
+
+@pytest.fixture
+def notes():
+    """The notifications napari's notification manager receives during the test."""
+    received: list = []
+    notification_manager.notification_ready.connect(received.append)
+    yield received
+    notification_manager.notification_ready.disconnect(received.append)
 
 
 @pytest.fixture
@@ -104,9 +175,26 @@ class Counting(torch.nn.Module):
         return self.net(x)
 
 
+class Gate(Counting):
+    """Holds its first forward pass until released (a test acts during that tile)."""
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x):
+        self.entered.set()
+        self.release.wait(WAIT_MS / 1000)
+        return super().forward(x)
+
+
+class Failing(Counting):
+    def forward(self, x):
+        raise RuntimeError("CUDA out of memory (as a test)")
+
+
 def segmented(qtbot, viewer, ckpt, image, name="image", **layer) -> segment.SegmentWidget:
-    widget = segment.SegmentWidget(viewer)
-    qtbot.addWidget(widget)
+    widget = dock(qtbot, viewer, segment.SegmentWidget(viewer))
     viewer.add_image(image, name=name, **layer)
     assert widget.load_model(str(ckpt))
     return widget
@@ -152,8 +240,8 @@ def test_reader_opens_a_store_and_a_folder_with_their_pixel_size(ckpt, tmp_path)
     np.testing.assert_array_equal(np.asarray(reader.read(str(store))[1][0]), folder_labels)
 
 
-def test_segment_widget_equals_predict_path(qtbot, viewer, ckpt, isbi_slice, tmp_path):
-    image = tifffile.imread(isbi_slice)
+def test_segment_widget_equals_predict_path(qtbot, any_viewer, ckpt, isbi_slice, tmp_path):
+    viewer, image = any_viewer, tifffile.imread(isbi_slice)
     widget = segmented(qtbot, viewer, ckpt, image)
     widget.tta.setCurrentText("flips8")
     run(qtbot, widget)
@@ -171,7 +259,8 @@ def test_segment_widget_equals_predict_path(qtbot, viewer, ckpt, isbi_slice, tmp
     np.testing.assert_array_equal(viewer.layers["image probability"].data, probability)
 
 
-def test_threshold_relabels_without_predicting_again(qtbot, viewer, ckpt, isbi_slice):
+def test_threshold_relabels_without_predicting_again(qtbot, any_viewer, ckpt, isbi_slice):
+    viewer = any_viewer
     widget = segmented(qtbot, viewer, ckpt, tifffile.imread(isbi_slice))
     counting = Counting(widget.segmenter.trained.net)
     widget.segmenter.trained.net = counting
@@ -188,17 +277,92 @@ def test_threshold_relabels_without_predicting_again(qtbot, viewer, ckpt, isbi_s
     np.testing.assert_array_equal(after, label_frames(widget.probability, settings))
 
 
-def test_cancel_stops_within_one_tile(qtbot, viewer, ckpt, isbi_slice):
+@pytest.mark.parametrize("at", [1, 2])  # the first tile, a later one
+def test_cancel_stops_within_one_tile(qtbot, any_viewer, ckpt, isbi_slice, at):
+    viewer = any_viewer
     widget = segmented(qtbot, viewer, ckpt, tifffile.imread(isbi_slice))
     segmenter = widget.segmenter
     segmenter.record = dataclasses.replace(segmenter.record, tile_size=76)  # many tiles
-    counting = Counting(segmenter.trained.net, at=2, flag=widget.cancel_flag)
+    counting = Counting(segmenter.trained.net, at=at, flag=widget.cancel_flag)
     segmenter.trained.net = counting
     tiler = segmenter.tiler(widget.memory.value())
     assert segmenter.tiles(widget.chosen_frames()[1], tiler, "none") > 10
     run(qtbot, widget)
-    assert counting.calls == 2  # the pass during which cancel was pressed, no other
-    assert "image labels" not in viewer.layers and "cancelled" in widget.status.text()
+    assert counting.calls == at  # the pass during which cancel was pressed, no other
+    assert [layer.name for layer in viewer.layers] == ["image"]  # no half result
+    assert widget.probability is None and "cancelled" in widget.status.text()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_closing_the_viewer_stops_the_run(qtbot, window, ckpt, monkeypatch, notes):
+    hooked = excepthook_calls(monkeypatch)
+    widget = segmented(qtbot, window, ckpt, cell_image(160)[0])
+    segmenter = widget.segmenter
+    segmenter.record = dataclasses.replace(segmenter.record, tile_size=76)  # several tiles
+    gate = segmenter.trained.net = Gate(segmenter.trained.net)
+    assert segmenter.tiles(widget.chosen_frames()[1], segmenter.tiler(1.0), "none") > 1
+    added: list[str] = []
+    window.layers.events.inserted.connect(lambda event: added.append(event.value.name))
+    widget.segment()
+    worker, ended = widget.worker, []
+    worker.finished.connect(lambda: ended.append(True))
+    assert gate.entered.wait(WAIT_MS / 1000)
+    window.close()  # during the first tile
+    gate.release.set()
+    qtbot.waitUntil(lambda: bool(ended), timeout=WAIT_MS)
+    qtbot.wait(50)  # the worker's queued signals
+    assert gate.calls == 1 and not worker.is_running  # stopped after the open tile
+    assert added == [] and widget.probability is None  # (closing removed "image")
+    assert hooked == [] and notes == []  # no traceback, no error
+
+
+def test_failures_are_notifications_never_tracebacks(qtbot, window, ckpt, monkeypatch, notes):
+    hooked = excepthook_calls(monkeypatch)
+    widget = segmented(qtbot, window, ckpt, cell_image(64)[0])
+    net = widget.segmenter.trained.net
+    widget.segmenter.trained.net = Failing(net)
+    run(qtbot, widget)  # in the worker
+    widget.segmenter.trained.net = net
+
+    def refuse(*_):
+        raise ValueError("min_area must be >= 0")
+
+    monkeypatch.setattr(segment, "label_frames", refuse)
+    run(qtbot, widget)  # in the slot that shows the result
+    window.add_image(np.zeros((2, 3, 40, 40), np.uint8), name="4d")
+    widget.image.setCurrentText("4d")
+    run(qtbot, widget)  # before the worker
+    errors = [n.message for n in notes if n.severity == NotificationSeverity.ERROR]
+    assert hooked == [] and len(errors) == 3 and all("\n" not in e for e in errors)
+    assert errors[0].startswith("RuntimeError: CUDA out of memory")
+    assert errors[1] == "ValueError: min_area must be >= 0"
+    assert "expected (height, width) or a stack" in errors[2]
+    assert [layer.name for layer in window.layers] == ["image", "4d"]  # both or neither
+
+
+def test_stream_button_writes_what_predict_to_zarr_writes(qtbot, any_viewer, ckpt, tmp_path):
+    viewer, source = any_viewer, tmp_path / "cells.tif"
+    tifffile.imwrite(source, cell_image(96)[0])
+    PluginManager.instance().discover()  # napari's builtin TIFF reader (a viewer does this)
+    viewer.open(str(source), plugin="napari")  # a layer that knows its file
+    widget = dock(qtbot, viewer, segment.SegmentWidget(viewer))
+    assert widget.load_model(str(ckpt)) and widget.image.currentText() == "cells"
+    widget.store_path.edit.setText(str(tmp_path / "widget.zarr"))
+    qtbot.mouseClick(widget.stream_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    segmenter = widget.segmenter
+    predict_to_zarr(
+        segmenter.trained.net, source, tmp_path / "direct.zarr",
+        tiler=segmenter.tiler(widget.memory.value()), precision=segmenter.record.precision,
+        postprocess=widget.settings(), progress=False,
+    )  # fmt: skip
+    direct = read_store(tmp_path / "direct.zarr")
+    assert np.asarray(direct[1][0]).max() > 0  # cells: the comparison can fail
+    streamed_layers = read_store(tmp_path / "widget.zarr")
+    for (data, kwargs, _), (expected, _, _) in zip(streamed_layers, direct, strict=True):
+        np.testing.assert_array_equal(np.asarray(data), np.asarray(expected))
+        shown = viewer.layers[kwargs["name"].replace("direct", "widget")]
+        np.testing.assert_array_equal(np.asarray(shown.data), np.asarray(expected))
 
 
 def test_sixteen_bit_stack_and_three_channels(qtbot, viewer, ckpt, tmp_path, errors):
@@ -249,12 +413,14 @@ def test_bad_inputs_are_one_notification(qtbot, viewer, ckpt, tmp_path, errors):
 
 
 def test_finetune_two_epochs_writes_a_checkpoint_predict_loads(
-    qtbot, viewer, ckpt, tmp_path, compose_predict, errors
+    qtbot, any_viewer, ckpt, tmp_path, compose_predict, errors
 ):
+    viewer = any_viewer
     for data, kwargs, kind in sample_cells():
         getattr(viewer, f"add_{kind}")(data[:128, :128], **kwargs)
-    tuner = finetune.FinetuneWidget(viewer)
-    qtbot.addWidget(tuner)
+    segmenter = dock(qtbot, viewer, segment.SegmentWidget(viewer))  # both widgets open
+    assert segmenter.load_model(str(ckpt))
+    tuner = dock(qtbot, viewer, finetune.FinetuneWidget(viewer))
     tuner.pairs[0][0].setCurrentText("unet sample cells")
     tuner.pairs[0][1].setCurrentText("unet sample labels")
     tuner.model_path.edit.setText(str(ckpt))
@@ -267,6 +433,8 @@ def test_finetune_two_epochs_writes_a_checkpoint_predict_loads(
     assert errors == []
     best = Path(new.args[0])
     assert best.is_file() and tuner.model_path.path == str(best)
+    assert segmenter.segmenter.trained.path == best  # Segment's current model now
+    assert segmenter.model_path.path == str(best) and "fine-tuned" in segmenter.status.text()
     assert tuner.progress.value() == 2 and "new checkpoint" in tuner.status.text()
     assert load_trained(best).postprocess is not None  # chosen at the final validation
     image = tmp_path / "cells.tif"

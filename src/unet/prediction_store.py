@@ -111,10 +111,18 @@ class Plane:
 
     def write_rows(self, y0: int, y1: int, prob: np.ndarray) -> None:
         """Rows y0..y1-1 (whole chunk rows) of cell probability; then marks them done."""
+        self.write_block(y0, y1, 0, prob)
+        self.mark_rows(y0, y1)
+
+    def write_block(self, y0: int, y1: int, x0: int, prob: np.ndarray) -> None:
+        """Rows y0..y1-1, columns from ``x0`` (whole chunks) of cell probability, unmarked."""
         dtype = self.probability.dtype
         encoded = np.rint(prob * 255) if dtype == np.uint8 else prob
         encoded = encoded.astype(dtype)
-        self.probability[y0:y1, :] = encoded
+        self.probability[y0:y1, x0 : x0 + prob.shape[1]] = encoded
+
+    def mark_rows(self, y0: int, y1: int) -> None:
+        """Mark the chunk rows of rows y0..y1-1 as written."""
         self.progress.mkdir(parents=True, exist_ok=True)
         for k in range(y0 // self.chunk, -(-y1 // self.chunk)):
             (self.progress / str(k)).touch()

@@ -40,7 +40,8 @@ from unet.postprocess import PostProcessing
 from unet.prediction import check_network, resolve_device
 from unet.prediction_store import LABELS_DONE, Plane, PredictionStore, StoreError, open_store
 from unet.progress import progress_bar
-from unet.streaming import image_statistics, network_hash, predict_streaming, rank_share
+from unet.stream_plan import StreamMemoryError, StreamPlan, plan_stream
+from unet.streaming import image_statistics, network_hash, predict_windows, rank_share
 from unet.tiler import Tiler, available_memory_bytes
 from unet.zarr_io import ImageSource, open_sections, with_pixel_size
 
@@ -73,18 +74,13 @@ def check_labels_settings(postprocess: PostProcessing, shape: tuple[int, int]) -
         )
 
 
-def check_band_memory(net: nn.Module, tiler: Tiler, shape, chunk: int) -> None:
-    """Refuse a chunk height whose band of stitched logits leaves no memory for tiles."""
-    plan = tiler.plan(net, shape)
-    out_h = max(len(w) for w in plan.rows.weights)
-    band = 4 * net.config.num_classes * (chunk + 2 * out_h) * shape[1]  # float32 logits
-    budget = tiler.memory_budget(net)
-    if band >= budget:
-        raise StoreError(
-            f"chunk={chunk}: a band of {chunk} + {2 * out_h} rows x {shape[1]} px of logits needs "
-            f"{band / 2**30:.2f} GB, more than the memory budget of {budget / 2**30:.2f} GB, "
-            "leaving no room for tiles; use a smaller chunk or a larger tiler.memory_gb"
-        )
+def stream_plan(net: nn.Module, tiler: Tiler, shape, chunk: int) -> StreamPlan:
+    """Tiles, column windows and row groups within ``tiler``'s memory budget
+    (:func:`unet.stream_plan.plan_stream`); a budget too small for them is a StoreError."""
+    try:
+        return plan_stream(net, tiler, tuple(shape), chunk, net.config.in_channels)
+    except StreamMemoryError as err:
+        raise StoreError(f"chunk={chunk}: {err}") from None
 
 
 def distributed_share() -> tuple[int, int, object]:
@@ -295,6 +291,7 @@ def predict_share(
     (``checkpoint`` names the network)."""
     tiler, precision, instance_class = settings
     height, chunk = sections.shape[0], store.chunk
+    plan = stream_plan(net, tiler, sections.shape, chunk)
     predicted = 0
     for index, first, last in share:
         plane = store.plane(index)
@@ -306,21 +303,22 @@ def predict_share(
         statistics = section_statistics(plane, image, where)
         write = finite_writer(plane, where, checkpoint)
 
-        def sink(y0: int, y1: int, prob: np.ndarray, write=write) -> None:
-            write(y0, y1, prob)
+        def rows_done(y0: int, y1: int, plane=plane) -> None:
+            plane.mark_rows(y0, y1)
             if on_rows is not None:
                 on_rows(-(-y1 // chunk) - y0 // chunk)
 
         for a, b in runs:
             rows = (a * chunk, min(b * chunk, height))
-            predict_streaming(
+            predict_windows(
                 net,
                 image,
-                sink,
+                plan,
+                write,
+                rows_done,
                 chunk_rows=chunk,
-                tiler=tiler,
-                precision=precision,
                 rows=rows,
+                precision=precision,
                 statistics=statistics,
                 instance_class=instance_class,
                 on_batch=on_batch,
@@ -330,11 +328,19 @@ def predict_share(
 
 
 def finite_writer(plane: Plane, where: str, checkpoint: str | None):
-    """``plane.write_rows`` after :func:`unet.inference.require_finite_output`."""
+    """``plane.write_rows`` (whole rows) or ``plane.write_block`` (a column window) after
+    :func:`unet.inference.require_finite_output`."""
+    width = plane.probability.shape[1]
 
-    def write(y0: int, y1: int, prob: np.ndarray) -> None:
-        require_finite_output(prob, f"{where}, rows {y0}-{y1 - 1}", checkpoint)
-        plane.write_rows(y0, y1, prob)
+    def write(y0: int, y1: int, x0: int, prob: np.ndarray) -> None:
+        x1, rows = x0 + prob.shape[1], f"{where}, rows {y0}-{y1 - 1}"
+        whole = x0 == 0 and x1 == width
+        columns = "" if whole else f", columns {x0}-{x1 - 1}"
+        require_finite_output(prob, rows + columns, checkpoint)
+        if whole:
+            plane.write_rows(y0, y1, prob)
+        else:
+            plane.write_block(y0, y1, x0, prob)
 
     return write
 
@@ -404,8 +410,7 @@ def checked_inputs(
     sections = open_sections(input, level, net.config.in_channels, input_axes)
     if labels:
         check_labels_settings(postprocess, sections.shape)
-    check_band_memory(net, tiler, sections.shape, chunk)
-    plan = tiler.plan(net, sections.shape)
+    plan = stream_plan(net, tiler, sections.shape, chunk).tiles
     record = {
         "network_sha256": network_hash(net),
         "level": level,

@@ -33,6 +33,7 @@ from torch import nn
 from unet.inference import autocast_dtype, net_device
 from unet.labels import foreground_probability
 from unet.mirror import reflect_indices
+from unet.stream_plan import StreamPlan
 from unet.tiler import Tiler
 
 
@@ -46,24 +47,32 @@ class LazyImage(Protocol):
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray: ...
 
 
-def image_statistics(image: LazyImage, rows_per_read: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def image_statistics(
+    image: LazyImage, rows_per_read: int = 1024, cols_per_read: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """(mean, standard deviation) of all pixels per channel, arrays of shape (C,) (C = 1 for
-    a gray image), read a band of rows at a time.
+    a gray image), read a block of rows and columns at a time (memory independent of the
+    image's size).
 
-    Sums in float64 over bands, the deviations in a second pass about the mean (no
+    Sums in float64 over blocks, the deviations in a second pass about the mean (no
     cancellation for large means): the same numbers as ``unet.data.samples.standardize``
     computes on the whole image in float32, channel by channel, to float32 rounding (its
     per-image zero mean, unit variance is what the network was trained on).
     """
     h, w = image.shape
 
-    def bands():
+    def blocks():
         for y in range(0, h, rows_per_read):
-            band = np.asarray(image[y : y + rows_per_read, 0:w]).astype(np.float32)
-            yield (band[None] if band.ndim == 2 else band).astype(np.float64)  # (C, rows, W)
+            for x in range(0, w, cols_per_read):
+                block = np.asarray(image[y : y + rows_per_read, x : x + cols_per_read])
+                block = block.astype(np.float32).astype(np.float64)
+                yield block[None] if block.ndim == 2 else block  # (C, rows, cols)
 
-    mean = sum(band.sum(axis=(1, 2)) for band in bands()) / (h * w)
-    var = sum(np.square(band - mean[:, None, None]).sum(axis=(1, 2)) for band in bands())
+    mean = sum(block.sum(axis=(1, 2)) for block in blocks()) / (h * w)
+    var = 0.0
+    for block in blocks():
+        block -= mean[:, None, None]
+        var = var + np.square(block, out=block).sum(axis=(1, 2))
     return mean, np.sqrt(var / (h * w))
 
 
@@ -105,7 +114,8 @@ def rank_share(
     return share
 
 
-Sink = Callable[[int, int, np.ndarray], None]  # (first row, stop row, (rows, W) float32)
+Sink = Callable[[int, int, np.ndarray], None]  # (first row, stop row, (rows, width) float32)
+EMIT_ROWS = 128  # rows turned into probabilities at once: a small transient beside the band
 
 
 @torch.inference_mode()
@@ -118,6 +128,7 @@ def predict_streaming(
     tiler: Tiler | None = None,
     precision: str | int = 32,
     rows: tuple[int, int] | None = None,
+    columns: tuple[int, int] | None = None,
     statistics: tuple | None = None,
     instance_class: int | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -127,12 +138,16 @@ def predict_streaming(
     Args:
         net: the trained network, in ``eval()`` mode, on the device to use.
         image: the gray-value image, read lazily (:class:`LazyImage`).
-        sink: called with (y0, y1, cell probability of rows y0..y1-1, float32 (rows, W)); y0
-            and y1 are multiples of ``chunk_rows`` (or the image height).
+        sink: called with (y0, y1, cell probability of rows y0..y1-1, float32 (rows, width)
+            of the columns predicted); y0 and y1 are multiples of ``chunk_rows`` (or the
+            image height).
         chunk_rows: the output store's chunk height; bands are whole chunk rows.
         tiler: tile size, overlap and memory budget, as for the in-memory tiler.
         precision: ``32`` or ``bf16`` (autocast).
         rows: output rows [start, stop) to predict (multiples of ``chunk_rows``); default all.
+        columns: output columns [c0, c1) to predict (a window of
+            :class:`unet.stream_plan.StreamPlan`): only the tiles that touch them run, and
+            the band is as wide as the window; default all.
         statistics: the image's (mean, std) per channel if known; default
             :func:`image_statistics`.
         instance_class: which probability is handed on, as in
@@ -144,79 +159,183 @@ def predict_streaming(
     start, stop = rows if rows is not None else (0, h)
     if start >= stop:
         return
-    tiler = tiler or Tiler()
-    plan = tiler.plan(net, (h, w))
+    plan = (tiler or Tiler()).plan(net, (h, w))
     mean, std = statistics if statistics is not None else image_statistics(image)
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)  # (C,)
     scale = np.where(std > 0, std, 1.0)
-    dtype = autocast_dtype(precision)
-    device = net_device(net)
+    run = _TileRunner(net, mean, scale, plan.batch_size, autocast_dtype(precision), on_batch)
     tile_rows, cols = plan.rows, plan.cols
-    lo = start  # first row not yet handed to the sink; the band holds rows lo..lo+len
-    band = total = None  # (K, rows, W) stitched logits, (rows, W) sum of weights
+    c0, c1 = columns if columns is not None else (0, w)
+    used = [j for j in range(len(cols)) if _touches(cols, j, c0, c1)]
+    band = _Band(chunk_rows + max(len(r) for r in tile_rows.weights), c0, c1, start)
     for i in range(len(tile_rows)):
-        oh = len(tile_rows.weights[i])
-        y0 = tile_rows.out_starts[i]
-        top, bottom = max(0, lo - y0), min(oh, stop - y0)  # rows of the output window used
+        oh, y0 = len(tile_rows.weights[i]), tile_rows.out_starts[i]
+        top, bottom = max(0, band.lo - y0), min(oh, stop - y0)  # rows of the output window used
         if bottom <= top:
             if y0 >= stop:
                 break
             continue  # this tile row ends above the rows asked for
-        x = [
-            read_window(image, tile_rows.in_starts[i], cols.in_starts[j], tile_rows.in_sizes[i], s)
-            for j, s in enumerate(cols.in_sizes)
-        ]
-        outs = _run_tiles(net, x, mean, scale, plan.batch_size, device, dtype, on_batch)
-        need = y0 + bottom - lo  # the band must reach the last row used
-        if band is None:
-            band = torch.zeros(outs[0].shape[0], need, w)
-            total = torch.zeros(need, w)
-        elif band.shape[1] < need:
-            grow = need - band.shape[1]
-            band = torch.cat([band, band.new_zeros(band.shape[0], grow, w)], dim=1)
-            total = torch.cat([total, total.new_zeros(grow, w)])
         rw = tile_rows.weights[i][top:bottom, None]
-        for j, out in enumerate(outs):  # out: (K, oh, ow)
-            x0 = cols.out_starts[j]
-            left, right = max(0, -x0), min(out.shape[-1], w - x0)
-            weight = rw * cols.weights[j][None, left:right]
-            window = (slice(y0 + top - lo, y0 + bottom - lo), slice(x0 + left, x0 + right))
-            band[(slice(None), *window)] += out[:, top:bottom, left:right] * weight
-            total[window] += weight
+
+        def read(j: int, i: int = i) -> np.ndarray:
+            top_, left = tile_rows.in_starts[i], cols.in_starts[j]
+            return read_window(image, top_, left, tile_rows.in_sizes[i], cols.in_sizes[j])
+
+        for j, out in run(
+            read, used, cols.in_sizes
+        ):  # out: (K, oh, ow), tile columns in ascending order
+            band.add(out, y0, (top, bottom), rw, cols.out_starts[j], cols.weights[j])
         # rows above the next tile row's output window are complete
-        done = stop if i + 1 == len(tile_rows) else min(stop, max(lo, tile_rows.out_starts[i + 1]))
+        done = (
+            stop
+            if i + 1 == len(tile_rows)
+            else min(stop, max(band.lo, tile_rows.out_starts[i + 1]))
+        )
         if done < stop:
             done = done // chunk_rows * chunk_rows
-        if done > lo:
-            n = done - lo
-            probabilities = (band[:, :n] / total[:n]).softmax(dim=0)  # (K, n, W)
-            sink(lo, done, foreground_probability(probabilities, instance_class).numpy())
-            band, total, lo = band[:, n:].clone(), total[n:].clone(), done
-        if lo >= stop:
+        if done > band.lo:
+            lo = band.lo
+            sink(lo, done, band.emit(done - lo, instance_class))
+        if band.lo >= stop:
             break
 
 
-def _run_tiles(net, tiles, mean, scale, batch_size, device, dtype, on_batch) -> list:
-    """Logits (K, h', w') of each tile (a list of raw (h, w) or (C, h, w) windows), float32,
-    on the CPU. Tiles of one shape go through the network ``batch_size`` at a time."""
-    outs: list = [None] * len(tiles)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for j, t in enumerate(tiles):
-        by_shape.setdefault(t.shape, []).append(j)
-    # standardised as unet.data.samples.standardize does, with the whole image's statistics
-    mean32 = mean.astype(np.float32)[:, None, None]  # (C, 1, 1)
-    scale32 = scale.astype(np.float32)[:, None, None]
-    for group in by_shape.values():
-        for first in range(0, len(group), batch_size):
-            part = group[first : first + batch_size]
-            x = np.stack([(tiles[j].astype(np.float32) - mean32) / scale32 for j in part])
-            x = torch.from_numpy(x).to(device)  # (B, C, h, w)
-            with torch.autocast(
-                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
-                logits = net(x).float().cpu()  # (B, K, h', w')
-            for k, j in enumerate(part):
-                outs[j] = logits[k]
-            if on_batch is not None:
-                on_batch(len(part))
-    return outs
+def predict_windows(
+    net: nn.Module,
+    image: LazyImage,
+    plan: StreamPlan,
+    write: Callable[[int, int, int, np.ndarray], None],
+    rows_done: Callable[[int, int], None],
+    *,
+    chunk_rows: int,
+    rows: tuple[int, int],
+    **options,
+) -> None:
+    """:func:`predict_streaming` of output rows ``rows`` through ``plan``'s column windows:
+    ``write(y0, y1, x0, block)`` gets each block (whole chunks), ``rows_done(y0, y1)`` says
+    when rows y0..y1-1 are written across the whole width. One window: band by band as
+    :func:`predict_streaming` emits them; several: every window of a group of
+    ``plan.row_group`` rows, left to right, then the group. ``options``: the remaining
+    keywords of :func:`predict_streaming` (precision, statistics, ...)."""
+    start, stop = rows
+    if len(plan.windows) == 1:
+
+        def sink(y0: int, y1: int, prob: np.ndarray) -> None:
+            write(y0, y1, 0, prob)
+            rows_done(y0, y1)
+
+        predict_streaming(
+            net, image, sink, chunk_rows=chunk_rows, tiler=plan.tiler, rows=rows, **options
+        )
+        return
+    for a in range(start, stop, plan.row_group):
+        b = min(a + plan.row_group, stop)
+        for c0, c1 in plan.windows:
+
+            def block(y0: int, y1: int, prob: np.ndarray, c0: int = c0) -> None:
+                write(y0, y1, c0, prob)
+
+            predict_streaming(
+                net,
+                image,
+                block,
+                chunk_rows=chunk_rows,
+                tiler=plan.tiler,
+                rows=(a, b),
+                columns=(c0, c1),
+                **options,
+            )
+        rows_done(a, b)
+
+
+def _touches(cols, j: int, c0: int, c1: int) -> bool:
+    """Whether tile column ``j``'s output window overlaps output columns [c0, c1)."""
+    x0 = cols.out_starts[j]
+    return x0 < c1 and x0 + len(cols.weights[j]) > c0
+
+
+class _Band:
+    """Stitched logits and weight sums of output rows lo.. (at most ``rows`` of them) and
+    columns [c0, c1): allocated once, shifted up in place as rows are handed on."""
+
+    def __init__(self, rows: int, c0: int, c1: int, lo: int):
+        self.rows, self.c0, self.c1, self.lo = rows, c0, c1, lo
+        self.logits = self.total = None  # (K, rows, width), (rows, width) once K is known
+        self.used = 0  # rows touched so far
+
+    def add(self, out, y0: int, span: tuple[int, int], rw, x0: int, cw) -> None:
+        """Add tile output ``out`` (K, oh, ow) at (y0, x0), rows ``span`` of it, weighted by
+        row weights ``rw`` (rows, 1) times column weights ``cw`` (ow,)."""
+        top, bottom = span
+        left, right = max(0, self.c0 - x0), min(out.shape[-1], self.c1 - x0)
+        if right <= left:
+            return
+        if self.logits is None:
+            width = self.c1 - self.c0
+            self.logits, self.total = (
+                torch.zeros(out.shape[0], self.rows, width),
+                torch.zeros(self.rows, width),
+            )
+        need = y0 + bottom - self.lo  # the band must reach the last row used
+        if need > self.rows:  # not expected (a tile row ends within chunk + oh rows)
+            raise RuntimeError(f"band of {self.rows} rows cannot hold row {need}")
+        self.used = max(self.used, need)
+        weight = rw * cw[None, left:right]
+        window = (slice(y0 + top - self.lo, need), slice(x0 + left - self.c0, x0 + right - self.c0))
+        self.logits[(slice(None), *window)] += out[:, top:bottom, left:right] * weight
+        self.total[window] += weight
+
+    def emit(self, n: int, instance_class: int | None) -> np.ndarray:
+        """Probabilities of the first ``n`` rows, float32 (n, width); then drops them."""
+        prob = np.empty((n, self.c1 - self.c0), np.float32)
+        for a in range(0, n, EMIT_ROWS):  # softmax per pixel: row pieces give the same values
+            b = min(n, a + EMIT_ROWS)
+            probabilities = (self.logits[:, a:b] / self.total[a:b]).softmax(
+                dim=0
+            )  # (K, rows, width)
+            prob[a:b] = foreground_probability(probabilities, instance_class).numpy()
+        rest = max(0, self.used - n)
+        for a in range(0, rest, n):  # shift up in steps of n rows: source and target never overlap
+            b = min(rest, a + n)
+            self.logits[:, a:b] = self.logits[:, n + a : n + b]
+            self.total[a:b] = self.total[n + a : n + b]
+        self.logits[:, rest : self.used] = 0
+        self.total[rest : self.used] = 0
+        self.lo, self.used = self.lo + n, rest
+        return prob
+
+
+class _TileRunner:
+    """Runs tiles through the network ``batch_size`` at a time, standardised as
+    ``unet.data.samples.standardize`` does with the whole image's statistics."""
+
+    def __init__(self, net, mean, scale, batch_size, dtype, on_batch):
+        self.net, self.batch_size, self.dtype, self.on_batch = net, batch_size, dtype, on_batch
+        self.device = net_device(net)
+        self.mean32 = mean.astype(np.float32)[:, None, None]  # (C, 1, 1)
+        self.scale32 = scale.astype(np.float32)[:, None, None]
+
+    def __call__(self, read: Callable[[int], np.ndarray], tiles: list[int], widths):
+        """Yields (j, logits (K, h', w') float32 on the CPU) for tile j of ``tiles`` (one tile
+        row; input width ``widths[j]``), read with ``read(j)`` batch by batch. Tiles of one
+        width go through the network together; only the last column can be narrower, so
+        they come in ascending order."""
+        by_width: dict[int, list[int]] = {}
+        for j in tiles:
+            by_width.setdefault(widths[j], []).append(j)
+        for group in by_width.values():
+            for first in range(0, len(group), self.batch_size):
+                part = group[first : first + self.batch_size]
+                x = np.stack(
+                    [(read(j).astype(np.float32) - self.mean32) / self.scale32 for j in part]
+                )
+                x = torch.from_numpy(x).to(self.device)  # (B, C, h, w)
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.dtype or torch.float32,
+                    enabled=self.dtype is not None,
+                ):
+                    logits = self.net(x).float().cpu()  # (B, K, h', w')
+                if self.on_batch is not None:
+                    self.on_batch(len(part))
+                yield from zip(part, logits, strict=True)

@@ -119,17 +119,14 @@ def _ramp(length: int, rising: bool, overlap: int, reach: int) -> torch.Tensor:
     return ((d - dead + 0.5) / (overlap - 2 * dead)).clamp(0.0, 1.0)
 
 
-def plan_axis(size: int, tile: int, overlap: int, net_settings: tuple[int, str, str]) -> AxisTiles:
-    """Tiles of input length ``tile`` (the last one shrunk) covering ``size`` pixels.
-
-    Output windows start at multiples of the stride (a multiple of ``2**depth``, so every
-    tile sits on the whole-image pooling grid) and overlap by at least ``overlap``. The last
-    tile is the smallest valid one that covers the rest: it ends where a whole-image input
-    would end, so no compute goes far beyond the image.
-    """
-    depth, padding, up_mode = net_settings
-    step, reach = 2**depth, edge_reach(depth, padding, up_mode)
-    halo = shapes.halo(depth, padding)
+def axis_layout(
+    size: int, tile: int, overlap: int, net_settings: tuple[int, str, str]
+) -> tuple[list[int], list[int], int]:
+    """(output window starts, input lengths, shift) of the tiles :func:`plan_axis` lays out,
+    without their weights (cheap enough to compare many tile sizes); output starts are in
+    the output space, image coordinates after subtracting ``shift``."""
+    depth, padding, _ = net_settings
+    step = 2**depth
     if padding == "valid":
         extent, shift = size, 0  # output space = image coordinates
     else:  # output space = the whole-image input: mirrored to a multiple of 2**depth, centred
@@ -151,6 +148,21 @@ def plan_axis(size: int, tile: int, overlap: int, net_settings: tuple[int, str, 
     in_sizes = [tile] * (n - 1) + [
         shapes.smallest_input_covering(extent - out_starts[-1], depth, padding)
     ]
+    return out_starts, in_sizes, shift
+
+
+def plan_axis(size: int, tile: int, overlap: int, net_settings: tuple[int, str, str]) -> AxisTiles:
+    """Tiles of input length ``tile`` (the last one shrunk) covering ``size`` pixels.
+
+    Output windows start at multiples of the stride (a multiple of ``2**depth``, so every
+    tile sits on the whole-image pooling grid) and overlap by at least ``overlap``. The last
+    tile is the smallest valid one that covers the rest: it ends where a whole-image input
+    would end, so no compute goes far beyond the image.
+    """
+    depth, padding, up_mode = net_settings
+    reach, halo = edge_reach(depth, padding, up_mode), shapes.halo(depth, padding)
+    out_starts, in_sizes, shift = axis_layout(size, tile, overlap, net_settings)
+    n = len(out_starts)
     weights = []
     for k, in_size in enumerate(in_sizes):
         length = in_size - halo
@@ -244,6 +256,10 @@ class Tiler:
     overlap: int | None = None
     batch_size: int | None = None
     memory_gb: float | None = None
+
+    def overlap_for(self, net: nn.Module) -> int:
+        """The overlap (px) this tiler uses for ``net``."""
+        return self._overlap(*_net_settings(net))
 
     def _overlap(self, depth: int, padding: str, up_mode: str) -> int:
         step = 2**depth

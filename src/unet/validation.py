@@ -344,6 +344,7 @@ SETTINGS = [
     ),
     Setting("image", string, "an image file, a TIFF stack or a folder of frames", nullable=True),
     Setting("onnx", boolean, "true or false"),
+    Setting("any_size", boolean, "true or false"),
     Setting(
         "name",
         lambda v: string(v) and len(v) >= 5,

@@ -2,24 +2,27 @@
 
 One zip file: ``rdf.yaml`` (written and validated by ``bioimageio.spec``) and what it
 names: TorchScript weights (Fiji/deepImageJ, ilastik and QuPath run these), PyTorch
-state-dict weights (rebuilt by :class:`unet.export.probabilities.ProbabilityUNet`, which
-needs this package installed), optionally ONNX weights, a test input cropped from a real
+state-dict weights (rebuilt by :class:`unet.export.any_size.AnySizeUNet`, which needs this
+package installed), ONNX weights (unless ``onnx=false``), a test input cropped from a real
 image with the output the weights give for it, a cover (image | probability overlay) and a
-README.
+README (:mod:`unet.export.package_readme`).
 
 The input is (batch, channel, y, x) with the network's C input channels (1 gray, 3 RGB, or
-a C-channel stack) and y and x of any valid size, ``smallest + k * step``
-(:func:`unet.shapes.size_rule`); the output (batch, K classes, y, x) has the input's y and
-x minus the halo the valid convolutions consume (``same`` nets: equal sizes, with a halo
-to crop between tiles, :func:`unet.tiler.edge_reach`). Preprocessing is the training's
-per-image zero mean, unit variance, channel by channel (:func:`unet.data.samples.standardize`);
-the weights end with a softmax, so the output is class probabilities.
+a C-channel stack). By default the weights are :class:`~unet.export.any_size.AnySizeUNet`:
+y and x of any size from :func:`~unet.export.any_size.minimum_size` on, output (batch, K
+classes, y, x) of the input's size, a halo for tools that predict blocks, and ``pad:
+reflect`` (how the weights mirror). ``any_size=false``: the bare network, inputs of its
+valid sizes ``smallest + k * step`` (:func:`unet.shapes.size_rule`) and outputs smaller by
+the context the valid convolutions consume. Preprocessing is the training's per-image zero
+mean, unit variance, channel by channel (:func:`unet.data.samples.standardize`); the
+weights end with a softmax, so the output is class probabilities.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +34,16 @@ from unet.atomic import atomic_file
 from unet.checkpoint import TrainedModel
 from unet.data.samples import standardize
 from unet.errors import UserError
+from unet.export.any_size import AnySizeUNet, any_size_record, axis_sizes, minimum_size
 from unet.export.check import require_finite
 from unet.export.datasets import UNET_PAPER
 from unet.export.onnx import OPSET, write_onnx
+from unet.export.package_readme import readme
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import KEY
 from unet.export.torchscript import write_torchscript
 from unet.labels import CELL_CLASS
 from unet.panels import tint
-from unet.tiler import edge_reach
 
 INPUT, OUTPUT = "input", "output"
 EPS = 1e-6  # bioimage.io's smallest allowed epsilon; training divides by the std alone
@@ -49,20 +53,19 @@ class PackageError(UserError, ValueError):
     """A package that cannot be built or does not validate."""
 
 
-def axis_sizes(config) -> dict:
-    """The size rule in bioimage.io terms: input minimum and step, output offset and halo."""
-    smallest, step = shapes.size_rule(config.depth, config.padding)
-    halo = edge_reach(config.depth, config.padding, config.up_mode)
-    if halo:  # the zoo requires an output of more than 2 x halo at the minimum size
-        smallest = shapes.smallest_input_covering(2 * halo + 1, config.depth, config.padding)
-    offset = -shapes.halo(config.depth, config.padding)
-    return {"min": smallest, "step": step, "offset": offset, "halo": halo}
-
-
-def test_crop(image: np.ndarray, config, where: str) -> np.ndarray:
+def test_crop(image: np.ndarray, config, where: str, any_size: bool = False) -> np.ndarray:
     """The centre of ``image`` ((H, W) or (C, H, W)) at the largest valid size that fits it
-    (at most 512 px)."""
+    (at most 512 px); ``any_size``: at most 512 px, at least the any-size minimum."""
     space = image.shape[-2:]
+    if any_size:
+        smallest = minimum_size(config)
+        if min(space) < smallest:
+            raise PackageError(
+                f"image={where}: {space[0]}x{space[1]} px is smaller than the exported "
+                f"network's smallest input ({smallest} px); choose a larger image"
+            )
+        top, left = [(s - min(s, 512)) // 2 for s in space]
+        return image[..., top : top + min(space[0], 512), left : left + min(space[1], 512)]
     sizes = []
     for side in space:
         below = shapes.nearest_valid_input_sizes(min(side, 512), config.depth, config.padding)
@@ -122,73 +125,6 @@ def channel_names(config) -> tuple[list[str], list[str]]:
     return inputs, ["background", *(f"class{k}" for k in range(1, config.num_classes))]
 
 
-TTA_WORDS = {
-    "none": "none (one pass)",
-    "flips8": "flips8 (the mean probabilities of the 8 flips and rotations of the input)",
-    "paper7": "paper7 (the mean of the 7 flips and rotations that are not the identity)",
-}
-
-
-def validation_settings(how: dict) -> str:
-    """The model record (:mod:`unet.model_record`) in words, for README.md."""
-    if not how:
-        return ""
-    tta = how.get("tta", "none")
-    return (
-        f"The validation predicted with test-time augmentation {TTA_WORDS.get(tta, tta)} at "
-        f"precision {how.get('precision', '32')}; the labels of the chosen post-processing "
-        "assume the same (`config.unet.model_record`, which this project's `src/predict.py` "
-        "uses by default for this package)."
-    )
-
-
-def readme(name: str, dataset: dict, record: dict, config, pytorch: str) -> str:
-    """The package's documentation (README.md)."""
-    c, k = config.in_channels, config.num_classes
-    # the probability post-processing turns into objects (unet.labels.foreground_probability)
-    p = "p(cell)" if k == 2 else "p(foreground) = 1 - p(class 0)"
-    chosen = record.get("postprocess_chosen_on") or {}
-    post = record.get("postprocess")
-    if post:
-        validated = (
-            f"Post-processing chosen on the {chosen.get('split', '?')} split of the training data "
-            f"({chosen.get('score', '?')} = {chosen.get('value', float('nan')):.4f}): object "
-            f"seeds where {p} > {post['threshold']}, then {post}."
-        )
-    else:
-        validated = f"No post-processing was validated; the plain rule is {p} > 0.5."
-    validated += " " + validation_settings(record.get("model_record") or {})
-    sizes = axis_sizes(config)
-    image = "a gray-value image" if c == 1 else f"a {c}-channel image (RGB or a channel stack)"
-    classes = "channel 1 = cell" if k == 2 else f"{k} channels, class 0 = background"
-    return f"""# {name}
-
-U-Net (Ronneberger et al. 2015) trained on {dataset["name"]}: {image} in,
-per-pixel class probabilities out ({classes}).
-
-## Input sizes (tiling)
-
-Inputs must be {sizes["min"]} + {sizes["step"]}k pixels along y and x (k = 0, 1, 2, ...);
-the output is {-sizes["offset"]} pixels smaller than the input, centred
-(halo {sizes["halo"]} px). Zoo tools tile larger images for you.
-
-## Preprocessing and output
-
-Each image is standardised to zero mean and unit variance, each channel on its own (as in
-training). The weights end with a softmax: the output holds class probabilities.
-
-## Validation
-
-{validated}
-The test tensors are a crop of a real image and the output of these weights for it
-(PyTorch {pytorch}); TorchScript and ONNX weights match PyTorch within 1e-4 at three sizes.
-
-## Training data
-
-{dataset["description"]}
-"""
-
-
 def write_weights(model: ProbabilityUNet, folder: Path, record: dict, onnx: bool) -> dict:
     """Weight files in ``folder``; returns their bioimage.io descriptions."""
     from bioimageio.spec.model.v0_5 import (
@@ -205,8 +141,8 @@ def write_weights(model: ProbabilityUNet, folder: Path, record: dict, onnx: bool
         "pytorch_state_dict": PytorchStateDictWeightsDescr(
             source=folder / "weights.pt",
             architecture=ArchitectureFromLibraryDescr(
-                import_from=ProbabilityUNet.__module__,
-                callable=ProbabilityUNet.__name__,
+                import_from=type(model).__module__,
+                callable=type(model).__name__,
                 kwargs=model.config.to_dict(),
             ),
             pytorch_version=pytorch,
@@ -226,9 +162,12 @@ def write_weights(model: ProbabilityUNet, folder: Path, record: dict, onnx: bool
     return weights
 
 
-def tensor_descriptions(config, folder: Path, pixel_size=None) -> tuple[list, list]:
+def tensor_descriptions(
+    config, folder: Path, pixel_size=None, any_size: bool = True
+) -> tuple[list, list]:
     """(inputs, outputs) descriptions, with the test tensors already in ``folder``; the
-    space axes carry ``pixel_size`` (the training data's) as scale and unit."""
+    space axes carry ``pixel_size`` (the training data's) as scale and unit; ``any_size``:
+    the weights of :class:`unet.export.any_size.AnySizeUNet`."""
     from bioimageio.spec.model.v0_5 import (
         BatchAxis,
         ChannelAxis,
@@ -239,6 +178,7 @@ def tensor_descriptions(config, folder: Path, pixel_size=None) -> tuple[list, li
         IntervalOrRatioDataDescr,
         OutputTensorDescr,
         ParameterizedSize,
+        ReflectPadding,
         SizeReference,
         SpaceInputAxis,
         SpaceOutputAxis,
@@ -247,7 +187,7 @@ def tensor_descriptions(config, folder: Path, pixel_size=None) -> tuple[list, li
         ZeroMeanUnitVarianceKwargs,
     )
 
-    sizes = axis_sizes(config)
+    sizes = axis_sizes(config, any_size)
     scales = axis_scales(pixel_size)
     in_names, classes = channel_names(config)
     in_axes = [
@@ -274,6 +214,9 @@ def tensor_descriptions(config, folder: Path, pixel_size=None) -> tuple[list, li
         description=f"{image} (any intensity range; standardised per image and channel)",
         axes=in_axes,
         test_tensor=FileDescr(source=folder / "test_input.npy"),
+        # blocks at the image border (and a tool's frame around a whole image) are mirrored
+        # as the network mirrors (numpy's reflect, unet.mirror)
+        pad=ReflectPadding() if any_size else None,
         preprocessing=[
             EnsureDtypeDescr(kwargs=EnsureDtypeKwargs(dtype="float32")),
             ZeroMeanUnitVarianceDescr(
@@ -311,7 +254,7 @@ def write_test_tensors(
     ``image``: (H, W) for a gray network, (C, H, W) for one of C input channels;
     ``membranes``: the cover shows class 0 (ISBI's membranes), see :func:`cover_image`.
     """
-    crop = test_crop(image, model.config, where)
+    crop = test_crop(image, model.config, where, isinstance(model, AnySizeUNet))
     raw = crop.astype(np.float32).reshape(1, -1, *crop.shape[-2:])  # (1, C, h, w)
     prob = model(torch.from_numpy(standardize(raw[0]))[None]).numpy()  # (1, K, h', w')
     require_finite(f"test input cropped from {where}", prob, raw.shape[-2:])
@@ -334,9 +277,12 @@ def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, 
     from pydantic import ValidationError
 
     dataset = settings["dataset"]
-    inputs, outputs = tensor_descriptions(trained.config, folder, trained.pixel_size)
+    any_size = settings.get("any_size", True)
+    inputs, outputs = tensor_descriptions(trained.config, folder, trained.pixel_size, any_size)
     pytorch = torch.__version__.split("+")[0]
-    text = readme(settings["name"], dataset, record, trained.config, pytorch)
+    text = readme(
+        settings["name"], dataset, record, trained.config, pytorch, any_size, settings["onnx"]
+    )
     papers = [UNET_PAPER, *(c for c in dataset["cite"] if c != UNET_PAPER)]
     (folder / "README.md").write_text(text)
     try:
@@ -366,6 +312,22 @@ def describe(trained: TrainedModel, record: dict, folder: Path, settings: dict, 
         raise PackageError(f"bioimage.io field {where}: {first['msg']}") from None
 
 
+def write_reflect_padding(package: Path) -> None:
+    """Spell out ``pad: {mode: reflect}`` in the package's rdf.yaml.
+
+    bioimageio.spec 0.5.12 leaves a field at its default out when it writes rdf.yaml, so
+    ``ReflectPadding()`` (whose ``mode`` defaults to ``reflect``) is written as ``pad: {}``,
+    which reads back as constant (zero) padding.
+    """
+    with zipfile.ZipFile(package) as archive:
+        members = {info: archive.read(info) for info in archive.infolist()}
+    with zipfile.ZipFile(package, "w") as archive:
+        for info, data in members.items():
+            if info.filename == "rdf.yaml":
+                data = data.replace(b"\n    pad: {}\n", b"\n    pad: {mode: reflect}\n")
+            archive.writestr(info, data)
+
+
 # weights, test tensors, the zip, its validation: write_package's steps, for progress
 PACKAGE_STEPS = 4
 
@@ -390,14 +352,19 @@ def write_package(
         output: the zip file to write (refused if it exists, unless ``overwrite``).
         settings: ``name``, ``authors`` (list of names), ``license`` (SPDX id),
             ``dataset`` (the training data: a :data:`unet.export.datasets.DATASETS` entry or
-            :func:`unet.export.datasets.own_dataset`) and ``onnx`` (also ONNX weights).
+            :func:`unet.export.datasets.own_dataset`), ``onnx`` (also ONNX weights) and
+            ``any_size`` (default True: :class:`unet.export.any_size.AnySizeUNet` weights;
+            False: the bare network and its valid sizes).
         on_step: called after each of the :data:`PACKAGE_STEPS` steps (progress).
     """
     step = on_step or (lambda: None)
     from bioimageio.spec import load_model_description, save_bioimageio_package
     from bioimageio.spec.model.v0_5 import ModelDescr
 
-    model = ProbabilityUNet.wrap(trained.net.cpu())
+    any_size = settings.get("any_size", True)
+    if any_size:  # the runner (predict.py model.zip) and readers of rdf.yaml see it
+        record = {**record, "any_size": any_size_record(trained.config)}
+    model = (AnySizeUNet if any_size else ProbabilityUNet).wrap(trained.net.cpu())
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         folder = Path(tmp)
         weights = write_weights(model, folder, record, settings["onnx"])
@@ -407,6 +374,8 @@ def write_package(
         step()
         descr = describe(trained, record, folder, settings, weights)
         staged = save_bioimageio_package(descr, output_path=folder / "package.zip")
+        if any_size:
+            write_reflect_padding(staged)
         step()
         written = load_model_description(staged, perform_io_checks=True)
         step()
@@ -414,6 +383,8 @@ def write_package(
             errors = written.validation_summary.errors
             first = errors[0] if errors else "unknown"
             raise PackageError(f"{output}: the package does not validate: {first}")
+        if any_size and written.inputs[0].pad.mode != "reflect":
+            raise PackageError(f"{output}: rdf.yaml lost its reflect padding (bioimageio.spec)")
         with atomic_file(output, replace=overwrite) as partial:
             shutil.move(staged, partial)
     return output

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet.export.check import check_sizes, require_match
+from unet.export.check import require_match, sizes_to_check
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import KEY
 
@@ -29,7 +29,7 @@ def write_onnx(model: ProbabilityUNet, path: str | Path, record: dict) -> float:
     Runtime; returns the largest difference from PyTorch."""
     import onnx
 
-    h, w = check_sizes(model.config)[-1]
+    h, w = sizes_to_check(model)[-1]
     with warnings.catch_warnings():
         # the legacy exporter's deprecation notice, and the tracer's note on UNet.forward's
         # Python size check (not part of the graph)

@@ -124,6 +124,7 @@ def package_settings(cfg: DictConfig, checkpoint: dict, config: NetConfig) -> di
         "authors": list(OmegaConf.to_container(cfg.authors)),
         "license": cfg.license,
         "onnx": cfg.onnx,
+        "any_size": cfg.any_size,
         "image": str(cfg.image or dataset["image"]),
     }
 

@@ -148,6 +148,13 @@ def load_onnx(source, path: Path) -> TrainedModel:
     return trained_model(net, record, path)
 
 
+def inner_network(module: nn.Module) -> nn.Module:
+    """The bare network inside any-size TorchScript weights (:mod:`unet.export.any_size`),
+    probabilities out: the tiler places tiles of valid sizes itself, as for a checkpoint."""
+    # the traced submodule ``net`` returns logits; ExportedNet expects probabilities
+    return nn.Sequential(module.net, nn.Softmax(dim=1))
+
+
 def load_torchscript(source, path: Path) -> TrainedModel:
     """A TorchScript file written by :mod:`unet.export.torchscript` (with its record)."""
     from unet.export.torchscript import read_torchscript
@@ -157,8 +164,11 @@ def load_torchscript(source, path: Path) -> TrainedModel:
     except RuntimeError as err:
         first = " ".join(str(err).split())[:200]
         raise CheckpointError(f"{path}: not a readable TorchScript model ({first})") from None
+    weights = list(module.state_dict().items())
+    if "any_size" in record:
+        module = inner_network(module)
     net = ExportedNet(config_from_record(record, path), module=module)
-    verify_exported(net, list(module.state_dict().items()), record, path)
+    verify_exported(net, weights, record, path)
     return trained_model(net, record, path)
 
 
@@ -198,8 +208,16 @@ def load_package(path: Path) -> TrainedModel:
     if descr.weights.torchscript is not None:
         data = descr.weights.torchscript.get_reader().read()
         trained = load_torchscript(io.BytesIO(data), path)
-        if (onnx := descr.weights.onnx) is not None:  # for engine=onnxruntime|openvino|auto
+        onnx = descr.weights.onnx
+        # for engine=onnxruntime|openvino|auto; any-size ONNX weights pad whole images and
+        # cannot run tile by tile, so those packages stay on PyTorch
+        if onnx is not None and "any_size" not in record:
             trained.net.load_onnx = lambda: load_onnx(onnx.get_reader().read(), path).net
+    elif descr.weights.onnx is not None and "any_size" in record:
+        raise CheckpointError(
+            f"{path}: any-size ONNX weights cannot run tile by tile; expected TorchScript "
+            "weights in the package (export it again)"
+        )
     elif descr.weights.onnx is not None:
         trained = load_onnx(descr.weights.onnx.get_reader().read(), path)
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from unet.export.check import check_sizes, require_match
+from unet.export.check import require_match, sizes_to_check
 from unet.export.probabilities import ProbabilityUNet
 from unet.export.record import KEY
 
@@ -24,7 +24,7 @@ EXTRA_FILE = f"{KEY}.json"  # the record, inside the TorchScript archive
 
 def trace(model: ProbabilityUNet) -> torch.jit.ScriptModule:
     """The traced model (probabilities out), at a valid non-square size."""
-    h, w = check_sizes(model.config)[-1]
+    h, w = sizes_to_check(model)[-1]
     with warnings.catch_warnings():
         # UNet.forward's input-size check (a Python int computation) is not part of the
         # graph; the tracer warns about it. The size rule is in the record instead.

@@ -3,9 +3,10 @@
 The pairs are written as a ``data=folder`` data set and trained on from the chosen
 checkpoint with the own-data recipe (:mod:`unet.napari.training_set`) in a worker thread:
 a progress bar over epochs, the validation value after each, and Cancel, which stops
-between batches and keeps the best checkpoint so far. The new checkpoint becomes this
-widget's model (and, through :attr:`FinetuneWidget.trained`, anyone's who listens). Every
-problem is one notification.
+between batches and keeps the best checkpoint so far (as does closing the viewer). The new
+checkpoint becomes this widget's model and, through :attr:`FinetuneWidget.trained` and the
+viewer's :func:`unet.napari.widgets.model_bus`, the Segment widget's. Every problem is one
+notification.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from qtpy.QtWidgets import (
 
 from unet.napari.segmentation import one_line
 from unet.napari.training_set import Progress, Recipe, finetune, pair_frames
-from unet.napari.widgets import LayerChoice, PathRow, Relay, run_in_thread
+from unet.napari.widgets import (
+    LayerChoice,
+    PathRow,
+    Relay,
+    model_bus,
+    run_in_thread,
+    watch_close,
+)
 
 
 class FinetuneWidget(QWidget):
@@ -42,10 +50,12 @@ class FinetuneWidget(QWidget):
         self.viewer = napari_viewer
         self.pairs: list[tuple[LayerChoice, LayerChoice]] = []
         self.cancel_flag = threading.Event()
+        self.gone = watch_close(self, self.cancel_flag)
         self.worker = None
         self.relay = Relay()
         self.relay.message.connect(self._epoch_text)
         self.relay.advanced.connect(self.progress_step)
+        self.trained.connect(model_bus(napari_viewer).trained)
         layout = QVBoxLayout(self)
         self.model_path = PathRow("checkpoint (.ckpt) to start from", "Checkpoints (*.ckpt)")
         self.output = QLineEdit(str(Path.home() / "unet-finetune"))
@@ -129,7 +139,7 @@ class FinetuneWidget(QWidget):
         def work():
             return finetune(Path(checkpoint), frames, parent, recipe, progress)
 
-        self.worker = run_in_thread(work, self.finished, self._ended)
+        self.worker = run_in_thread(work, self.finished, self._ended, self.gone)
 
     def _report(self, epoch: int, of: int, value: float | None) -> None:
         """(worker thread) one epoch done."""
@@ -138,10 +148,12 @@ class FinetuneWidget(QWidget):
         self.relay.advanced.emit(epoch)
 
     def progress_step(self, epoch: int) -> None:
-        self.progress.setValue(epoch)
+        if not self.gone.is_set():
+            self.progress.setValue(epoch)
 
     def _epoch_text(self, text: str) -> None:
-        self.status.setText(text)
+        if not self.gone.is_set():
+            self.status.setText(text)
 
     def cancel(self) -> None:
         """Stop after the current batch; the best checkpoint so far is kept."""

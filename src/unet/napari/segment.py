@@ -5,7 +5,10 @@ tiles and a Cancel button that stops within one tile (:mod:`unet.napari.segmenta
 The post-processing controls start from the settings stored with the model and re-label
 the kept probabilities when moved, without predicting again. For images larger than
 memory, "Stream to .zarr" runs ``unet.stream_prediction.predict_to_zarr`` on the layer's
-file and opens the store with :mod:`unet.napari.reader`.
+file and opens the store with :mod:`unet.napari.reader`. A checkpoint the Fine-tune widget
+of the same viewer writes becomes the current model (:func:`unet.napari.widgets.model_bus`).
+Closing the viewer (or the widget's dock) during a run stops it after the current tile and
+drops its result.
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ from qtpy.QtWidgets import (
 from unet.model_record import TTA_CHOICES
 from unet.napari.layers import Frames, frames_of
 from unet.napari.segmentation import Cancelled, Segmenter, label_frames, one_line
-from unet.napari.widgets import LayerChoice, PathRow, Relay, run_in_thread
+from unet.napari.widgets import (
+    LayerChoice,
+    PathRow,
+    Relay,
+    model_bus,
+    run_in_thread,
+    watch_close,
+)
 from unet.postprocess import REGROW_CHOICES, PostProcessing
 
 MODEL_TTA = "model's"
@@ -50,14 +60,16 @@ class SegmentWidget(QWidget):
         self.labels_name: str | None = None  # the labels layer the controls update
         self.base = PostProcessing()  # the stored settings the controls start from
         self.cancel_flag = threading.Event()
+        self.gone = watch_close(self, self.cancel_flag)
         self.worker = None
         self.relay = Relay()
-        self.relay.advanced.connect(lambda n: self.progress.setValue(self.progress.value() + n))
+        self.relay.advanced.connect(self.advance)
         layout = QVBoxLayout(self)
         layout.addLayout(self._model_form())
         layout.addLayout(self._run_row())
         layout.addWidget(self._postprocess_box())
         layout.addStretch(1)
+        model_bus(napari_viewer).trained.connect(self.fine_tuned)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -151,6 +163,11 @@ class SegmentWidget(QWidget):
         self.set_postprocessing(self.base)
         return True
 
+    def fine_tuned(self, path: str) -> None:
+        """A checkpoint the Fine-tune widget wrote becomes the current model."""
+        if not self.gone.is_set() and self.load_model(path):
+            self.status.setText(f"model: fine-tuned {path}")
+
     def settings(self) -> PostProcessing:
         """The controls' post-processing (the stored grow threshold, lowered with it)."""
         threshold = self.threshold_value
@@ -220,7 +237,14 @@ class SegmentWidget(QWidget):
                 return None
 
         self._started(total, f"predicting {name}: {total} tiles")
-        self.worker = run_in_thread(work, lambda prob: self.show_result(name, prob), self._ended)
+        self.worker = run_in_thread(
+            work, lambda prob: self.show_result(name, prob), self._ended, self.gone
+        )
+
+    def advance(self, tiles: int) -> None:
+        """(viewer thread) ``tiles`` more forward passes done."""
+        if not self.gone.is_set():
+            self.progress.setValue(self.progress.value() + tiles)
 
     def cancel(self) -> None:
         """Stop the running prediction after its current tile."""
@@ -246,15 +270,16 @@ class SegmentWidget(QWidget):
             show_info("prediction cancelled; no layers were added or changed")
 
     def show_result(self, name: str, probability) -> None:
-        """Add or update ``<name> probability`` and ``<name> labels``."""
-        if probability is None:  # cancelled
-            return
+        """Add or update ``<name> probability`` and ``<name> labels`` (both or neither)."""
+        if probability is None or self.cancel_flag.is_set():  # cancelled, if only after the
+            return  # last tile: "cancelled" means nothing added
+        labels = label_frames(probability, self.settings())  # first: may refuse a setting
         self.probability = probability
         layer = self.image.layer()
         scale = layer.scale if layer is not None and layer.name == name else None
         scale = None if scale is None else list(scale)[-probability.ndim :]
         self._put(f"{name} probability", probability, "image", scale, contrast_limits=(0, 1))
-        self._put(f"{name} labels", label_frames(probability, self.settings()), "labels", scale)
+        self._put(f"{name} labels", labels, "labels", scale)
         self.status.setText(f"done: {name}")
 
     def _put(self, name: str, data, kind: str, scale, **kwargs) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from napari.utils.notifications import show_error, show_info
 
 from unet.napari.reader import read_store
-from unet.napari.segmentation import Cancelled
+from unet.napari.segmentation import Cancelled, one_line
 from unet.napari.widgets import run_in_thread
 
 
@@ -42,8 +42,12 @@ def stream_layer(widget) -> None:
         show_error(f"store {output!r}: expected a path ending in .zarr; choose one")
         return
     segmenter = widget.segmenter
-    tiler = segmenter.tiler(widget.memory.value())
-    total = segmenter.tiles(frames, tiler, "none")
+    try:
+        tiler = segmenter.tiler(widget.memory.value())
+        total = segmenter.tiles(frames, tiler, "none")
+    except Exception as err:  # a tile size the network cannot take: one line
+        show_error(one_line(err))
+        return
 
     def on_batch(n: int) -> None:
         if widget.cancel_flag.is_set():
@@ -73,4 +77,4 @@ def stream_layer(widget) -> None:
         show_info(f"{name} -> {output}")
 
     widget._started(total, f"streaming {name} -> {output}")
-    widget.worker = run_in_thread(work, done, widget._ended)
+    widget.worker = run_in_thread(work, done, widget._ended, widget.gone)

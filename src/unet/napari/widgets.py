@@ -1,9 +1,12 @@
 """Qt pieces the Segment and Fine-tune widgets share: a file chooser row, a layer chooser
-that follows the viewer's layers, a progress relay across threads, and a worker runner
-whose failures become one-line notifications (never a traceback dialog)."""
+that follows the viewer's layers, a progress relay across threads, a worker runner whose
+failures become one-line notifications (never a traceback dialog), the stop of a run when
+its widget goes away, and the channel through which a fine-tuned model reaches Segment."""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 
 from napari.qt.threading import create_worker
@@ -78,10 +81,52 @@ class LayerChoice(QComboBox):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
 
-def run_in_thread(work: Callable[[], object], done: Callable[[object], None], finished=None):
+class ModelBus(QObject):
+    """One viewer's channel for new checkpoints (see :func:`model_bus`)."""
+
+    trained = Signal(str)  # a fine-tuned checkpoint's path
+
+
+_BUSES: dict[int, ModelBus] = {}
+
+
+def model_bus(viewer) -> ModelBus:
+    """The channel on which ``viewer``'s Fine-tune widget announces a new checkpoint and its
+    Segment widget picks it up. napari builds each docked widget on its own, in either
+    order, so neither holds the other; both hold the viewer. Keyed by identity, since two
+    viewers compare equal when their layers do."""
+    key = id(viewer)
+    if key not in _BUSES:
+        _BUSES[key] = ModelBus()
+        weakref.finalize(viewer, _BUSES.pop, key, None)
+    return _BUSES[key]
+
+
+def watch_close(widget: QWidget, cancel: threading.Event) -> threading.Event:
+    """An event set when ``widget`` is destroyed (its viewer closed, its dock removed); it
+    sets ``cancel`` too, so a running worker stops after its current tile or batch. Qt
+    deletes the widget's children at once while the worker runs on: every callback that
+    touches the widget checks the returned event first."""
+    gone = threading.Event()
+
+    def closed(*_) -> None:  # holds no reference to the widget: it is being deleted
+        gone.set()
+        cancel.set()
+
+    widget.destroyed.connect(closed)
+    return gone
+
+
+def run_in_thread(
+    work: Callable[[], object],
+    done: Callable[[object], None],
+    finished: Callable[[], None] | None = None,
+    gone: threading.Event | None = None,
+):
     """Run ``work()`` in a napari thread worker; ``done(result)`` runs in the viewer's
-    thread. An exception shows one line (``show_error``) and ``done`` is not called;
-    ``finished()`` runs either way. Returns the started worker."""
+    thread. An exception, in ``work`` or in ``done``, shows one line (``show_error``);
+    ``finished()`` runs either way. Once ``gone`` is set (the widget was closed) neither
+    runs: the result is dropped. Returns the started worker."""
 
     def guarded():
         try:
@@ -90,15 +135,23 @@ def run_in_thread(work: Callable[[], object], done: Callable[[object], None], fi
             return False, one_line(err)
 
     def returned(outcome) -> None:
+        if gone is not None and gone.is_set():
+            return
         ok, value = outcome
-        if ok:
-            done(value)
-        else:
+        if not ok:
             show_error(value)
+            return
+        try:
+            done(value)
+        except Exception as err:  # a slot's exception would reach napari's traceback dialog
+            show_error(one_line(err))
+
+    def ended() -> None:
+        if finished is not None and not (gone is not None and gone.is_set()):
+            finished()
 
     worker = create_worker(guarded)
     worker.returned.connect(returned)
-    if finished is not None:
-        worker.finished.connect(finished)
+    worker.finished.connect(ended)
     worker.start()
     return worker
