@@ -364,11 +364,13 @@ def create_store(
     checkpoint: str | None = None,
     pixel_size: PixelSize | None = None,
     training_pixel_size: PixelSize | None = None,
+    engine: str = "torch",
 ) -> PredictionStore:
     """What rank 0 of :func:`predict_to_zarr` does first, alone: check the settings, then
     create the store (or open the store of this prediction to continue). Arguments as in
-    :func:`predict_to_zarr` (``checkpoint`` is only named in messages there,
-    ``training_pixel_size`` is not used); a refusal is a UserError."""
+    :func:`predict_to_zarr` (``checkpoint`` is only named in messages there;
+    ``training_pixel_size`` and ``engine`` are not used: the store's record names the
+    weights, not what runs them); a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     check_apart(output, input=input)
     _, sections, record = checked_inputs(
