@@ -115,6 +115,17 @@ def window(request, qapp):
     return request.getfixturevalue("make_napari_viewer")()
 
 
+@pytest.fixture(autouse=True)
+def no_worker_left(qapp):
+    """Every napari worker of a test has ended before the next test starts (a worker left
+    running would call into widgets that later tests' teardown has deleted)."""
+    yield
+    from qtpy.QtCore import QThreadPool
+
+    assert QThreadPool.globalInstance().waitForDone(30_000), "a napari worker still runs"
+    qapp.processEvents()
+
+
 @pytest.fixture
 def viewer(qtbot):
     return ViewerModel()
