@@ -168,11 +168,10 @@ def predict_to_zarr(
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
     if rank is None or world_size is None:
         rank, world_size, barrier = distributed_share()
-    check_apart(output, input=input)
     net, sections, record = checked_inputs(
         net,
-        input,
-        (level, input_axes),
+        (input, output),
+        (level, input_axes, pixel_size),
         chunk,
         tiler,
         device,
@@ -181,7 +180,6 @@ def predict_to_zarr(
         labels,
         instance_class,
     )
-    sections = with_pixel_size(sections, pixel_size)
     net = engine_network(net, engine, precision)  # after the record hashed its weights
     if rank == 0:
         warn_mismatch(str(input), PixelSize.of(sections.scale, sections.units), training_pixel_size)
@@ -372,11 +370,10 @@ def create_store(
     ``training_pixel_size`` and ``engine`` are not used: the store's record names the
     weights, not what runs them); a refusal is a UserError."""
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
-    check_apart(output, input=input)
     _, sections, record = checked_inputs(
         net,
-        input,
-        (level, input_axes),
+        (input, output),
+        (level, input_axes, pixel_size),
         chunk,
         tiler,
         device,
@@ -385,7 +382,6 @@ def create_store(
         labels,
         instance_class,
     )
-    sections = with_pixel_size(sections, pixel_size)
     with write_faults(output):
         return store_with_labels(
             output, sections, record, chunk, probability_dtype, overwrite, labels
@@ -402,13 +398,17 @@ def store_with_labels(output, sections, record, chunk, dtype, overwrite, labels)
 
 
 def checked_inputs(
-    net, input, reading, chunk, tiler, device, precision, postprocess, labels, instance_class
+    net, paths, reading, chunk, tiler, device, precision, postprocess, labels, instance_class
 ):
     """(network on its device, input sections, the store's record of this prediction), after
-    checking the network, the input (read at ``reading`` = (level, input_axes)), the label
-    settings and the memory for a band of rows."""
+    checking that the output lies apart from the input (``paths`` = (input, output)), the
+    network, the input (read at ``reading`` = (level, input_axes, pixel_size): the sections
+    carry ``pixel_size`` where it is given, else their own), the label settings and the
+    memory for a band of rows."""
+    input, output = paths
+    check_apart(output, input=input)
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
-    level, input_axes = reading
+    level, input_axes, pixel_size = reading
     sections = open_sections(input, level, net.config.in_channels, input_axes)
     if labels:
         check_labels_settings(postprocess, sections.shape)
@@ -420,7 +420,7 @@ def checked_inputs(
         "precision": str(precision),
         "probability": stored_probability(net.config.num_classes, instance_class),
     }
-    return net, sections, record
+    return net, with_pixel_size(sections, pixel_size), record
 
 
 def stored_probability(num_classes: int, instance_class: int | None) -> str:
