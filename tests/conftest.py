@@ -253,3 +253,19 @@ def fake_isbi(tmp_path: Path):
         return tmp_path / "data"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_valid_ckpt(tmp_path_factory) -> Path:
+    """A tiny valid-padding network's checkpoint as training writes it (config, weights,
+    probe); tests read it and never change it."""
+    from unet.fingerprint import record_probe
+    from unet.network import UNet
+
+    torch.manual_seed(0)
+    net = UNet(base_channels=2, depth=2, dropout=0.0)
+    path = tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt"
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
+    torch.save(checkpoint | {"net_probe": record_probe(net)}, path)
+    return path

@@ -36,9 +36,7 @@ from unet.cli import check_command_line
 from unet.data.readers import require_finite
 from unet.errors import UserError
 from unet.evaluation import evaluate
-from unet.fingerprint import record_probe
 from unet.guard import NonFiniteError
-from unet.network import UNet
 from unet.prediction import predict
 from unet.training import train
 from unet.weight_maps import CacheWarning
@@ -86,17 +84,9 @@ def data(good_data, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
+def ckpt(tiny_valid_ckpt) -> Path:
     """A small network's checkpoint as training writes it (config, weights, probe)."""
-    torch.manual_seed(0)
-    net = UNet(base_channels=2, depth=2, dropout=0.0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save(
-        {"state_dict": state, "net_config": net.config.to_dict(), "net_probe": record_probe(net)},
-        path,
-    )
-    return path
+    return tiny_valid_ckpt
 
 
 def overriding(base: list[str], *overrides: str) -> list[str]:

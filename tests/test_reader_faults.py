@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from conftest import CONFIGS, _compose_entry
 
 zarr = pytest.importorskip("zarr")
 ome_zarr_writer = pytest.importorskip("ome_zarr.writer")
 
 from unet.cli import run_or_exit  # noqa: E402
-from unet.fingerprint import record_probe  # noqa: E402
-from unet.network import UNet  # noqa: E402
 from unet.prediction import predict  # noqa: E402
 from unet.progress import LineProgress  # noqa: E402
 
@@ -29,17 +26,9 @@ SHAPE = (100, 90)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
+def ckpt(tiny_valid_ckpt) -> Path:
     """A tiny valid-padding network's checkpoint as training writes it."""
-    torch.manual_seed(0)
-    net = UNet(base_channels=2, depth=2, dropout=0.0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save(
-        {"state_dict": state, "net_config": net.config.to_dict(), "net_probe": record_probe(net)},
-        path,
-    )
-    return path
+    return tiny_valid_ckpt
 
 
 def image(seed: int = 0, shape=SHAPE) -> np.ndarray:
