@@ -118,6 +118,18 @@ def test_eval_of_an_own_data_checkpoint_scores_its_recorded_folders(
     assert with_recorded_data(composed, [*line, "data=isbi"]) is composed
 
 
+def test_a_benchmark_record_from_another_machine_reads_this_machines_data(tmp_path):
+    import torch
+
+    record = {"data_dir": "/elsewhere/data", "val_slices": 5, "crop": 64, "cache_dir": "/x"}
+    torch.save({"datamodule_hyper_parameters": record}, tmp_path / "m.ckpt")
+    line = [f"ckpt_path={tmp_path / 'm.ckpt'}", f"paths.data_dir={tmp_path}"]
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = with_recorded_data(compose("eval", overrides=line), line)
+    assert cfg.data._target_.endswith("IsbiDataModule") and cfg.data.crop == 64
+    assert cfg.data.data_dir == str(tmp_path) and cfg.data.cache_dir == str(cfg.paths.cache_dir)
+
+
 def test_export_checks_its_command_line_like_the_other_entry_points(tmp_path):
     command = [sys.executable, str(ROOT / "src" / "export.py"), "ckpt_path=x.ckpt"]
     done = subprocess.run(

@@ -107,12 +107,14 @@ def hydra_flags() -> argparse.ArgumentParser:
     a command line parses here as it will there. A flag Hydra adds later fails to parse
     here, and then Hydra answers that command line alone (:func:`command_line_error`).
     """
-    parser = argparse.ArgumentParser(add_help=False, prog="hydra")
+    from hydra import __version__
+
+    parser = argparse.ArgumentParser(add_help=False, description="Hydra")
     for flags in (("--help", "-h"), ("--hydra-help",), ("--resolve",), ("--run", "-r")):
         parser.add_argument(*flags, action="store_true")
     parser.add_argument("--multirun", "-m", action="store_true")
     parser.add_argument("--shell-completion", "-sc", action="store_true")
-    parser.add_argument("--version", action="version", version="hydra")
+    parser.add_argument("--version", action="version", version=f"Hydra {__version__}")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--cfg", "-c", choices=["job", "hydra", "all"])
     for flags in (("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn")):

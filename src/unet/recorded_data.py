@@ -6,6 +6,7 @@ settings). ``src/eval.py ckpt_path=...`` scores on that data unless the command 
 chooses another data set (``data=hela``, ``data=folder ...``): ``data.<key>=...`` given
 alone change the recorded settings key by key. A checkpoint without a record (or
 ``predictions=``) keeps the composed ``data`` (``data: isbi`` in ``configs/eval.yaml``).
+Places are this machine's where a record's would not serve (:func:`machine_paths`).
 """
 
 from __future__ import annotations
@@ -61,11 +62,28 @@ def with_recorded_data(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     recorded = read_recorded_data(cfg.ckpt_path)
     if recorded is None:
         return cfg
-    data = recorded | {key: OmegaConf.select(cfg.data, key) for key in sorted(given)}
+    data = recorded | machine_paths(cfg, recorded)
+    data |= {key: OmegaConf.select(cfg.data, key) for key in sorted(given)}
     data.pop("augmentation", None)  # scoring reads whole images: no training tiles
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.data = OmegaConf.create(data)
-    shown = data.get("data_dir")
-    print(f"data: the checkpoint's ({recorded['_target_'].rsplit('.', 1)[1]}, {shown})")
+    kind = recorded["_target_"].rsplit(".", 1)[1]
+    print(f"data: the checkpoint's recorded settings ({kind}, data_dir={data.get('data_dir')})")
     return cfg
+
+
+def machine_paths(cfg: DictConfig, recorded: dict) -> dict:
+    """This machine's places where a record's would not serve: the weight-map cache
+    (``paths.cache_dir``) always, and for the benchmark data sets (which live under
+    ``paths.data_dir``, $UNET_DATA_DIR) a recorded ``data_dir`` that does not exist here.
+    Own data keep their recorded folder: an error then names it."""
+    paths = {}
+    cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
+    if cache_dir is not None:
+        paths["cache_dir"] = str(cache_dir)
+    data_dir = OmegaConf.select(cfg, "paths.data_dir", default=None)
+    benchmark = not recorded["_target_"].endswith("FolderDataModule")
+    if benchmark and data_dir is not None and not Path(str(recorded.get("data_dir"))).exists():
+        paths["data_dir"] = str(data_dir)
+    return paths
