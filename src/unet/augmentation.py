@@ -107,7 +107,7 @@ class Augmentation:
         gamma: gamma exponent uniform in [1 - g, 1 + g] (0 <= g < 1).
         extra: albumentations transforms applied after all of the above, to the image and
             (geometric ones) to the class and weight maps
-            (:class:`unet.augmentation_extra.ExtraTransforms`); None or empty: none, and
+            (:class:`unet.extra_transforms.ExtraTransforms`); None or empty: none, and
             albumentations is not imported.
     """
 
@@ -141,7 +141,7 @@ class Augmentation:
         )
         self.extra = None
         if extra:
-            from unet.augmentation_extra import ExtraTransforms  # imports albumentations
+            from unet.extra_transforms import ExtraTransforms  # imports albumentations
 
             self.extra = ExtraTransforms(extra)
 

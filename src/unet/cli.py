@@ -10,6 +10,7 @@ composes the config once before Hydra does and answers both kinds the same way: 
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import sys
@@ -58,10 +59,7 @@ def check_command_line(
 ) -> None:
     """Exit with one ``error:`` line and code 2 if Hydra could not compose ``argv``."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        message = command_line_error(Path(config_dir), config_name, argv)
-    except ImportError:  # Hydra's internals moved: Hydra reports the mistake itself
-        return
+    message = command_line_error(Path(config_dir), config_name, argv)
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -69,12 +67,11 @@ def check_command_line(
 
 def command_line_error(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
     """Why Hydra could not compose the config of ``argv`` (None if it can)."""
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     try:
-        args = get_args_parser().parse_args(argv)
+        args = hydra_flags().parse_args(argv)
     except SystemExit:  # a malformed flag: argparse has printed its usage line
         return None
     if any(getattr(args, flag, None) for flag in _LEFT_TO_HYDRA) or args.experimental_rerun:
@@ -101,6 +98,32 @@ def command_line_error(config_dir: Path, config_name: str, argv: list[str]) -> s
         if line is not None:
             checked.append((override.input_line, line))
     return _compose_error(config_dir, args.config_name or config_name, checked, args.multirun)
+
+
+def hydra_flags() -> argparse.ArgumentParser:
+    """The command line ``hydra.main`` reads: its flags and the overrides.
+
+    Hydra keeps its own parser private; this one declares the same flags (Hydra 1.3) so that
+    a command line parses here as it will there. A flag Hydra adds later fails to parse
+    here, and then Hydra answers that command line alone (:func:`command_line_error`).
+    """
+    from hydra import __version__
+
+    parser = argparse.ArgumentParser(add_help=False, description="Hydra")
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--resolve",), ("--run", "-r")):
+        parser.add_argument(*flags, action="store_true")
+    parser.add_argument("--multirun", "-m", action="store_true")
+    parser.add_argument("--shell-completion", "-sc", action="store_true")
+    parser.add_argument("--version", action="version", version=f"Hydra {__version__}")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--cfg", "-c", choices=["job", "hydra", "all"])
+    for flags in (("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn")):
+        parser.add_argument(*flags)
+    parser.add_argument("--config-dir", "-cd")
+    parser.add_argument("--experimental-rerun")
+    info = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]
+    parser.add_argument("--info", "-i", const="all", nargs="?", choices=info)
+    return parser
 
 
 def _one_value(override) -> str | None:

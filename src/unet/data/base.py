@@ -16,7 +16,7 @@ All three are filled by ``setup()`` and hold the splits ``"train"`` and ``"val"`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import numpy as np
@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from unet.augmentation import Augmentation
 from unet.data.samples import RandomTileDataset, WholeImageDataset, training_dataloader
+from unet.data.settings import TileSettings
 from unet.pixel_size import PixelSize
 
 SPLITS = ("train", "val")
@@ -47,17 +48,19 @@ class Split:
 class SegmentationDataModule(L.LightningDataModule):
     """Random training tiles and whole validation images from a dataset's splits.
 
-    Subclasses read their files in :meth:`read_splits` and call ``save_hyperparameters``
-    with at least ``tile_size``, ``samples_per_epoch``, ``batch_size``, ``num_workers`` and
-    ``seed``.
+    Subclasses read their files in :meth:`read_splits`, take the tile settings as keywords
+    (``**tiles``, the fields of :class:`unet.data.settings.TileSettings`), call
+    ``save_hyperparameters`` for their own arguments and then :meth:`record_tiles`.
 
     Args:
+        tiles: the training tiles, the loader and the weight maps.
         augmentation: moves each training tile's image, classes and weights together
             (:class:`unet.augmentation.Augmentation`; None: plain tiles).
     """
 
-    def __init__(self, augmentation: Augmentation | None = None):
+    def __init__(self, tiles: TileSettings, augmentation: Augmentation | None = None):
         super().__init__()
+        self.tiles = tiles
         self.augmentation = augmentation
         self.train_set: RandomTileDataset | None = None
         self.val_set: WholeImageDataset | None = None
@@ -69,6 +72,11 @@ class SegmentationDataModule(L.LightningDataModule):
         # checkpoint records it (unet.pixel_size)
         self.pixel_size: PixelSize | None = None
 
+    def record_tiles(self) -> None:
+        """Add every tile setting to ``hparams``: the checkpoint records the data settings
+        in full (``datamodule_hyper_parameters``), defaults included, as one flat dict."""
+        self.hparams.update(asdict(self.tiles))
+
     def read_splits(self) -> dict[str, Split]:
         """The dataset's ``"train"`` and ``"val"`` splits (read, standardised, weighted)."""
         raise NotImplementedError
@@ -77,7 +85,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         splits = self.read_splits()
-        hp = self.hparams
+        hp = self.tiles
         train = splits["train"]
         self.train_set = RandomTileDataset(
             train.images,
@@ -102,7 +110,7 @@ class SegmentationDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world_size = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
         return training_dataloader(
-            self.train_set, self.hparams.batch_size, self.hparams.num_workers, rank, world_size
+            self.train_set, self.tiles.batch_size, self.tiles.num_workers, rank, world_size
         )
 
     def val_dataloader(self) -> DataLoader:

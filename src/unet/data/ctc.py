@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -34,6 +35,7 @@ from unet.data.readers import (
     require_contrast,
 )
 from unet.data.samples import standardize
+from unet.data.settings import TileSettings
 from unet.pixel_size import read_pixel_size
 from unet.weight_maps import cached_instance_weight_map
 
@@ -209,21 +211,15 @@ class CellTrackingDataModule(SegmentationDataModule):
         sequences: the sequences to use (``"01"``, ``"02"``).
         val_frames: validation frames: ids like ``"01/054"``, or a count per sequence (the
             last completely annotated frames, see :func:`split_frames`).
-        tile_size: side of the training input tiles (paper: 572).
-        samples_per_epoch: training tiles per epoch.
-        batch_size: tiles per batch.
-        num_workers: data-loader worker processes.
-        w0, sigma: weight-map border term (paper: 10 and 5 px).
-        border_size: neighbourhood (px) in which two touching cells are separated.
         unannotated_margin: growth (px) of an unannotated cell's tracking marker that gets
             weight 0; None: no tracking markers are read and unlabelled pixels are
             background.
-        cache_dir: where weight maps are cached (None: no cache).
-        augmentation: moves each training tile's image, classes and weights together.
-        crop: use only the top-left crop x crop pixels of every frame (quick tests).
-        seed: seed of the training-tile randomness.
-        nonfinite: NaN or infinite pixels are refused ("refuse") or replaced by their
-            frame's median ("median") or 0 ("zero").
+        augmentation: moves each training tile's image, classes and weights together
+            (:class:`unet.augmentation.Augmentation`; None: plain tiles).
+        **tiles: the training tiles, the loader and the weight maps: the fields of
+            :class:`unet.data.settings.TileSettings` (``tile_size``, ``samples_per_epoch``,
+            ``batch_size``, ``num_workers``, ``w0``, ``sigma``, ``border_size``,
+            ``cache_dir``, ``crop``, ``seed``, ``nonfinite``); an unknown key is a TypeError.
     """
 
     def __init__(
@@ -232,25 +228,16 @@ class CellTrackingDataModule(SegmentationDataModule):
         dataset: str,
         sequences: Sequence[str] = ("01", "02"),
         val_frames: int | list[str] = 1,
-        tile_size: int = 572,
-        samples_per_epoch: int = 100,
-        batch_size: int = 1,
-        num_workers: int = 0,
-        w0: float = 10.0,
-        sigma: float = 5.0,
-        border_size: int = 3,
         unannotated_margin: float | None = 100.0,
-        cache_dir: str | None = None,
         augmentation: Augmentation | None = None,
-        crop: int | None = None,
-        seed: int = 0,
-        nonfinite: str = "refuse",
+        **tiles: Any,
     ):
-        super().__init__(augmentation)
+        super().__init__(TileSettings(**tiles), augmentation)
         # plain lists, not Hydra's ListConfig: checkpoints must load with weights_only=True
         sequences = [str(s) for s in sequences]
         val_frames = val_frames if isinstance(val_frames, int) else [str(v) for v in val_frames]
         self.save_hyperparameters(ignore=["augmentation"])  # an object, not a setting to log
+        self.record_tiles()
 
     def read_splits(self) -> dict[str, Split]:
         hp = self.hparams

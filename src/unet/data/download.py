@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from unet.cli import run_or_exit
 from unet.errors import UserError
 
 MANIFEST = ".download.json"
@@ -390,7 +389,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sha256", action="append", default=[], help="HEX or NAME=HEX")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     args = parser.parse_args(argv)
-    run_or_exit(download, args.dataset, args.to, args.base_url, args.sha256, args.timeout)
+    # one line and exit code 2, as the Hydra entry points (unet.cli); the data layer does
+    # not import the command-line layer
+    try:
+        download(args.dataset, args.to, args.base_url, args.sha256, args.timeout)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from unet.data.pairs import (
 )
 from unet.data.readers import DataError
 from unet.data.samples import standardize
+from unet.data.settings import TileSettings
 from unet.distributed import is_rank_zero
 from unet.pixel_size import read_pixel_size
 
@@ -113,10 +115,13 @@ class FolderDataModule(SegmentationDataModule):
         value_map: raw mask value -> class index, e.g. ``{0: 0, 255: 1}`` (None: the
             values are the class indices 0..K-1).
         unlabelled: the mask value of pixels left out of the loss and the metrics.
-        tile_size, samples_per_epoch, batch_size, num_workers, w0, sigma, border_size,
-            cache_dir, augmentation, crop, seed, nonfinite: as in
-            :class:`unet.data.ctc.CellTrackingDataModule`.
         summary: print the data summary at setup.
+        augmentation: moves each training tile's image, classes and weights together
+            (:class:`unet.augmentation.Augmentation`; None: plain tiles).
+        **tiles: the training tiles, the loader and the weight maps: the fields of
+            :class:`unet.data.settings.TileSettings` (``tile_size``, ``samples_per_epoch``,
+            ``batch_size``, ``num_workers``, ``w0``, ``sigma``, ``border_size``,
+            ``cache_dir``, ``crop``, ``seed``, ``nonfinite``); an unknown key is a TypeError.
     """
 
     def __init__(
@@ -133,21 +138,11 @@ class FolderDataModule(SegmentationDataModule):
         in_channels: int = 1,
         value_map: Mapping | None = None,
         unlabelled: int | None = None,
-        tile_size: int = 572,
-        samples_per_epoch: int = 100,
-        batch_size: int = 1,
-        num_workers: int = 0,
-        w0: float = 10.0,
-        sigma: float = 5.0,
-        border_size: int = 3,
-        cache_dir: str | None = None,
-        augmentation: Augmentation | None = None,
-        crop: int | None = None,
-        seed: int = 0,
         summary: bool = True,
-        nonfinite: str = "refuse",
+        augmentation: Augmentation | None = None,
+        **tiles: Any,
     ):
-        super().__init__(augmentation)
+        super().__init__(TileSettings(**tiles), augmentation)
         if mask_type not in MASK_TYPES:
             raise DataError(f"data.mask_type={mask_type!r}: expected one of {MASK_TYPES}")
         if mask_type == "instance" and num_classes != 2:
@@ -166,6 +161,7 @@ class FolderDataModule(SegmentationDataModule):
                 f"(data.num_classes={num_classes})"
             )
         self.save_hyperparameters(ignore=["augmentation"])
+        self.record_tiles()
 
     def _folder(self, name: str) -> Path:
         return Path(self.hparams.data_dir) / name  # an absolute name replaces data_dir

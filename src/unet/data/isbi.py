@@ -8,6 +8,7 @@ TIFFs, any slice count, compressed or not; labels 255 = cell interior, 0 = membr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from unet.data.readers import (
     require_two_classes,
 )
 from unet.data.samples import standardize
+from unet.data.settings import TileSettings
 from unet.pixel_size import read_pixel_size
 from unet.weight_maps import cached_binary_weight_map
 
@@ -105,40 +107,26 @@ class IsbiDataModule(SegmentationDataModule):
         data_dir: folder that holds ``isbi2012/``.
         val_slices: number of slices at the end of the volume held out for validation, or
             a list of slice indices.
-        tile_size: side of the training input tiles (paper: 572).
-        samples_per_epoch: training tiles per epoch.
-        batch_size: tiles per batch (paper: 1 large tile).
-        num_workers: data-loader worker processes.
-        w0, sigma: weight-map border term (paper: 10 and 5 px).
-        cache_dir: where weight maps are cached (None: no cache).
         augmentation: moves each training tile's image, classes and weights together
             (:class:`unet.augmentation.Augmentation`; None: plain tiles).
-        crop: use only the top-left crop x crop pixels of every slice (quick tests).
-        seed: seed of the training-tile randomness.
-        nonfinite: NaN or infinite pixels are refused ("refuse") or replaced by their
-            slice's median ("median") or 0 ("zero").
+        **tiles: the training tiles, the loader and the weight maps: the fields of
+            :class:`unet.data.settings.TileSettings` (``tile_size``, ``samples_per_epoch``,
+            ``batch_size``, ``num_workers``, ``w0``, ``sigma``, ``border_size``,
+            ``cache_dir``, ``crop``, ``seed``, ``nonfinite``); an unknown key is a TypeError.
     """
 
     def __init__(
         self,
         data_dir: str,
         val_slices: int | list[int] = 5,
-        tile_size: int = 572,
-        samples_per_epoch: int = 100,
-        batch_size: int = 1,
-        num_workers: int = 0,
-        w0: float = 10.0,
-        sigma: float = 5.0,
-        cache_dir: str | None = None,
         augmentation: Augmentation | None = None,
-        crop: int | None = None,
-        seed: int = 0,
-        nonfinite: str = "refuse",
+        **tiles: Any,
     ):
-        super().__init__(augmentation)
+        super().__init__(TileSettings(**tiles), augmentation)
         # a plain list, not Hydra's ListConfig: checkpoints must load with weights_only=True
         val_slices = val_slices if isinstance(val_slices, int) else [int(i) for i in val_slices]
         self.save_hyperparameters(ignore=["augmentation"])  # an object, not a setting to log
+        self.record_tiles()
 
     def read_splits(self) -> dict[str, Split]:
         hp = self.hparams
