@@ -37,7 +37,7 @@ from unet.data.readers import require_finite
 from unet.errors import UserError
 from unet.evaluation import evaluate
 from unet.guard import NonFiniteError
-from unet.prediction import predict
+from unet.predict.task import predict
 from unet.training import train
 from unet.weight_maps import CacheWarning
 

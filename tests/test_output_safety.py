@@ -31,7 +31,7 @@ from unet.errors import UserError
 from unet.fingerprint import record_probe
 from unet.network import UNet
 from unet.output_safety import MARKER, lock_path, output_lock
-from unet.prediction import predict
+from unet.predict.task import predict
 
 ROOT = CONFIGS.parent
 

@@ -21,7 +21,6 @@ The output folder holds
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import time
@@ -29,8 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
-from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from torch import nn
 
@@ -38,12 +35,10 @@ from unet.atomic import StagedFolder, partial_path
 from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
 from unet.engines import engine_network
-from unet.errors import OutputExistsError, UserError
-from unet.export.runner import load_for_prediction
+from unet.errors import OutputExistsError
 from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.labels import foreground_probability
-from unet.model_record import record_or_default, settings_for
-from unet.objects import ObjectOutputs, check_object_outputs
+from unet.objects import ObjectOutputs
 from unet.output_safety import (
     check_apart,
     check_free_space,
@@ -53,18 +48,13 @@ from unet.output_safety import (
     write_marker,
 )
 from unet.panels import contact_sheet, thumbnail
-from unet.pixel_size import (
-    PIXELS,
-    PixelSize,
-    input_pixel_size,
-    pixel_size_setting,
-    warn_mismatch,
-)
-from unet.postprocess import PostProcessing, postprocessing_for
+from unet.pixel_size import PIXELS, PixelSize, input_pixel_size, warn_mismatch
+from unet.postprocess import PostProcessing
+from unet.predict.model import check_network, resolve_device, set_up_frames
+from unet.predict.request import PredictionSettingError, PredictRequest
 from unet.progress import progress_bar
 from unet.tiler import Tiler
 from unet.tta import count_tiles
-from unet.validation import build, check_config
 from unet.writers import (
     ProbabilityStackWriter,
     write_class_image,
@@ -72,10 +62,6 @@ from unet.writers import (
     write_overlay,
     write_png,
 )
-
-
-class PredictionSettingError(UserError, ValueError):
-    """A prediction setting that cannot work (output path, device, precision, network)."""
 
 
 def mask_name(frame_name: str, index: int) -> str:
@@ -121,19 +107,7 @@ def prepare_output(output: str | Path, overwrite: bool, create: bool = True) -> 
     return output
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` (a GPU if one is visible), ``cpu`` or ``cuda[:n]``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise PredictionSettingError(f"device={device}, but no GPU is visible; use device=cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise PredictionSettingError(f"device={device!r}: expected auto, cpu or cuda") from None
-
-
-def predict_path(
+def predict_files(
     net: nn.Module,
     source: FrameSource | str | Path,
     output: str | Path,
@@ -179,22 +153,18 @@ def predict_path(
             input says, ``unet.pixel_size.read_pixel_size``).
     """
     net = check_network(net, instance_class).to(resolve_device(device)).eval()
-    channels, num_classes = net.config.in_channels, net.config.num_classes
-    source = source if isinstance(source, FrameSource) else FrameSource(source, channels)
+    num_classes = net.config.num_classes
+    source = (
+        source if isinstance(source, FrameSource) else FrameSource(source, net.config.in_channels)
+    )
     tiler, postprocess = tiler or Tiler(), postprocess or PostProcessing()
-    autocast_dtype(precision)  # checks the setting before anything is written
-    net = engine_network(net, engine, precision)
-    count_tiles(net, source.shapes[0], tiler, tta)  # checks tile size and tta before writing
+    net = checked_engine(net, source, tiler, tta, precision, engine)
     pixel_size = pixel_size or input_pixel_size(source.path)
     check_apart(output, input=source.path)
     check_free_space(output, 4 * frame_pixels(source, num_classes), "probabilities.tif")
+    what = {"labels": labels, "overlays": overlays}
     with output_lock(output), write_faults(output):
-        staged = stage_output(output, overwrite, labels, overlays, classes=num_classes > 2)
-        try:
-            stack = probability_stack(staged.path, source, num_classes, pixel_size)
-        except BaseException:
-            staged.abort()
-            raise
+        staged, stack = open_outputs(output, overwrite, what, source, num_classes, pixel_size)
         per_object = ObjectOutputs(staged.path, measurements, rois, pixel_size or PIXELS)
         return write_frames(
             net,
@@ -203,13 +173,64 @@ def predict_path(
             (tiler, tta, precision, checkpoint),
             postprocess,
             progress,
-            labels=labels,
-            overlays=overlays,
+            **what,
             instance_class=instance_class,
             challenge_naming=challenge_naming,
             on_objects=per_object if per_object.wanted else None,
             pixel_size=pixel_size,
         )
+
+
+def checked_engine(net, source: FrameSource, tiler: Tiler, tta: str, precision, engine: str):
+    """``net`` run by ``engine``, after checking the precision, tile size and tta on the
+    first frame, before anything is written."""
+    autocast_dtype(precision)
+    net = engine_network(net, engine, precision)
+    count_tiles(net, source.shapes[0], tiler, tta)
+    return net
+
+
+def open_outputs(output, overwrite: bool, what: dict, source, num_classes: int, pixel_size):
+    """(the staged output folder, the writer of its ``probabilities.tif``); ``what`` says
+    whether ``labels`` and ``overlays`` are written."""
+    staged = stage_output(output, overwrite, what["labels"], what["overlays"], num_classes > 2)
+    try:
+        return staged, probability_stack(staged.path, source, num_classes, pixel_size)
+    except BaseException:
+        staged.abort()
+        raise
+
+
+def folder_route(request: PredictRequest) -> dict:
+    """``src/predict.py`` with a folder output, in one process: the model and frames of
+    ``request`` (:func:`unet.predict.model.set_up_frames`) through :func:`predict_files`."""
+    prepare_output(request.output, request.overwrite, create=False)  # before the slow part
+    setup = set_up_frames(request)
+    request, write = setup.request, setup.request.write
+    warn_mismatch(request.input, setup.pixel_size, setup.training_pixel_size)
+    summary = predict_files(
+        setup.net,
+        setup.source,
+        request.output,
+        tiler=request.tiler.tiler(),
+        tta=request.tta,
+        device=request.device,
+        precision=request.precision,
+        engine=request.engine,
+        postprocess=setup.postprocess,
+        labels=write.labels,
+        instance_class=write.instance_class,
+        challenge_naming=write.challenge_naming,
+        overlays=write.overlays,
+        overwrite=request.overwrite,
+        progress=request.progress,
+        measurements=write.measurements,
+        rois=write.rois,
+        checkpoint=request.checkpoint,
+        pixel_size=setup.pixel_size,
+    )
+    report_frames(summary, request.output)
+    return summary
 
 
 def write_frames(net, source, outputs, settings, postprocess, progress, **what) -> dict:
@@ -358,23 +379,6 @@ def write_objects(
     return None
 
 
-def check_network(net: nn.Module, instance_class: int | None = None) -> nn.Module:
-    """``net`` if it has 2 or more classes and ``instance_class`` is one of its foreground
-    classes, else a PredictionSettingError."""
-    config = net.config
-    if config.num_classes < 2:
-        raise PredictionSettingError(
-            f"the network predicts {config.num_classes} class(es); prediction needs a "
-            "background and a foreground class (2 or more classes)"
-        )
-    if instance_class is not None and not 1 <= instance_class < config.num_classes:
-        raise PredictionSettingError(
-            f"instance_class={instance_class}: expected a foreground class of the network, "
-            f"1..{config.num_classes - 1}"
-        )
-    return net
-
-
 def stage_output(
     output: str | Path, overwrite: bool, labels: bool, overlays: bool, classes: bool = False
 ):
@@ -391,101 +395,6 @@ def stage_output(
     return staged
 
 
-def predict(cfg: DictConfig) -> dict:
-    """Predict ``cfg.input`` with the network of ``cfg.ckpt_path`` (a checkpoint, or a
-    bioimage.io package, ONNX or TorchScript file from ``src/export.py``); results go to
-    ``cfg.output``. With a ``trainer`` (``trainer=ddp``), on the ranks of a Lightning
-    Trainer (:mod:`unet.distributed_prediction`)."""
-    check_config(cfg)  # types and ranges of every setting, before anything is read
-    measurements, rois = cfg.get("measurements", False), cfg.get("rois", False)
-    check_object_outputs(
-        measurements,
-        rois,
-        labels=cfg.labels,
-        store=is_store(cfg.output),
-        ranks=cfg.get("trainer") is not None,
-    )
-    check_apart(cfg.output, input=cfg.input, ckpt_path=cfg.ckpt_path)  # on every route
-    if cfg.get("trainer") is not None:
-        if cfg.get("engine", "torch") != "torch":
-            raise PredictionSettingError(
-                f"engine={cfg.engine} with trainer={cfg.trainer.get('strategy', 'set')}: "
-                "prediction on a Trainer's ranks runs PyTorch; set engine=torch, or leave "
-                "the trainer out"
-            )
-        # imported here: only this route needs Lightning, the inference modules do not
-        from unet.distributed_prediction import predict_on_ranks
-
-        return predict_on_ranks(cfg)
-    if is_store(cfg.output):
-        return predict_large(cfg)
-    prepare_output(cfg.output, cfg.overwrite, create=False)  # before the slow part
-    # a checkpoint or an exported model, checked (finite weights, probe) as it loads
-    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
-    cfg = with_model_record(cfg, trained)
-    # the network's input channels say how to read the frames (gray, RGB, channel stacks)
-    source = FrameSource(
-        cfg.input,
-        trained.config.in_channels,
-        cfg.get("nonfinite", "refuse"),
-        cfg.get("input_axes", "auto"),
-    )
-    postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
-    pixel_size = input_pixel_size(cfg.input, cfg.get("pixel_size"))
-    warn_mismatch(str(cfg.input), pixel_size, trained.pixel_size)
-    summary = predict_path(
-        trained.net,
-        source,
-        cfg.output,
-        tiler=build(cfg, "tiler"),
-        tta=cfg.tta,
-        device=cfg.device,
-        precision=cfg.precision,
-        engine=cfg.get("engine", "torch"),
-        postprocess=postprocess,
-        labels=cfg.labels,
-        instance_class=cfg.get("instance_class"),
-        challenge_naming=cfg.challenge_naming,
-        overlays=cfg.overlays,
-        overwrite=cfg.overwrite,
-        progress=cfg.progress,
-        measurements=measurements,
-        rois=rois,
-        checkpoint=cfg.ckpt_path,
-        pixel_size=pixel_size,
-    )
-    report_frames(summary, cfg.output)
-    return summary
-
-
-def with_model_record(cfg: DictConfig, trained, streamed: bool = False) -> DictConfig:
-    """A copy of ``cfg`` whose null ``tta``, ``precision``, ``tiler.tile_size`` and
-    ``tiler.overlap`` are those the model was validated with (:mod:`unet.model_record`);
-    a value given wins, with a line saying so. ``streamed`` (a .zarr output): no
-    test-time augmentation, with a note where the model was validated with one."""
-    record = record_or_default(trained.record, trained.path)
-    tta, precision = settings_for(record, cfg.tta, cfg.precision)
-    if streamed and cfg.tta is None and tta != "none":
-        print(
-            f"note: a .zarr output is predicted without test-time augmentation; the model "
-            f"was validated with tta={tta} (its post-processing was chosen on those probabilities)"
-        )
-        tta = "none"
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg):
-        cfg.tta, cfg.precision = tta, precision
-        if cfg.tiler.tile_size is None:
-            cfg.tiler.tile_size = record.tile_size
-        if cfg.tiler.overlap is None:
-            cfg.tiler.overlap = record.overlap
-    return cfg
-
-
-def is_store(output) -> bool:
-    """Whether ``output`` names an OME-Zarr store (``<name>.zarr``), not a folder."""
-    return str(output).rstrip("/").endswith(".zarr")
-
-
 def report_frames(summary: dict, output) -> None:
     """One line on what a folder prediction wrote (and a note on mixed frame sizes)."""
     sizes = ", ".join(f"{h}x{w}" for h, w in summary["sizes"])
@@ -498,74 +407,3 @@ def report_frames(summary: dict, output) -> None:
             f"note: frames of different sizes; {summary['probabilities']} holds "
             f"{summary['series']} series (read them with tifffile.TiffFile(path).series)"
         )
-
-
-def report_store(summary: dict, output) -> None:
-    """One line on what a .zarr prediction wrote."""
-    shape = "x".join(str(n) for n in summary["shape"])
-    sections = f" ({summary['sections']} sections)" if len(summary["shape"]) == 3 else ""
-    objects = f", {summary['objects']} objects" if summary.get("objects") is not None else ""
-    Console().print(
-        f"{shape}{sections} -> {output}: {summary['rows_predicted']} rows predicted in "
-        f"{summary['seconds']:.1f} s{objects}"
-    )
-
-
-def store_options(cfg: DictConfig, trained) -> dict:
-    """The settings of ``unet.stream_prediction`` for a .zarr output of ``trained``, after
-    refusing what a streamed prediction cannot do (test-time augmentation, replacing
-    non-finite pixels)."""
-    check_store_tta(cfg)
-    if cfg.get("nonfinite", "refuse") != "refuse":
-        raise PredictionSettingError(
-            f"nonfinite={cfg.nonfinite}: a .zarr output refuses NaN or infinite pixels; set "
-            "nonfinite=refuse, or use a folder output"
-        )
-    return {
-        "input": cfg.input,
-        "output": cfg.output,
-        "level": cfg.zarr.level,
-        "input_axes": cfg.get("input_axes", "auto"),
-        "chunk": cfg.zarr.chunk,
-        "probability_dtype": cfg.zarr.probability_dtype,
-        "tiler": build(cfg, "tiler"),
-        "precision": cfg.precision,
-        "engine": cfg.get("engine", "torch"),
-        "postprocess": postprocessing_for(trained.postprocess, cfg.get("postprocess")),
-        "labels": cfg.labels,
-        "instance_class": cfg.get("instance_class"),
-        "checkpoint": str(cfg.ckpt_path),
-        "pixel_size": pixel_size_setting(cfg.get("pixel_size")),
-        "training_pixel_size": trained.pixel_size,
-    }
-
-
-def check_store_tta(cfg: DictConfig) -> None:
-    """A .zarr output is predicted without test-time augmentation (null: the model's
-    validated one is left out, :func:`with_model_record`)."""
-    if cfg.tta not in (None, "none"):
-        raise PredictionSettingError(
-            f"tta={cfg.tta}: a .zarr output is predicted without test-time augmentation; "
-            "set tta=none"
-        )
-
-
-def predict_large(cfg: DictConfig) -> dict:
-    """Stream one image, or a stack of sections, into the OME-Zarr store ``cfg.output``
-    (README, "Large images")."""
-    # imported here: zarr and ome-zarr are an optional extra (pip install .[zarr])
-    from unet.stream_prediction import predict_to_zarr
-
-    check_store_tta(cfg)  # before the checkpoint is read
-    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
-    cfg = with_model_record(cfg, trained, streamed=True)
-    summary = predict_to_zarr(
-        trained.net,
-        **store_options(cfg, trained),
-        measurements=cfg.get("measurements", False),
-        device=cfg.device,
-        overwrite=cfg.overwrite,
-        progress=cfg.progress,
-    )
-    report_store(summary, cfg.output)
-    return summary

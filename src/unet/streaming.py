@@ -22,7 +22,6 @@ inputs, ``unet.prediction_store`` writes the stores).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -85,15 +84,6 @@ def read_window(image: LazyImage, top: int, left: int, height: int, width: int) 
     r0, c0 = int(rows.min()), int(cols.min())
     block = np.asarray(image[r0 : int(rows.max()) + 1, c0 : int(cols.max()) + 1])
     return block[(..., *np.ix_(rows - r0, cols - c0))]
-
-
-def network_hash(net: nn.Module) -> str:
-    """SHA-256 of a network's architecture record and weights: which model wrote a store."""
-    digest = hashlib.sha256(repr(net.config).encode())
-    for name, tensor in net.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def rank_share(
