@@ -21,8 +21,10 @@ from unet.network import NetConfig, UNet
 from unet.panels import GAP, HEADER
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.precision import cpu_has_native_bf16
+from unet.predict.output_folder import mask_name
+from unet.predict.request import PredictionSettingError
 from unet.predict.task import predict
-from unet.prediction import PredictionSettingError, mask_name, predict_files
+from unet.prediction import predict_files
 from unet.tiler import Tiler
 from unet.training import OutputExistsError, train
 from unet.validation import ConfigError

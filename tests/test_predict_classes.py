@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from unet.network import UNet
-from unet.prediction import PredictionSettingError, predict_files
+from unet.predict.request import PredictionSettingError
+from unet.prediction import predict_files
 
 
 @pytest.fixture

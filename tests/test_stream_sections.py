@@ -287,8 +287,8 @@ def test_predict_entry_streams_a_stack(tmp_path, compose_predict):
 
 
 def test_nan_pixels_are_refused_naming_the_section(tmp_path, compose_predict):
+    from unet.predict.request import PredictionSettingError
     from unet.predict.task import predict
-    from unet.prediction import PredictionSettingError
 
     images = stack(2).astype(np.float32)
     images[1, 10, 20] = np.nan

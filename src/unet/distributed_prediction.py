@@ -45,8 +45,7 @@ from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.output_safety import output_lock, write_faults
 from unet.pixel_size import warn_mismatch
 from unet.predict.model import FramesSetUp, set_up_frames
-from unet.predict.request import PredictRequest
-from unet.prediction import (
+from unet.predict.output_folder import (
     check_frame,
     frames_summary,
     probability_stack,
@@ -55,6 +54,7 @@ from unet.prediction import (
     write_contact_sheet,
     write_frame,
 )
+from unet.predict.request import PredictRequest
 from unet.tta import count_tiles
 from unet.validation import build_node
 
