@@ -89,7 +89,7 @@ def test_the_final_validation_stores_its_record_in_the_checkpoint(
 
 def test_a_zarr_output_leaves_the_validated_tta_out_with_a_note(flips8_ckpt, compose_predict):
     from unet.predict.model import with_model_record
-    from unet.predict.request import read_request
+    from unet.predict.task import read_request
 
     cfg = compose_predict([f"ckpt_path={flips8_ckpt}", "input=x", "output=y.zarr"])
     trained = load_trained(flips8_ckpt)

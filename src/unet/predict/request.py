@@ -1,8 +1,9 @@
-"""One prediction request: every setting of ``configs/predict.yaml``, read and checked once.
+"""One prediction request: every setting of ``configs/predict.yaml``, typed and checked.
 
-``src/predict.py`` composes the Hydra config; :func:`read_request` checks it (types and
-ranges, ``unet.validation``; outputs that cannot be written; settings a route cannot do)
-and turns it into a frozen :class:`PredictRequest`. Every route below the entry takes the
+``src/predict.py`` composes the Hydra config; :func:`unet.predict.task.read_request` checks
+it (types and ranges, ``unet.validation``) and turns it into a frozen
+:class:`PredictRequest`, which :func:`check_request` checks as a whole (outputs that cannot
+be written, settings the chosen route cannot do). Every route below the entry takes the
 request (or one of its small settings objects) and never the config.
 """
 
@@ -10,14 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from omegaconf import DictConfig, OmegaConf
-
 from unet.errors import UserError
 from unet.objects import check_object_outputs
 from unet.output_safety import check_apart
-from unet.pixel_size import PixelSize, pixel_size_setting
+from unet.pixel_size import PixelSize
 from unet.tiler import Tiler
-from unet.validation import check_config
 
 
 class PredictionSettingError(UserError, ValueError):
@@ -103,51 +101,6 @@ class PredictRequest:
 def is_store(output) -> bool:
     """Whether ``output`` names an OME-Zarr store (``<name>.zarr``), not a folder."""
     return str(output).rstrip("/").endswith(".zarr")
-
-
-def read_request(cfg: DictConfig) -> PredictRequest:
-    """The request of the composed ``predict`` config, after checking it: every setting's
-    type and range (a ConfigError), the per-object outputs (an ObjectOutputError), an
-    output apart from the input and checkpoint (an UnsafeOutputError), and what the chosen
-    route cannot do (a PredictionSettingError)."""
-    check_config(cfg)  # types and ranges of every setting, before anything is read
-    request = PredictRequest(
-        checkpoint=str(cfg.ckpt_path),
-        input=str(cfg.input),
-        output=str(cfg.output),
-        trust_checkpoint=cfg.get("trust_checkpoint", False),
-        overwrite=cfg.overwrite,
-        nonfinite=cfg.get("nonfinite", "refuse"),
-        input_axes=cfg.get("input_axes", "auto"),
-        device=str(cfg.device),
-        precision=cfg.precision,
-        engine=cfg.get("engine", "torch"),
-        tta=cfg.tta,
-        tiler=TilerSettings(**plain(cfg.tiler, drop="_target_")),
-        postprocess={k: v for k, v in plain(cfg.get("postprocess")).items() if v is not None},
-        write=Outputs(
-            labels=cfg.labels,
-            overlays=cfg.overlays,
-            challenge_naming=cfg.challenge_naming,
-            instance_class=cfg.get("instance_class"),
-            measurements=cfg.get("measurements", False),
-            rois=cfg.get("rois", False),
-        ),
-        pixel_size=pixel_size_setting(cfg.get("pixel_size")),
-        progress=cfg.progress,
-        zarr=ZarrSettings(**plain(cfg.get("zarr"))),
-        trainer=plain(cfg.trainer) if cfg.get("trainer") is not None else None,
-    )
-    check_request(request)
-    return request
-
-
-def plain(node, drop: str | None = None) -> dict:
-    """A config node as a plain, resolved dict (an absent node: empty), without ``drop``."""
-    if node is None:
-        return {}
-    values = OmegaConf.to_container(node, resolve=True)
-    return {k: v for k, v in values.items() if k != drop}
 
 
 def check_request(request: PredictRequest) -> None:
