@@ -177,7 +177,7 @@ def write_frames(net, source, outputs, settings, postprocess, progress, **what) 
     thumbnails: list[tuple[str, np.ndarray]] = []
     with progress_bar(progress, "predict") as bar, staged, stack, per_object:
         for index, (name, frame, prob) in enumerate(
-            predict_frames(net, source, tiler, tta, precision, bar, checkpoint)
+            frame_probabilities(net, source, tiler, tta, precision, bar, checkpoint)
         ):
             page, small = write_frame(staged.path, index, name, frame, prob, postprocess, **what)
             stack.write(page)
@@ -188,7 +188,7 @@ def write_frames(net, source, outputs, settings, postprocess, progress, **what) 
     return frames_summary(source, staged.final, stack, net.config.num_classes, seconds)
 
 
-def predict_frames(
+def frame_probabilities(
     net: nn.Module,
     source: FrameSource,
     tiler: Tiler,

@@ -37,7 +37,7 @@ from unet.postprocess import PostProcessing
 from unet.predict.model import check_network, load_model, post_processing, resolve_device
 from unet.predict.request import PredictRequest
 from unet.predict.section_labels import check_labels_settings, label_store
-from unet.predict.store_rows import predict_rows, stream_plan
+from unet.predict.store_rows import stream_plan, write_rows
 from unet.prediction_store import PredictionStore, open_store
 from unet.streaming import rank_share
 from unet.tiler import Tiler
@@ -184,7 +184,7 @@ def write_store(
         start = time.perf_counter()
         store = shared_store((output, sections, record, settings), rank, barrier)
         share = rank_share(len(sections), sections.shape[0], settings.chunk, rank, world_size)
-        predicted = predict_rows(
+        predicted = write_rows(
             net,
             str(input),
             sections,

@@ -43,8 +43,8 @@ def missing_runs(done: set[int], first: int, last: int) -> list[tuple[int, int]]
     return runs
 
 
-def predict_rows(net, input, sections, store, share, settings, progress, on_batch, checkpoint):
-    """:func:`predict_share` with a progress display over chunk rows and tiles."""
+def write_rows(net, input, sections, store, share, settings, progress, on_batch, checkpoint):
+    """:func:`write_missing_rows` with a progress display over chunk rows and tiles."""
     with progress_bar(progress, "predict") as bar:
         rows_task = bar.add_task("chunk rows", total=chunk_rows_to_do(store, share))
         tiles_task = bar.add_task("tiles", total=None)
@@ -54,7 +54,7 @@ def predict_rows(net, input, sections, store, share, settings, progress, on_batc
             if on_batch is not None:
                 on_batch(n)
 
-        return predict_share(
+        return write_missing_rows(
             net,
             input,
             sections,
@@ -73,7 +73,7 @@ def chunk_rows_to_do(store: PredictionStore, share) -> int:
     return sum(b - a for section in runs for a, b in section)
 
 
-def predict_share(
+def write_missing_rows(
     net, input: str, sections, store, share, settings, on_batch, on_rows=None, checkpoint=None
 ) -> int:
     """Predict the chunk rows of ``share`` (:func:`unet.streaming.rank_share`) that the store
