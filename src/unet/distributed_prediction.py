@@ -44,7 +44,7 @@ from unet.errors import UserError
 from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.output_safety import output_lock, write_faults
 from unet.pixel_size import warn_mismatch
-from unet.predict.model import FramesSetUp, set_up_frames
+from unet.predict.model import FramesSetUp, load_model, set_up_frames
 from unet.predict.output_folder import (
     check_frame,
     frames_summary,
@@ -234,7 +234,7 @@ def frames_module(request: PredictRequest) -> FramePrediction:
 
 def store_module(request: PredictRequest) -> StorePrediction:
     """The module that shares the chunk rows of ``request``'s store over the ranks."""
-    from unet.predict.model import load_model
+    # imported here: zarr and ome-zarr are an optional extra (pip install .[zarr])
     from unet.stream_prediction import store_settings
 
     trained, request = load_model(request, streamed=True)
