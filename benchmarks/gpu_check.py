@@ -12,7 +12,7 @@ file rewritten after each part, so a run cut short keeps what it measured):
    warm-up steps; GFLOP/s counts a step as 3x the forward pass (the backward pass costs two).
 2. **Inference.** The ISBI 2012 ``test-volume.tif`` (all its slices) through
    ``unet.tiler.Tiler`` with the tile plan chosen for the GPU's free memory: the whole stack
-   in fp32 and bf16, and the predict path (``unet.prediction.predict_path``: reading the
+   in fp32 and bf16, and the predict path (``unet.prediction.predict_files``: reading the
    TIFF, standardising, writing ``probabilities.tif``). The weights are random: the time
    does not depend on them.
 3. **Memory.** The tiler plans tile size and batch from ``unet.tiler.tile_memory_bytes``,
@@ -54,7 +54,7 @@ from unet.data.readers import read_tiff
 from unet.data.samples import standardize
 from unet.loss import weighted_cross_entropy
 from unet.network import UNet, forward_flops
-from unet.prediction import predict_path
+from unet.prediction import predict_files
 from unet.tiler import Tiler, tile_memory_bytes
 from unet.tta import predict_probabilities
 
@@ -237,7 +237,7 @@ def inference_stack(net: UNet, images: torch.Tensor, precision: str, device: str
 def inference_predict_path(net: UNet, source: Path, out: Path, settings: Settings) -> dict:
     """Time the predict path (read, standardise, tile, write probabilities.tif), bf16."""
     start = time.perf_counter()
-    summary = predict_path(
+    summary = predict_files(
         net,
         source,
         out,
@@ -249,7 +249,7 @@ def inference_predict_path(net: UNet, source: Path, out: Path, settings: Setting
     )
     seconds = time.perf_counter() - start
     return {
-        "what": "predict path (unet.prediction.predict_path, TIFF in and out)",
+        "what": "predict path (unet.prediction.predict_files, TIFF in and out)",
         "precision": "bf16",
         "slices": summary["frames"],
         "size": ", ".join(f"{h}x{w}" for h, w in summary["sizes"]),

@@ -1,4 +1,4 @@
-"""The Segment widget against unet.prediction.predict_path on one 2048 x 2048 image.
+"""The Segment widget against unet.prediction.predict_files on one 2048 x 2048 image.
 
     python benchmarks/napari_segment.py [--size 2048] [--base-channels 16] [--depth 4]
 
@@ -89,7 +89,7 @@ def main() -> None:
 
     from unet.checkpoint import load_trained
     from unet.napari.sample import cell_image
-    from unet.prediction import predict_path
+    from unet.prediction import predict_files
     from unet.tiler import Tiler
 
     app = QApplication.instance() or QApplication([])
@@ -103,11 +103,11 @@ def main() -> None:
     print(f"Segment widget: {seconds:.1f} s, event loop blocked at most {1000 * gap:.0f} ms")
     trained = load_trained(ckpt)
     start = time.perf_counter()
-    predict_path(
+    predict_files(
         trained.net, folder / "image.tif", folder / "out", tiler=Tiler(memory_gb=1.0),
         progress=False, overlays=False,
     )  # fmt: skip
-    print(f"predict_path: {time.perf_counter() - start:.1f} s")
+    print(f"predict_files: {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

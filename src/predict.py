@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from unet.cli import check_command_line, run_or_exit
-from unet.prediction import predict
+from unet.predict.task import predict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

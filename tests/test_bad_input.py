@@ -37,7 +37,7 @@ from unet.data.readers import require_finite
 from unet.errors import UserError
 from unet.evaluation import evaluate
 from unet.guard import NonFiniteError
-from unet.prediction import predict
+from unet.predict.task import predict
 from unet.training import train
 from unet.weight_maps import CacheWarning
 
@@ -502,7 +502,7 @@ class Interrupt(KeyboardInterrupt):
 
 
 def test_interrupted_prediction_leaves_nothing_that_looks_complete(ckpt, tmp_path, monkeypatch):
-    import unet.prediction
+    import unet.predict.output_folder
 
     source = _write_stack(tmp_path / "s.tif", 5)
     out = tmp_path / "out"
@@ -517,8 +517,8 @@ def test_interrupted_prediction_leaves_nothing_that_looks_complete(ckpt, tmp_pat
             raise Interrupt
         return original(*args)
 
-    original = unet.prediction.write_overlay
-    monkeypatch.setattr(unet.prediction, "write_overlay", stop_at_third)
+    original = unet.predict.output_folder.write_overlay
+    monkeypatch.setattr(unet.predict.output_folder, "write_overlay", stop_at_third)
     with pytest.raises(Interrupt):
         predict(compose_predict([*base, "overwrite=true"]))
     # the earlier complete output is untouched, and nothing partial is left beside it

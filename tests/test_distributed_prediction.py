@@ -22,7 +22,7 @@ from unet.distributed_prediction import frame_share
 from unet.fingerprint import record_probe
 from unet.network import UNet
 from unet.output_safety import MARKER
-from unet.prediction import predict
+from unet.predict.task import predict
 
 TWO_CPU_RANKS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 

@@ -7,6 +7,11 @@ import sys
 
 INFERENCE = [
     "unet.prediction",
+    # the prediction task: its request, shared set-up and output folder (not the ranks route)
+    "unet.predict.task",
+    "unet.predict.request",
+    "unet.predict.model",
+    "unet.predict.output_folder",
     "unet.inference",
     "unet.checkpoint",
     "unet.model_record",
@@ -17,6 +22,8 @@ INFERENCE = [
     "unet.zarr_io",
     "unet.prediction_store",
     "unet.stream_prediction",
+    "unet.predict.store_rows",
+    "unet.predict.section_labels",
     "unet.chunked_labels",
     "unet.chunked_holes",
     # per-object outputs (measurements.csv, rois/)

@@ -24,7 +24,8 @@ from unet.measurements import COLUMNS, PIXELS, REGIONPROPS, PixelSize, measure_f
 from unet.network import UNet
 from unet.objects import ObjectOutputError, check_object_outputs
 from unet.postprocess import PostProcessing
-from unet.prediction import predict, predict_path
+from unet.predict.task import predict
+from unet.prediction import predict_files
 from unet.rois import outlines
 from unet.validation import ConfigError
 
@@ -171,7 +172,7 @@ def test_frame_without_objects_gives_no_rows_and_empty_roi_files(tmp_path):
         return PostProcessing()(cells) if len(calls) == 1 else np.zeros(cells.shape, np.uint16)
 
     out = tmp_path / "out"
-    predict_path(
+    predict_files(
         tiny_net(), frames, out, postprocess=first_frame_only, progress=False,
         overlays=False, measurements=True, rois=True,
     )  # fmt: skip

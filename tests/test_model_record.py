@@ -20,7 +20,8 @@ from unet.export.runner import load_for_prediction
 from unet.fingerprint import record_probe
 from unet.model_record import ModelRecord, record_or_default
 from unet.network import UNet
-from unet.prediction import predict, predict_path
+from unet.predict.task import predict
+from unet.prediction import predict_files
 from unet.report import dataset_name, shown_metrics, write_report
 from unet.training import final_validation
 from unet.validation import build
@@ -87,12 +88,14 @@ def test_the_final_validation_stores_its_record_in_the_checkpoint(
 
 
 def test_a_zarr_output_leaves_the_validated_tta_out_with_a_note(flips8_ckpt, compose_predict):
-    from unet.prediction import with_model_record
+    from unet.predict.model import with_model_record
+    from unet.predict.task import read_request
 
     cfg = compose_predict([f"ckpt_path={flips8_ckpt}", "input=x", "output=y.zarr"])
     trained = load_trained(flips8_ckpt)
-    assert with_model_record(cfg, trained).tta == "flips8"
-    assert with_model_record(cfg, trained, streamed=True).tta == "none"
+    request = read_request(cfg)
+    assert with_model_record(request, trained).tta == "flips8"
+    assert with_model_record(request, trained, streamed=True).tta == "none"
     assert cfg.tta is None  # the entry's config is left as it was
 
 
@@ -105,7 +108,7 @@ def test_an_old_checkpoint_without_a_record_predicts_as_before(
     trained = load_trained(ckpt)
     assert trained.record is None
     found = predicted(compose_predict, ckpt, frame, tmp_path / "new")
-    predict_path(trained.net, frame, tmp_path / "before", progress=False, overlays=False)
+    predict_files(trained.net, frame, tmp_path / "before", progress=False, overlays=False)
     np.testing.assert_array_equal(found, tifffile.imread(tmp_path / "before/probabilities.tif"))
     assert record_or_default(None, ckpt) == ModelRecord()
     assert capsys.readouterr().out.count(f"{ckpt} holds no model record") == 1  # once

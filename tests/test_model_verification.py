@@ -30,7 +30,7 @@ from unet.fingerprint import probe_mismatch, record_probe
 from unet.module import SegmentationModule
 from unet.network import UNet
 from unet.output_safety import MARKER, write_marker
-from unet.prediction import predict
+from unet.predict.task import predict
 from unet.training import check_resumable
 from unet.validation import ConfigError
 
@@ -262,7 +262,7 @@ def nan_from_call(monkeypatch, module, bad_call: int) -> None:
 def test_nan_tile_stops_the_folder_route_keeping_the_old_output(
     tmp_path, compose_predict, monkeypatch, capsys
 ):
-    import unet.prediction
+    import unet.predict.model
 
     ckpt = save(tmp_path / "tiny.ckpt", tiny_net())
     out = tmp_path / "out"
@@ -270,7 +270,7 @@ def test_nan_tile_stops_the_folder_route_keeping_the_old_output(
     (out / "old.txt").write_text("an earlier result")
     write_marker(out, "predict")  # an earlier output of unet's, which overwrite may replace
     stack = gray_image(tmp_path / "stack.tif", frames=3)
-    nan_from_call(monkeypatch, unet.prediction, bad_call=2)  # the second frame's only tile
+    nan_from_call(monkeypatch, unet.predict.model, bad_call=2)  # the second frame's only tile
     settings = [f"ckpt_path={ckpt}", f"input={stack}", f"output={out}", "overwrite=true"]
     message = exits_2(capsys, predict, compose_predict(settings))
     assert (
@@ -284,7 +284,7 @@ def test_nan_tile_stops_the_zarr_route_before_writing(tmp_path, compose_predict,
     pytest.importorskip("zarr")
     import zarr
 
-    import unet.prediction
+    import unet.predict.model
 
     ckpt = save(tmp_path / "tiny.ckpt", tiny_net())
     rng = np.random.default_rng(1)
@@ -292,7 +292,7 @@ def test_nan_tile_stops_the_zarr_route_before_writing(tmp_path, compose_predict,
     out = tmp_path / "out.zarr"
     settings = [f"ckpt_path={ckpt}", f"input={tmp_path / 'big.tif'}", f"output={out}"]
     settings += ["zarr.chunk=64", "tiler.tile_size=92", "tiler.batch_size=1"]
-    nan_from_call(monkeypatch, unet.prediction, bad_call=7)  # 3rd row of tiles: 2nd band
+    nan_from_call(monkeypatch, unet.predict.model, bad_call=7)  # 3rd row of tiles: 2nd band
     with pytest.raises(UserError) as caught:
         predict(compose_predict(settings))
     message = str(caught.value)

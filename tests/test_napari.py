@@ -43,7 +43,8 @@ from unet.napari.sample import cell_image, sample_cells  # noqa: E402
 from unet.napari.segmentation import label_frames  # noqa: E402
 from unet.network import UNet  # noqa: E402
 from unet.pixel_size import PixelSize  # noqa: E402
-from unet.prediction import predict, predict_path  # noqa: E402
+from unet.predict.task import predict  # noqa: E402
+from unet.prediction import predict_files  # noqa: E402
 from unet.stream_prediction import predict_to_zarr  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "src" / "unet" / "napari" / "napari.yaml"
@@ -237,7 +238,7 @@ def test_reader_opens_a_store_and_a_folder_with_their_pixel_size(ckpt, tmp_path)
     store = tmp_path / "out.zarr"
     predict_to_zarr(net, source, store, chunk=64, progress=False, pixel_size=size)
     folder = tmp_path / "out"
-    predict_path(net, source, folder, progress=False, pixel_size=size)
+    predict_files(net, source, folder, progress=False, pixel_size=size)
     assert reader.get_reader(str(source)) is None
     for path in (store, folder):
         layers = reader.get_reader(str(path))(str(path))
@@ -258,7 +259,7 @@ def test_segment_widget_equals_predict_path(qtbot, any_viewer, ckpt, isbi_slice,
     run(qtbot, widget)
     segmenter = widget.segmenter
     out = tmp_path / "predicted"
-    predict_path(
+    predict_files(
         segmenter.trained.net, isbi_slice, out, tiler=segmenter.tiler(widget.memory.value()),
         tta="flips8", postprocess=segmenter.postprocessing(), progress=False,
     )  # fmt: skip

@@ -24,6 +24,7 @@ import torch
 from conftest import CONFIGS, _compose_entry
 
 import unet.output_safety
+import unet.predict.output_folder
 import unet.prediction
 from unet.checkpoint_io import AtomicCheckpointIO
 from unet.cli import INTERRUPTED, run_or_exit
@@ -31,7 +32,7 @@ from unet.errors import UserError
 from unet.fingerprint import record_probe
 from unet.network import UNet
 from unet.output_safety import MARKER, lock_path, output_lock
-from unet.prediction import predict
+from unet.predict.task import predict
 
 ROOT = CONFIGS.parent
 
@@ -289,7 +290,7 @@ def test_write_fault_in_the_folder_route_is_one_line(code, ckpt, tmp_path, monke
     base = [f"ckpt_path={ckpt}", f"input={source}", f"output={out}"]
     predict(compose_predict(base))
     before = files(tmp_path)
-    monkeypatch.setattr(unet.prediction, "write_label_image", failing(code))
+    monkeypatch.setattr(unet.predict.output_folder, "write_label_image", failing(code))
     message = exits_with_one_line(compose_predict([*base, "overwrite=true"]), capsys)
     assert str(out) in message and unet.output_safety.FAULTS[code] in message
     assert files(tmp_path) == before  # earlier output intact, nothing partial left

@@ -24,7 +24,7 @@ from unet.pixel_size import (
     read_pixel_size,
     record_pixel_size,
 )
-from unet.prediction import predict
+from unet.predict.task import predict
 from unet.validation import ConfigError
 
 UM = "micrometer"

@@ -21,12 +21,10 @@ from unet.network import NetConfig, UNet
 from unet.panels import GAP, HEADER
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.precision import cpu_has_native_bf16
-from unet.prediction import (
-    PredictionSettingError,
-    mask_name,
-    predict,
-    predict_path,
-)
+from unet.predict.output_folder import mask_name
+from unet.predict.request import PredictionSettingError
+from unet.predict.task import predict
+from unet.prediction import predict_files
 from unet.tiler import Tiler
 from unet.training import OutputExistsError, train
 from unet.validation import ConfigError
@@ -166,7 +164,7 @@ def test_bf16_autocast_and_tta_run_on_cpu(tiny_ckpt, tmp_path):
     results = {}
     for precision in ("32", "bf16"):
         out = tmp_path / precision
-        predict_path(
+        predict_files(
             net, frame, out, precision=precision, tta="flips8", tiler=Tiler(), progress=False
         )
         results[precision] = tifffile.imread(out / "probabilities.tif")
@@ -278,7 +276,7 @@ def test_settings_stored_in_the_checkpoint_are_used_unless_overridden(
 
     out = tmp_path / "out"
     net = load_network(ckpt)
-    predict_path(net, tmp_path / "frame.tif", out, postprocess=spy, progress=False, overlays=False)
+    predict_files(net, tmp_path / "frame.tif", out, postprocess=spy, progress=False, overlays=False)
     np.testing.assert_array_equal(
         tifffile.imread(out / "labels" / "frame.tif"), chosen(seen[0]).astype(np.uint16)
     )

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from unet.network import UNet
-from unet.prediction import PredictionSettingError, predict_path
+from unet.predict.request import PredictionSettingError
+from unet.prediction import predict_files
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def three_class_net() -> UNet:
 
 def test_three_classes_write_a_stack_that_sums_to_one_and_an_argmax_image(rgb_folder, tmp_path):
     out = tmp_path / "out"
-    predict_path(three_class_net(), rgb_folder, out, device="cpu", progress=False)
+    predict_files(three_class_net(), rgb_folder, out, device="cpu", progress=False)
     with tifffile.TiffFile(out / "probabilities.tif") as tif:
         series = [s.asarray() for s in tif.series]
     assert [s.shape for s in series] == [(3, 40, 52), (3, 36, 36)]
@@ -44,10 +45,10 @@ def test_three_classes_write_a_stack_that_sums_to_one_and_an_argmax_image(rgb_fo
 
 def test_instance_class_must_be_a_foreground_class(rgb_folder, tmp_path):
     with pytest.raises(PredictionSettingError, match="instance_class=3: expected a foreground"):
-        predict_path(three_class_net(), rgb_folder, tmp_path / "o", instance_class=3)
+        predict_files(three_class_net(), rgb_folder, tmp_path / "o", instance_class=3)
 
 
 def test_gray_input_for_an_rgb_network_is_named(tmp_path):
     tifffile.imwrite(tmp_path / "g.tif", np.zeros((32, 32), np.uint8))
     with pytest.raises(Exception, match=r"g\.tif: an image of shape \(32, 32\).*3 channels"):
-        predict_path(three_class_net(), tmp_path / "g.tif", tmp_path / "o", device="cpu")
+        predict_files(three_class_net(), tmp_path / "g.tif", tmp_path / "o", device="cpu")

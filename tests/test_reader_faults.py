@@ -18,7 +18,7 @@ zarr = pytest.importorskip("zarr")
 ome_zarr_writer = pytest.importorskip("ome_zarr.writer")
 
 from unet.cli import run_or_exit  # noqa: E402
-from unet.prediction import predict  # noqa: E402
+from unet.predict.task import predict  # noqa: E402
 from unet.progress import LineProgress  # noqa: E402
 
 ROOT = CONFIGS.parent

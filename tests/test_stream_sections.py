@@ -13,7 +13,7 @@ ome_zarr_writer = pytest.importorskip("ome_zarr.writer")
 
 from PIL import Image  # noqa: E402
 
-import unet.stream_prediction as stream_prediction  # noqa: E402
+import unet.predict.section_labels as section_labels  # noqa: E402
 from unet.data.readers import DataError  # noqa: E402
 from unet.fingerprint import record_probe  # noqa: E402
 from unet.inference import predict_image  # noqa: E402
@@ -210,9 +210,9 @@ def test_killed_stack_resumes_and_labels_are_not_redone(tmp_path, monkeypatch):
         np.testing.assert_array_equal(resumed, whole)
 
     labelled = []
-    original = stream_prediction.write_labels
+    original = section_labels.write_labels
     monkeypatch.setattr(
-        stream_prediction,
+        section_labels,
         "write_labels",
         lambda plane, post: labelled.append(plane.index) or original(plane, post),
     )
@@ -267,7 +267,7 @@ def test_bad_stacks_give_one_line_messages(tmp_path):
 
 
 def test_predict_entry_streams_a_stack(tmp_path, compose_predict):
-    from unet.prediction import predict
+    from unet.predict.task import predict
 
     net = tiny_net()
     ckpt = tmp_path / "tiny.ckpt"
@@ -287,7 +287,8 @@ def test_predict_entry_streams_a_stack(tmp_path, compose_predict):
 
 
 def test_nan_pixels_are_refused_naming_the_section(tmp_path, compose_predict):
-    from unet.prediction import PredictionSettingError, predict
+    from unet.predict.request import PredictionSettingError
+    from unet.predict.task import predict
 
     images = stack(2).astype(np.float32)
     images[1, 10, 20] = np.nan
@@ -331,7 +332,7 @@ def test_regrow_labels_each_section_whole_from_the_stored_map(tmp_path, regrow):
 
 def test_whole_section_settings_are_refused_when_a_section_does_not_fit(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "stack.tif", stack(2), photometric="minisblack")
-    monkeypatch.setattr(stream_prediction, "available_memory_bytes", lambda device: 2**20)
+    monkeypatch.setattr(section_labels, "available_memory_bytes", lambda device: 2**20)
     post = PostProcessing(regrow="distance")
     with pytest.raises(StoreError, match="regrow='distance' labels a whole section") as err:
         predict_to_zarr(

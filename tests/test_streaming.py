@@ -194,7 +194,7 @@ def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(tmp_path, compose_pr
     import tifffile
 
     from unet.errors import UserError
-    from unet.prediction import predict
+    from unet.predict.task import predict
 
     net = tiny_net("valid")
     ckpt = tmp_path / "tiny.ckpt"

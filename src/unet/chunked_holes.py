@@ -27,12 +27,15 @@ Passes, with memory of one chunk, one image row and a few integers per component
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from scipy import ndimage
 
 from unet.chunked_labels import flatten, union_pairs
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
+BIG = np.iinfo(np.int64).max  # no pixel comes later
 
 
 def fill_holes_chunks(labels, chunk: tuple[int, int], count: int) -> int:
@@ -44,15 +47,35 @@ def fill_holes_chunks(labels, chunk: tuple[int, int], count: int) -> int:
         chunk: (chunk height, chunk width): the blocks read and written.
         count: the largest object id.
     """
+    scan = _scan(labels, chunk, count)  # pass 1
+    fill = _hole_owners(scan, count)  # pass 2
+    return _rewrite(labels, chunk, scan.offsets, fill)  # pass 3
+
+
+@dataclass
+class _Scan:
+    """What pass 1 notes (module doc): per chunk, its provisional background ids' first
+    pixels (y * w + x), the object above each and their border contact; the id offset of
+    each chunk; the id pairs that touch across chunk borders; per object, the background id
+    above its first pixel (-1: the image border)."""
+
+    ids: int = 0  # provisional background ids so far
+    firsts: list = field(default_factory=list)
+    aboves: list = field(default_factory=list)
+    touches: list = field(default_factory=list)
+    offsets: dict = field(default_factory=dict)  # (y0, x0) -> the chunk's id offset
+    pairs: list = field(default_factory=list)
+    obj_above: np.ndarray | None = None
+
+
+def _scan(labels, chunk: tuple[int, int], count: int) -> _Scan:
+    """Pass 1: label each chunk's background in scan order and note what pass 2 needs."""
     h, w = labels.shape
     ch, cw = chunk
-    big = np.iinfo(np.int64).max
-    obj_first = np.full(count + 1, big, np.int64)  # first pixel (y * w + x) of each object
-    obj_above = np.zeros(count + 1, np.int64)  # background id above it (-1: image border)
-    firsts, aboves, touches, offsets, pairs = [], [], [], {}, []
+    obj_first = np.full(count + 1, BIG, np.int64)  # first pixel (y * w + x) of each object
+    scan = _Scan(obj_above=np.zeros(count + 1, np.int64))
     above_bg = np.zeros(w, np.int64)  # background ids of the row above the chunk row
     above_obj = np.zeros(w, np.int64)  # object ids of that row
-    offset = 0
     for y0 in range(0, h, ch):
         y1 = min(y0 + ch, h)
         row_bg, row_obj = np.zeros(w, np.int64), np.zeros(w, np.int64)
@@ -60,44 +83,51 @@ def fill_holes_chunks(labels, chunk: tuple[int, int], count: int) -> int:
         for x0 in range(0, w, cw):
             x1 = min(x0 + cw, w)
             objects = np.asarray(labels[y0:y1, x0:x1]).astype(np.int64)
-            background = _background(objects, offset)
-            offsets[y0, x0] = offset
+            background = _background(objects, scan.ids)
+            scan.offsets[y0, x0] = scan.ids
             ids, first = _first_pixels(background)
             ly, lx = np.divmod(first, x1 - x0)
             # the object above each first pixel: in the chunk, or in the row above it
             over = np.where(ly > 0, objects[np.maximum(ly - 1, 0), lx], above_obj[x0 + lx])
-            firsts.append((y0 + ly) * w + x0 + lx)
-            aboves.append(over)
+            scan.firsts.append((y0 + ly) * w + x0 + lx)
+            scan.aboves.append(over)
             edge = np.zeros(len(ids), bool)
             if len(ids):
                 rim = np.unique(_rim(background, y0 == 0, y1 == h, x0 == 0, x1 == w))
                 edge[np.searchsorted(ids, rim[rim > 0])] = True
-            touches.append(edge)
-            offset += len(ids)
-            _note_objects(objects, background, y0, x0, w, above_bg, obj_first, obj_above)
+            scan.touches.append(edge)
+            scan.ids += len(ids)
+            _note_objects(objects, background, y0, x0, w, above_bg, obj_first, scan.obj_above)
             if y0 > 0:  # the row above, diagonal neighbours included
-                pairs.append(_diagonal_pairs(above_bg, background[0], x0))
+                scan.pairs.append(_diagonal_pairs(above_bg, background[0], x0))
             if left is not None:
-                pairs.append(_column_pairs(left, background[:, 0]))
+                scan.pairs.append(_column_pairs(left, background[:, 0]))
             left = background[:, -1]
             row_bg[x0:x1], row_obj[x0:x1] = background[-1], objects[-1]
         above_bg, above_obj = row_bg, row_obj
-    # pass 2: components, their parents, and the outermost object around each hole
-    parent = np.arange(offset + 1, dtype=np.int64)
-    for p in pairs:
+    return scan
+
+
+def _hole_owners(scan: _Scan, count: int) -> np.ndarray:
+    """Pass 2: components, their parents, and the outermost object around each hole;
+    returns the object id per provisional background id (0: not a hole)."""
+    n = scan.ids
+    parent = np.arange(n + 1, dtype=np.int64)
+    for p in scan.pairs:
         union_pairs(parent, p)
     roots = flatten(parent)
-    first = np.concatenate([np.zeros(1, np.int64), *firsts])
-    over = np.concatenate([np.zeros(1, np.int64), *aboves])
-    touch = np.concatenate([np.zeros(1, bool), *touches])
-    open_ = np.zeros(offset + 1, bool)  # per root: touches the border
+    first = np.concatenate([np.zeros(1, np.int64), *scan.firsts])
+    over = np.concatenate([np.zeros(1, np.int64), *scan.aboves])
+    touch = np.concatenate([np.zeros(1, bool), *scan.touches])
+    open_ = np.zeros(n + 1, bool)  # per root: touches the border
     np.logical_or.at(open_, roots, touch)
-    root_first = np.full(offset + 1, big, np.int64)
+    root_first = np.full(n + 1, BIG, np.int64)
     np.minimum.at(root_first, roots, first)
     is_first = first == root_first[roots]
-    hole_parent = np.zeros(offset + 1, np.int64)  # per root: the object above its first pixel
+    hole_parent = np.zeros(n + 1, np.int64)  # per root: the object above its first pixel
     hole_parent[roots[is_first]] = over[is_first]
     # per object: the object around the hole it lies in, or itself when it is outermost
+    obj_above = scan.obj_above
     bg = np.where(obj_above > 0, roots[np.maximum(obj_above, 0)], 0)
     enclosed = (bg > 0) & ~open_[bg]
     top = np.where(enclosed, hole_parent[bg], np.arange(count + 1))
@@ -107,7 +137,14 @@ def fill_holes_chunks(labels, chunk: tuple[int, int], count: int) -> int:
     fill = np.where(open_, 0, top[hole_parent])  # provisional background id -> object id
     fill = fill[roots]
     fill[0] = 0
-    # pass 3: rewrite the chunks with holes
+    return fill
+
+
+def _rewrite(labels, chunk: tuple[int, int], offsets: dict, fill: np.ndarray) -> int:
+    """Pass 3: rewrite the chunks with holes (their background ids computed again from the
+    unchanged object ids and the chunk's offset); returns the pixels filled."""
+    h, w = labels.shape
+    ch, cw = chunk
     filled = 0
     for (y0, x0), start in offsets.items():
         ys, xs = slice(y0, min(y0 + ch, h)), slice(x0, min(x0 + cw, w))

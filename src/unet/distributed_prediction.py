@@ -15,7 +15,7 @@ yields its own work units:
   folder equals that of one process.
 - a ``.zarr`` output (one image or a stack of sections): one unit per rank, its
   contiguous run of the stack's whole chunk rows
-  (:func:`unet.stream_prediction.predict_to_zarr`; no two ranks write one chunk); each
+  (:func:`unet.stream_prediction.write_store`; no two ranks write one chunk); each
   section is labelled over the whole section by one rank once every rank is done, so
   instances are consistent across tile, chunk and rank borders.
 
@@ -30,38 +30,33 @@ import shutil
 import time
 import warnings
 from contextlib import ExitStack
+from dataclasses import replace
 
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, IterableDataset
 
 from unet.atomic import partial_path
 from unet.data.frames import FrameSource
 from unet.distributed import is_rank_zero, relaunch_as_this_job
 from unet.errors import UserError
-from unet.export.runner import load_for_prediction
 from unet.inference import autocast_dtype, predict_image, require_finite_output
 from unet.output_safety import output_lock, write_faults
-from unet.pixel_size import input_pixel_size, warn_mismatch
-from unet.postprocess import postprocessing_for
-from unet.prediction import (
+from unet.pixel_size import warn_mismatch
+from unet.predict.model import FramesSetUp, load_model, set_up_frames
+from unet.predict.output_folder import (
     check_frame,
-    check_network,
     frames_summary,
-    is_store,
     probability_stack,
     report_frames,
-    report_store,
     stage_output,
-    store_options,
-    with_model_record,
     write_contact_sheet,
     write_frame,
 )
+from unet.predict.request import PredictRequest
 from unet.tta import count_tiles
-from unet.validation import build
+from unet.validation import build_node
 
 SCRATCH = ".pages"  # inside the staged folder: each frame's pages and thumbnail, by index
 
@@ -122,20 +117,24 @@ class RankedPrediction(L.LightningModule):
 
 
 class FramePrediction(RankedPrediction):
-    """Each rank predicts and writes its share of the frames of ``source`` (module doc)."""
+    """Each rank predicts and writes its share of the frames of ``setup.source`` (module
+    doc), with the settings of ``setup.request``."""
 
-    def __init__(self, net, source: FrameSource, cfg: DictConfig, postprocess, pixel_size=None):
-        super().__init__(net, cfg.output)
-        self.source, self.cfg, self.postprocess = source, cfg, postprocess
-        self.pixel_size = pixel_size  # of the input (unet.pixel_size), None: unknown
-        self.tiler = build(cfg, "tiler")
-        self.folder = partial_path(cfg.output)  # the staged folder (unet.atomic.StagedFolder)
+    def __init__(self, setup: FramesSetUp):
+        super().__init__(setup.net, setup.request.output)
+        self.request, self.source = setup.request, setup.source
+        self.postprocess = setup.postprocess
+        self.pixel_size = setup.pixel_size  # of the input (unet.pixel_size), None: unknown
+        self.tiler = setup.request.tiler.tiler()
+        self.folder = partial_path(self.output)  # the staged folder (unet.atomic.StagedFolder)
         self.staged = None
 
     def prepare(self) -> None:
-        cfg = self.cfg
+        request, write = self.request, self.request.write
         classes = self.net.config.num_classes > 2
-        self.staged = stage_output(cfg.output, cfg.overwrite, cfg.labels, cfg.overlays, classes)
+        self.staged = stage_output(
+            request.output, request.overwrite, write.labels, write.overlays, classes
+        )
         (self.folder / SCRATCH).mkdir()
 
     def predict_dataloader(self) -> DataLoader:
@@ -144,10 +143,10 @@ class FramePrediction(RankedPrediction):
 
     def predict_step(self, unit) -> None:
         index, name, frame = unit
-        cfg = self.cfg
+        request, write = self.request, self.request.write
         check_frame(name, frame, self.net.config.in_channels)
-        prob = predict_image(self.net, frame, self.tiler, cfg.tta, cfg.precision)
-        require_finite_output(prob, f"frame {name}", str(cfg.ckpt_path))
+        prob = predict_image(self.net, frame, self.tiler, request.tta, request.precision)
+        require_finite_output(prob, f"frame {name}", request.checkpoint)
         page, small = write_frame(
             self.folder,
             index,
@@ -155,10 +154,10 @@ class FramePrediction(RankedPrediction):
             frame,
             prob,
             self.postprocess,
-            labels=cfg.labels,
-            overlays=cfg.overlays,
-            instance_class=cfg.get("instance_class"),
-            challenge_naming=cfg.challenge_naming,
+            labels=write.labels,
+            overlays=write.overlays,
+            instance_class=write.instance_class,
+            challenge_naming=write.challenge_naming,
             pixel_size=self.pixel_size,
         )
         np.save(self.folder / SCRATCH / f"{index}.npy", page)
@@ -186,78 +185,90 @@ class FramePrediction(RankedPrediction):
 
 class StorePrediction(RankedPrediction):
     """Each rank predicts its chunk rows of one image or stack into one OME-Zarr store
-    (module doc)."""
+    (module doc); ``settings``: :class:`unet.stream_prediction.StoreSettings`."""
 
-    def __init__(self, net, options: dict, cfg: DictConfig):
-        super().__init__(net, cfg.output)
-        self.options, self.cfg = options, cfg
+    def __init__(self, net, input: str, output: str, settings, progress: bool):
+        super().__init__(net, output)
+        self.input, self.settings, self.progress = input, settings, progress
         self.summary: dict = {}
 
     def prepare(self) -> None:
         from unet.stream_prediction import create_store
 
-        create_store(
-            self.net, **self.options, device=str(self.device), overwrite=self.cfg.overwrite
-        )
+        settings = replace(self.settings, device=str(self.device))
+        create_store(self.net, self.input, self.output, settings)
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader([self.global_rank], batch_size=None, collate_fn=as_is)
 
     def predict_step(self, unit) -> None:
-        from unet.stream_prediction import predict_to_zarr
+        from unet.stream_prediction import write_store
 
-        summary = predict_to_zarr(
+        # rank 0 has created the store in prepare(): nothing is overwritten here
+        settings = replace(self.settings, device=str(self.device), overwrite=False)
+        strategy = self.trainer.strategy
+        summary = write_store(
             self.net,
-            **self.options,
-            device=str(self.device),
-            overwrite=False,  # rank 0 has created the store in prepare()
-            progress=self.cfg.progress and self.trainer.is_global_zero,
-            rank=self.global_rank,
-            world_size=self.trainer.world_size,
-            barrier=self.trainer.strategy.barrier,
+            self.input,
+            self.output,
+            settings,
+            progress=self.progress and self.trainer.is_global_zero,
+            ranks=(self.global_rank, self.trainer.world_size, strategy.barrier),
         )
         rows = torch.tensor(summary["rows_predicted"], device=self.device)
-        summary["rows_predicted"] = int(self.trainer.strategy.reduce(rows, reduce_op="sum"))
+        summary["rows_predicted"] = int(strategy.reduce(rows, reduce_op="sum"))
         self.summary = summary
 
 
-def predict_on_ranks(cfg: DictConfig) -> dict:
-    """``src/predict.py`` with a ``trainer``: the frames or chunk rows of ``cfg.input`` shared
-    over the Trainer's ranks; rank 0 prints the summary."""
-    trained = load_for_prediction(cfg.ckpt_path, cfg.get("trust_checkpoint", False))
-    cfg = with_model_record(cfg, trained, streamed=is_store(cfg.output))
-    if is_store(cfg.output):
-        module = StorePrediction(trained.net, store_options(cfg, trained), cfg)
-    else:
-        net = check_network(trained.net, cfg.get("instance_class"))
-        source = FrameSource(
-            cfg.input,
-            net.config.in_channels,
-            cfg.get("nonfinite", "refuse"),
-            cfg.get("input_axes", "auto"),
-        )
-        autocast_dtype(cfg.precision)  # the settings every rank checks before any writing
-        count_tiles(net, source.shapes[0], build(cfg, "tiler"), cfg.tta)
-        postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
-        pixel_size = input_pixel_size(cfg.input, cfg.get("pixel_size"))
-        if is_rank_zero():
-            warn_mismatch(str(cfg.input), pixel_size, trained.pixel_size)
-        module = FramePrediction(net, source, cfg, postprocess, pixel_size)
-    trainer = build(
-        cfg,
+def frames_module(request: PredictRequest) -> FramePrediction:
+    """The module that shares the frames of ``request`` over the ranks, after the settings
+    every rank checks before any writing."""
+    setup = set_up_frames(request)
+    request = setup.request
+    autocast_dtype(request.precision)
+    count_tiles(setup.net, setup.source.shapes[0], request.tiler.tiler(), request.tta)
+    if is_rank_zero():
+        warn_mismatch(request.input, setup.pixel_size, setup.training_pixel_size)
+    return FramePrediction(setup)
+
+
+def store_module(request: PredictRequest) -> StorePrediction:
+    """The module that shares the chunk rows of ``request``'s store over the ranks."""
+    # imported here: zarr and ome-zarr are an optional extra (pip install .[zarr])
+    from unet.stream_prediction import store_settings
+
+    trained, request = load_model(request, streamed=True)
+    settings = store_settings(request, trained)
+    return StorePrediction(trained.net, request.input, request.output, settings, request.progress)
+
+
+def prediction_trainer(request: PredictRequest) -> L.Trainer:
+    """The Trainer of ``request.trainer``, set up for prediction."""
+    return build_node(
+        request.trainer,
         "trainer",
         logger=False,
         callbacks=[],
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=cfg.progress and not is_store(cfg.output),
+        enable_progress_bar=request.progress and not request.store,
         sync_batchnorm=False,  # no batch statistics are computed in prediction
-        # the prediction's own setting (cfg.precision) autocasts the tiles; the Trainer's
-        # (trainer=cpu/gpu say auto: bf16-mixed for training where native) stays out of it
+        # the prediction's own setting (request.precision) autocasts the tiles; the
+        # Trainer's (trainer=cpu/gpu say auto: bf16-mixed for training where native) stays
+        # out of it
         precision="32-true",
     )
+
+
+def ranks_route(request: PredictRequest) -> dict:
+    """``src/predict.py`` with a ``trainer``: the frames or chunk rows of ``request.input``
+    shared over the Trainer's ranks; rank 0 prints the summary (the other ranks return
+    an empty one)."""
+    module = store_module(request) if request.store else frames_module(request)
+    trainer = prediction_trainer(request)
     start = time.perf_counter()
-    with module.locks, write_faults(cfg.output), relaunch_as_this_job(), warnings.catch_warnings():
+    output = request.output
+    with module.locks, write_faults(output), relaunch_as_this_job(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*predict returned None.*")  # each rank writes
         try:
@@ -270,9 +281,10 @@ def predict_on_ranks(cfg: DictConfig) -> dict:
         if not trainer.is_global_zero:
             return {}
         if isinstance(module, StorePrediction):
-            summary = module.summary
-            report_store(summary, cfg.output)
-        else:
-            summary = module.finish(start)
-            report_frames(summary, cfg.output)
-    return summary
+            from unet.stream_prediction import report_store
+
+            report_store(module.summary, output)
+            return module.summary
+        summary = module.finish(start)
+        report_frames(summary, output)
+        return summary

@@ -42,10 +42,10 @@ from torch import nn
 
 from unet.errors import UserError
 from unet.export.runner import ExportedNet, log_probabilities
+from unet.fingerprint import network_hash
 from unet.inference import autocast_dtype, net_device
 from unet.machine import cpu_model
 from unet.precision import cpu_has_native_bf16
-from unet.streaming import network_hash
 
 ENGINES = ("torch", "onnxruntime", "openvino", "auto")
 TOLERANCE = 1e-4  # largest difference in probability from PyTorch fp32 that ``auto`` accepts

@@ -40,7 +40,6 @@ from rich.table import Table
 
 from unet.atomic import write_json
 from unet.checkpoint import load_trained
-from unet.data.readers import DataError, read_tiff
 from unet.engines import engine_network
 from unet.errors import UserError
 from unet.inference import predict_image
@@ -60,6 +59,7 @@ from unet.postprocess import (
     choose_postprocessing,
     postprocessing_for,
 )
+from unet.prediction_scores import score_prediction_file
 from unet.progress import progress_bar
 from unet.report import (
     ReportImage,
@@ -289,63 +289,6 @@ def score_split(
     return {f"val/{k}": float(v) for k, v in scores.items()}, postprocess, chosen_on
 
 
-def score_label_folder(
-    folder: Path, datamodule: L.LightningDataModule, split: str
-) -> dict[str, float]:
-    """Score a folder of predicted instance-label images (e.g. ``src/predict.py``'s
-    ``labels/``), one per frame of the split in sorted name order, with SEG and object counts."""
-    truth = datamodule.instances.get(split)
-    if not truth:
-        raise DataError(
-            f"{folder}: a folder of label images needs a dataset with instance masks "
-            "(data=hela or data=u373)"
-        )
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
-    if len(files) != len(truth):
-        raise DataError(
-            f"{folder}: found {len(files)} TIFF label images, expected {len(truth)} "
-            f"(one per frame of the {split!r} split: {', '.join(datamodule.frame_ids[split])})"
-        )
-    predicted = []
-    for file, expected in zip(files, truth, strict=True):
-        labels = read_tiff(file)
-        if labels.shape != expected.shape or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(
-                f"{file}: expected an integer label image of shape {expected.shape}, "
-                f"found {labels.dtype} of shape {labels.shape}"
-            )
-        predicted.append(labels)
-    return {f"val/{k}": float(v) for k, v in score_cell_frames(predicted, truth).items()}
-
-
-def score_prediction_file(
-    path: str | Path, datamodule: L.LightningDataModule, split: str
-) -> dict[str, float]:
-    """Score written predictions: a folder of label images (cell datasets: SEG), or a TIFF
-    stack of cell probabilities (1 = cell interior), one slice per image of the split in
-    order (the ISBI challenge metrics)."""
-    path = Path(path)
-    if path.is_dir():
-        return score_label_folder(path, datamodule, split)
-    probabilities = read_tiff(path).astype(np.float32)
-    low, high = (float(f(probabilities)) if probabilities.size else 0.0 for f in (np.min, np.max))
-    if low < 0 or high > 1:  # e.g. 0..255 images or logits: every threshold would be wrong
-        raise DataError(
-            f"{path}: expected cell probabilities in [0, 1], found values in [{low:g}, {high:g}]"
-        )
-    if probabilities.ndim == 2:
-        probabilities = probabilities[None]
-    dataset = datamodule.whole_sets[split]
-    labels = np.stack(dataset.classes)
-    if probabilities.shape != labels.shape:
-        raise DataError(
-            f"{path}: prediction stack has shape {probabilities.shape}, expected {labels.shape} "
-            f"(one probability map per image of the {split!r} split)"
-        )
-    scores = score_isbi_stack(probabilities, labels)
-    return {f"val/{k}": float(v) for k, v in scores.items()}
-
-
 def command_line(entry_point: str) -> str:
     """The command that made this run (Hydra's overrides), for a report's heading."""
     from hydra.core.hydra_config import HydraConfig
@@ -390,7 +333,8 @@ def print_table(metrics: dict, title: str) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Score ``cfg.ckpt_path`` (or the written predictions ``cfg.predictions``) on
+    """Score ``cfg.ckpt_path`` (or the written predictions ``cfg.predictions``,
+    :mod:`unet.prediction_scores`) on
     ``cfg.split``, with the post-processing stored in the checkpoint unless overridden.
 
     Writes ``<output_dir>/metrics.json`` and the report (``report.md``, :mod:`unet.report`)

@@ -13,6 +13,7 @@ compares as "not different" to anything, so a NaN probe must count as a mismatch
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import torch
@@ -143,3 +144,12 @@ def probe_mismatch(net: nn.Module, probe: dict | None) -> str | None:
     if not error <= TOLERANCE:
         return f"its output differs from the stored one by {error:.2g} of the logits' scale"
     return None
+
+
+def network_hash(net: nn.Module) -> str:
+    """SHA-256 of a network's architecture record and weights: which model wrote a store."""
+    digest = hashlib.sha256(repr(net.config).encode())
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

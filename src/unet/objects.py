@@ -1,6 +1,6 @@
 """The per-object outputs of a prediction: ``measurements.csv`` and ``rois/``.
 
-A folder prediction (``unet.prediction.predict_path``) hands every frame's labels and cell
+A folder prediction (``unet.prediction.predict_files``) hands every frame's labels and cell
 probability to :class:`ObjectOutputs`, which appends the frame's rows to the table
 (``unet.measurements``) and writes its outlines (``unet.rois``) inside the staged output
 folder, so they appear with the rest. A ``.zarr`` output gets the table from its stored

@@ -22,7 +22,6 @@ inputs, ``unet.prediction_store`` writes the stores).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -85,15 +84,6 @@ def read_window(image: LazyImage, top: int, left: int, height: int, width: int) 
     r0, c0 = int(rows.min()), int(cols.min())
     block = np.asarray(image[r0 : int(rows.max()) + 1, c0 : int(cols.max()) + 1])
     return block[(..., *np.ix_(rows - r0, cols - c0))]
-
-
-def network_hash(net: nn.Module) -> str:
-    """SHA-256 of a network's architecture record and weights: which model wrote a store."""
-    digest = hashlib.sha256(repr(net.config).encode())
-    for name, tensor in net.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def rank_share(
@@ -164,10 +154,18 @@ def predict_streaming(
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)  # (C,)
     scale = np.where(std > 0, std, 1.0)
     run = _TileRunner(net, mean, scale, plan.batch_size, autocast_dtype(precision), on_batch)
-    tile_rows, cols = plan.rows, plan.cols
     c0, c1 = columns if columns is not None else (0, w)
-    used = [j for j in range(len(cols)) if _touches(cols, j, c0, c1)]
-    band = _Band(chunk_rows + max(len(r) for r in tile_rows.weights), c0, c1, start)
+    band = _Band(chunk_rows + max(len(r) for r in plan.rows.weights), c0, c1, start)
+    _stream_rows(image, plan, run, band, sink, (stop, chunk_rows, instance_class))
+
+
+def _stream_rows(image: LazyImage, plan, run, band, sink: Sink, settings) -> None:
+    """The tile rows of ``plan`` that touch the band's rows up to ``stop``, stitched into
+    ``band``; whole chunk rows handed to ``sink`` as soon as no later tile row touches them.
+    ``settings`` = (stop, chunk_rows, instance_class)."""
+    stop, chunk_rows, instance_class = settings
+    tile_rows, cols = plan.rows, plan.cols
+    used = [j for j in range(len(cols)) if _touches(cols, j, band.c0, band.c1)]
     for i in range(len(tile_rows)):
         oh, y0 = len(tile_rows.weights[i]), tile_rows.out_starts[i]
         top, bottom = max(0, band.lo - y0), min(oh, stop - y0)  # rows of the output window used
@@ -181,9 +179,7 @@ def predict_streaming(
             top_, left = tile_rows.in_starts[i], cols.in_starts[j]
             return read_window(image, top_, left, tile_rows.in_sizes[i], cols.in_sizes[j])
 
-        for j, out in run(
-            read, used, cols.in_sizes
-        ):  # out: (K, oh, ow), tile columns in ascending order
+        for j, out in run(read, used, cols.in_sizes):  # out: (K, oh, ow), ascending columns
             band.add(out, y0, (top, bottom), rw, cols.out_starts[j], cols.weights[j])
         # rows above the next tile row's output window are complete
         done = (

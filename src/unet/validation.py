@@ -338,10 +338,17 @@ def build(cfg: DictConfig, key: str, **kwargs) -> Any:
     Errors that are already user errors pass through as they are; errors of other kinds
     (an import that fails, a bug) propagate unchanged, with their traceback.
     """
+    return build_node(OmegaConf.select(cfg, key), key, **kwargs)
+
+
+def build_node(node: DictConfig | dict | None, key: str, **kwargs) -> Any:
+    """:func:`build` of the node ``key`` itself (a config node, or the plain dict of a
+    request: errors then name its keys as the config does)."""
     # imported here: prediction checks its settings too and must not import Lightning
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    node = OmegaConf.select(cfg, key)
+    if isinstance(node, dict):
+        node = OmegaConf.create({key: node})[key]  # full keys as in the config: trainer.x
     if key == "trainer" and isinstance(node, DictConfig) and "precision" not in kwargs:
         # every route that builds the Trainer from a config: bf16-mixed where native
         if str(node.get("precision")) == "auto":
