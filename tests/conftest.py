@@ -25,6 +25,9 @@ from scipy import ndimage
 
 from unet.errors import UserError
 
+# the napari plugin's fixtures (tests/test_napari_*.py) live apart, without napari imports
+pytest_plugins = ["conftest_napari"]
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 # W&B writes runs locally, quietly, without network
