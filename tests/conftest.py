@@ -132,6 +132,13 @@ def _compose_entry(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 @pytest.fixture(scope="session")
+def compose_entry() -> Callable[[str, list[str]], DictConfig]:
+    """``compose_entry(config_name, overrides)``: the config of ``src/<config_name>.py``
+    as Hydra composes it (``predict``, ``export``, ``eval``)."""
+    return _compose_entry
+
+
+@pytest.fixture(scope="session")
 def compose_export() -> Callable[[list[str]], DictConfig]:
     """``compose_export(overrides)``: the export config as src/export.py composes it."""
     return lambda overrides: _compose_entry("export", overrides)
@@ -267,20 +274,34 @@ def fake_isbi(tmp_path: Path):
     return make
 
 
+def save_probed_checkpoint(net: torch.nn.Module, path: Path, **entries) -> Path:
+    """Save ``net`` as training's checkpoints hold it: weights under ``net.``, the
+    architecture record (``net_config``) and the probe; ``entries`` add or replace
+    top-level entries (``postprocess``, ``net_config``, ...). Returns ``path``."""
+    from unet.fingerprint import record_probe
+
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
+    torch.save(checkpoint | {"net_probe": record_probe(net)} | entries, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def save_checkpoint() -> Callable[..., Path]:
+    """``save_checkpoint(net, path, **entries)``: :func:`save_probed_checkpoint`."""
+    return save_probed_checkpoint
+
+
 @pytest.fixture(scope="session")
 def tiny_valid_ckpt(tmp_path_factory) -> Path:
     """A tiny valid-padding network's checkpoint as training writes it (config, weights,
-    probe); tests read it and never change it."""
-    from unet.fingerprint import record_probe
+    probe): 2 base channels, depth 2, no dropout, seed 0. Tests read it and never change
+    it (copy it first where a test might)."""
     from unet.network import UNet
 
     torch.manual_seed(0)
     net = UNet(base_channels=2, depth=2, dropout=0.0)
-    path = tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
-    torch.save(checkpoint | {"net_probe": record_probe(net)}, path)
-    return path
+    return save_probed_checkpoint(net, tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt")
 
 
 # ------------------------------------------------------------- bad input and faults
