@@ -22,6 +22,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+# fixtures of the bad-input suites and of the napari plugin's tests (which imports no napari
+# here: the rest of the suite runs without it) live in modules of their own
+pytest_plugins = ["conftest_bad_input", "conftest_napari"]
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 # W&B writes runs locally, quietly, without network
@@ -123,6 +127,13 @@ def _compose_entry(config_name: str, overrides: list[str]) -> DictConfig:
     with open_dict(cfg):
         del cfg.hydra
     return cfg
+
+
+@pytest.fixture(scope="session")
+def compose_entry() -> Callable[[str, list[str]], DictConfig]:
+    """``compose_entry(config_name, overrides)``: the config of ``src/<config_name>.py``
+    as Hydra composes it (``predict``, ``export``, ``eval``)."""
+    return _compose_entry
 
 
 @pytest.fixture(scope="session")
@@ -240,32 +251,82 @@ def offline_wandb_runs() -> Callable[[Path], list[tuple[Path, str]]]:
     return _offline_wandb_runs
 
 
+def write_isbi(data: Path, volume: np.ndarray, labels: np.ndarray, **tiff) -> Path:
+    """``data/isbi2012/`` with ``volume`` as training and test stack and ``labels``;
+    ``tiff``: ``tifffile.imwrite`` options. Returns ``data``."""
+    folder = data / "isbi2012"
+    folder.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(folder / "train-volume.tif", volume, **tiff)
+    tifffile.imwrite(folder / "train-labels.tif", labels, **tiff)
+    tifffile.imwrite(folder / "test-volume.tif", volume, **tiff)
+    return data
+
+
 @pytest.fixture
 def fake_isbi(tmp_path: Path):
     """Write a small ISBI-layout folder; returns a function(volume, labels) -> data_dir."""
 
     def make(volume: np.ndarray, labels: np.ndarray, compression=None) -> Path:
-        folder = tmp_path / "data" / "isbi2012"
-        folder.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(folder / "train-volume.tif", volume, compression=compression)
-        tifffile.imwrite(folder / "train-labels.tif", labels, compression=compression)
-        tifffile.imwrite(folder / "test-volume.tif", volume, compression=compression)
-        return tmp_path / "data"
+        return write_isbi(tmp_path / "data", volume, labels, compression=compression)
 
     return make
+
+
+def save_probed_checkpoint(net: torch.nn.Module, path: Path, **entries) -> Path:
+    """Save ``net`` as training's checkpoints hold it: weights under ``net.``, the
+    architecture record (``net_config``) and the probe; ``entries`` add or replace
+    top-level entries (``postprocess``, ``net_config``, ...). Returns ``path``."""
+    from unet.fingerprint import record_probe
+
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
+    torch.save(checkpoint | {"net_probe": record_probe(net)} | entries, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def save_checkpoint() -> Callable[..., Path]:
+    """``save_checkpoint(net, path, **entries)``: :func:`save_probed_checkpoint`."""
+    return save_probed_checkpoint
 
 
 @pytest.fixture(scope="session")
 def tiny_valid_ckpt(tmp_path_factory) -> Path:
     """A tiny valid-padding network's checkpoint as training writes it (config, weights,
-    probe); tests read it and never change it."""
-    from unet.fingerprint import record_probe
+    probe): 2 base channels, depth 2, no dropout, seed 0. Tests read it and never change
+    it (copy it first where a test might)."""
     from unet.network import UNet
 
     torch.manual_seed(0)
     net = UNet(base_channels=2, depth=2, dropout=0.0)
-    path = tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
-    torch.save(checkpoint | {"net_probe": record_probe(net)}, path)
+    return save_probed_checkpoint(net, tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt")
+
+
+# ------------------------------------------------------------- damaged files
+# Plain functions too: case tables at module level build their inputs with them.
+
+
+def truncate_file(path: Path, fraction: float = 0.5) -> None:
+    """Keep only the first ``fraction`` of the file's bytes (a download or copy cut short)."""
+    content = path.read_bytes()
+    path.write_bytes(content[: int(len(content) * fraction)])
+
+
+@pytest.fixture(scope="session")
+def truncate() -> Callable[..., None]:
+    """``truncate(path, fraction=0.5)``: :func:`truncate_file`."""
+    return truncate_file
+
+
+def write_gray_stack(path: Path, frames: int = 3, dtype=np.uint8) -> Path:
+    """A TIFF stack of ``frames`` random 40x48 gray frames."""
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 255, (frames, 40, 48)).astype(dtype)
+    tifffile.imwrite(path, stack, photometric="minisblack")
     return path
+
+
+@pytest.fixture(scope="session")
+def write_stack() -> Callable[..., Path]:
+    """``write_stack(path, frames=3, dtype=np.uint8)``: :func:`write_gray_stack`."""
+    return write_gray_stack

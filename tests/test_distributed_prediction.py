@@ -12,28 +12,15 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-import torch
-from conftest import _compose_entry
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from unet.distributed_prediction import frame_share
-from unet.fingerprint import record_probe
-from unet.network import UNet
 from unet.output_safety import MARKER
 from unet.predict.task import predict
 
 TWO_CPU_RANKS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-
-
-def tiny_checkpoint(path):
-    torch.manual_seed(0)
-    net = UNet(base_channels=2, depth=2, padding="valid", dropout=0.0)
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    probe = record_probe(net)
-    torch.save({"state_dict": state, "net_config": net.config.to_dict(), "net_probe": probe}, path)
-    return path
 
 
 def blobs(h: int, w: int, seed: int) -> np.ndarray:
@@ -43,9 +30,9 @@ def blobs(h: int, w: int, seed: int) -> np.ndarray:
     return (image + rng.normal(0, 40, (h, w))).astype(np.uint16)
 
 
-def predict_here(configs_dir, overrides):
+def predict_here(compose_entry, overrides):
     """src/predict.py's work in this process (one process, no trainer)."""
-    return predict(_compose_entry("predict", overrides))
+    return predict(compose_entry("predict", overrides))
 
 
 def run_predict(repo_root, args):
@@ -78,14 +65,16 @@ def test_frame_shares_cover_every_frame_once(count, world_size):
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
-def test_two_ranks_write_the_folder_of_one_process(tmp_path, repo_root, configs_dir):
-    ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt")
+def test_two_ranks_write_the_folder_of_one_process(
+    tmp_path, repo_root, tiny_valid_ckpt, compose_entry
+):
+    ckpt = tiny_valid_ckpt
     frames = tmp_path / "frames"
     frames.mkdir()
     for k, shape in enumerate([(100, 90), (100, 90), (84, 110)]):  # two TIFF series
         tifffile.imwrite(frames / f"t{k:03d}.tif", blobs(*shape, seed=k))
     common = [f"ckpt_path={ckpt}", f"input={frames}", "tiler.tile_size=92", "progress=false"]
-    predict_here(configs_dir, [*common, f"output={tmp_path / 'one'}", "device=cpu"])
+    predict_here(compose_entry, [*common, f"output={tmp_path / 'one'}", "device=cpu"])
     args = [*common, f"output={tmp_path / 'two'}", *TWO_CPU_RANKS]
     code, log = run_predict(repo_root, [*args, f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 0, log[-3000:]
@@ -116,9 +105,11 @@ def test_two_ranks_write_the_folder_of_one_process(tmp_path, repo_root, configs_
 
 
 @pytest.mark.parametrize("stack", [False, True], ids=["image", "stack"])
-def test_two_ranks_write_the_store_of_one_process(tmp_path, repo_root, configs_dir, stack):
+def test_two_ranks_write_the_store_of_one_process(
+    tmp_path, repo_root, stack, tiny_valid_ckpt, compose_entry
+):
     zarr = pytest.importorskip("zarr")
-    ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt")
+    ckpt = tiny_valid_ckpt
     if stack:  # three sections, 3 chunk rows each: rank 0 gets 4, rank 1 gets 5
         images = np.stack([blobs(150, 120, seed=k) for k in range(3)])
         tifffile.imwrite(tmp_path / "big.tif", images, photometric="minisblack")
@@ -132,7 +123,7 @@ def test_two_ranks_write_the_store_of_one_process(tmp_path, repo_root, configs_d
         "progress=false",
         "postprocess.fill_holes=true",
     ]
-    predict_here(configs_dir, [*common, f"output={tmp_path / 'one.zarr'}", "device=cpu"])
+    predict_here(compose_entry, [*common, f"output={tmp_path / 'one.zarr'}", "device=cpu"])
     args = [*common, f"output={tmp_path / 'two.zarr'}", *TWO_CPU_RANKS]
     code, log = run_predict(repo_root, [*args, f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 0, log[-3000:]

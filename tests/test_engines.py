@@ -218,20 +218,15 @@ def test_torchscript_only_weights_name_the_engine_that_runs_them():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, compose_export) -> dict[str, Path]:
+def exported(tmp_path_factory, compose_export, save_checkpoint) -> dict[str, Path]:
     """A tiny net's checkpoint exported as a package with ONNX weights and as an .onnx file."""
     pytest.importorskip("bioimageio.spec")
     from unet.export.run import export
-    from unet.fingerprint import record_probe
 
     folder = tmp_path_factory.mktemp("exported")
     net = tiny_net("valid", seed=3)
     ckpt = folder / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save(
-        {"state_dict": state, "net_config": net.config.to_dict(), "net_probe": record_probe(net)},
-        ckpt,
-    )
+    save_checkpoint(net, ckpt)
     image = folder / "image.tif"
     tifffile.imwrite(image, np.random.default_rng(1).normal(size=(92, 92)).astype(np.float32))
     files = {"bioimageio": folder / "model.zip", "onnx": folder / "model.onnx"}

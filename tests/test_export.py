@@ -25,7 +25,6 @@ from unet.export.probabilities import ProbabilityUNet
 from unet.export.run import ExportSettingError, export
 from unet.export.runner import ExportedNet, load_for_prediction
 from unet.export.torchscript import read_torchscript
-from unet.fingerprint import record_probe
 from unet.inference import predict_image
 from unet.network import UNet
 from unet.tiler import Tiler
@@ -54,7 +53,7 @@ def isbi_crop(data_dir) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def ckpt(isbi_crop, tmp_path_factory) -> Path:
+def ckpt(isbi_crop, tmp_path_factory, save_checkpoint) -> Path:
     """A depth-2, 2-channel U-Net after 15 Adam steps on a real crop, saved as training
     saves it (weights under ``net.``, architecture, validated post-processing)."""
     image, labels = isbi_crop
@@ -71,18 +70,8 @@ def ckpt(isbi_crop, tmp_path_factory) -> Path:
         torch.nn.functional.cross_entropy(net(x), target).backward()
         optimizer.step()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.eval().state_dict().items()}
     chosen_on = {"split": "val", "score": "labels_rand_error", "value": 0.25}
-    torch.save(
-        {
-            "state_dict": state,
-            "net_config": net.config.to_dict(),
-            "net_probe": record_probe(net),
-            "postprocess": POSTPROCESS,
-            "postprocess_chosen_on": chosen_on,
-        },
-        path,
-    )
+    save_checkpoint(net.eval(), path, postprocess=POSTPROCESS, postprocess_chosen_on=chosen_on)
     return path
 
 

@@ -19,7 +19,6 @@ from scipy import ndimage
 from skimage.measure import points_in_poly, regionprops_table
 
 from unet.chunked_measurements import measure_chunks
-from unet.fingerprint import record_probe
 from unet.measurements import COLUMNS, PIXELS, REGIONPROPS, PixelSize, measure_frame
 from unet.network import UNet
 from unet.objects import ObjectOutputError, check_object_outputs
@@ -81,16 +80,12 @@ def assert_table_equals_regionprops(rows, frame, labels, probability, pixel=PIXE
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory, compose_predict):
+def folder_run(tmp_path_factory, compose_predict, save_checkpoint):
     """A folder of two frames (different sizes) predicted with measurements and rois."""
     root = tmp_path_factory.mktemp("objects")
     net = tiny_net()
     ckpt = root / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save(
-        {"state_dict": state, "net_config": net.config.to_dict(), "net_probe": record_probe(net)},
-        ckpt,
-    )
+    save_checkpoint(net, ckpt)
     frames = root / "frames"
     frames.mkdir()
     for t, size in enumerate([(64, 80), (56, 72)]):

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from collections import namedtuple
@@ -20,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
-from conftest import CONFIGS, _compose_entry
 
 import unet.output_safety
 import unet.predict.output_folder
@@ -29,27 +28,17 @@ import unet.prediction
 from unet.checkpoint_io import AtomicCheckpointIO
 from unet.cli import INTERRUPTED, run_or_exit
 from unet.errors import UserError
-from unet.fingerprint import record_probe
-from unet.network import UNet
 from unet.output_safety import MARKER, lock_path, output_lock
 from unet.predict.task import predict
 
-ROOT = CONFIGS.parent
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    net = UNet(base_channels=2, depth=2, dropout=0.0)
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
-    torch.save(checkpoint | {"net_probe": record_probe(net)}, path)
-    return path
-
-
-def compose_predict(overrides: list[str]):
-    return _compose_entry("predict", ["progress=false", *overrides])
+def ckpt(tiny_valid_ckpt, tmp_path_factory) -> Path:
+    """The shared tiny checkpoint, copied into a folder of its own: cases here point
+    outputs at the checkpoint's folder."""
+    return Path(shutil.copy(tiny_valid_ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"))
 
 
 def files(root: Path) -> dict[str, str]:
@@ -59,13 +48,6 @@ def files(root: Path) -> dict[str, str]:
         key = str(path.relative_to(root))
         found[key] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
     return found
-
-
-def one_line(err: pytest.ExceptionInfo) -> str:
-    message = str(err.value)
-    assert isinstance(err.value, UserError), type(err.value)
-    assert "\n" not in message and message, message
-    return message
 
 
 def exits_with_one_line(cfg, capsys, code: int = 2, kept: str | None = None) -> str:
@@ -114,7 +96,7 @@ RELATIONS = {  # the output for an input at data/<name>
 @pytest.mark.parametrize("relation", list(RELATIONS))
 @pytest.mark.parametrize("kind", list(INPUTS))
 def test_output_that_is_inside_or_contains_the_input_is_refused(
-    kind, relation, ckpt, tmp_path, capsys
+    kind, relation, ckpt, tmp_path, capsys, compose_predict
 ):
     name = {"folder": "frames", "tiff": "s.tif", "zarr": "in.zarr"}[kind]
     (tmp_path / "data").mkdir()
@@ -130,7 +112,9 @@ def test_output_that_is_inside_or_contains_the_input_is_refused(
     assert files(tmp_path) == before
 
 
-def test_symlinked_output_that_resolves_to_the_input_is_refused(ckpt, tmp_path):
+def test_symlinked_output_that_resolves_to_the_input_is_refused(
+    ckpt, tmp_path, one_line, compose_predict
+):
     source = write_frames(tmp_path / "frames")
     link = tmp_path / "link"
     link.symlink_to(source)
@@ -145,7 +129,7 @@ def cfg_overrides(cfg) -> list[str]:
     return [f"ckpt_path={cfg.ckpt_path}", f"input={cfg.input}", f"output={cfg.output}"]
 
 
-def test_output_containing_the_checkpoint_is_refused(ckpt, tmp_path):
+def test_output_containing_the_checkpoint_is_refused(ckpt, tmp_path, one_line, compose_predict):
     source = write_stack(tmp_path / "s.tif")
     before = files(ckpt.parent)
     cfg = compose_predict(
@@ -156,12 +140,12 @@ def test_output_containing_the_checkpoint_is_refused(ckpt, tmp_path):
     assert "contains the ckpt_path" in one_line(err) and files(ckpt.parent) == before
 
 
-def test_export_onto_its_checkpoint_is_refused(tmp_path):
+def test_export_onto_its_checkpoint_is_refused(tmp_path, one_line, compose_entry):
     from unet.export.run import export
 
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"a checkpoint someone named .pt")
-    cfg = _compose_entry(
+    cfg = compose_entry(
         "export", [f"ckpt_path={ckpt}", "format=torchscript", f"output={ckpt}", "overwrite=true"]
     )
     with pytest.raises(UserError) as err:
@@ -173,7 +157,7 @@ def test_export_onto_its_checkpoint_is_refused(tmp_path):
 # ---------------------------------------------------------------------------- the marker
 
 
-def test_overwrite_replaces_only_folders_unet_wrote(ckpt, tmp_path):
+def test_overwrite_replaces_only_folders_unet_wrote(ckpt, tmp_path, one_line, compose_predict):
     source = write_stack(tmp_path / "s.tif")
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -199,7 +183,7 @@ def test_overwrite_replaces_only_folders_unet_wrote(ckpt, tmp_path):
     assert len(tifffile.imread(ours / "probabilities.tif")) == 2
 
 
-def test_store_overwrite_refuses_foreign_stores_and_files(ckpt, tmp_path, capsys):
+def test_store_overwrite_refuses_foreign_stores_and_files(ckpt, tmp_path, capsys, compose_predict):
     zarr = pytest.importorskip("zarr")
     source = write_stack(tmp_path / "s.tif")
     foreign = tmp_path / "theirs.zarr"
@@ -244,7 +228,7 @@ def hold_lock(output: Path, pid: int) -> Path:
 
 @pytest.mark.parametrize("output_name", ["out", "out.zarr"])
 def test_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(
-    output_name, ckpt, tmp_path, other_process, capsys
+    output_name, ckpt, tmp_path, other_process, capsys, compose_predict
 ):
     if output_name.endswith(".zarr"):
         pytest.importorskip("zarr")
@@ -284,7 +268,9 @@ def failing(code: int):
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
-def test_write_fault_in_the_folder_route_is_one_line(code, ckpt, tmp_path, monkeypatch, capsys):
+def test_write_fault_in_the_folder_route_is_one_line(
+    code, ckpt, tmp_path, monkeypatch, capsys, compose_predict
+):
     source = write_stack(tmp_path / "s.tif")
     out = tmp_path / "out"
     base = [f"ckpt_path={ckpt}", f"input={source}", f"output={out}"]
@@ -296,7 +282,9 @@ def test_write_fault_in_the_folder_route_is_one_line(code, ckpt, tmp_path, monke
     assert files(tmp_path) == before  # earlier output intact, nothing partial left
 
 
-def test_too_little_free_space_is_refused_before_writing(ckpt, tmp_path, monkeypatch, capsys):
+def test_too_little_free_space_is_refused_before_writing(
+    ckpt, tmp_path, monkeypatch, capsys, compose_predict
+):
     source = write_stack(tmp_path / "s.tif")
     before = files(tmp_path)
     usage = namedtuple("usage", "total used free")
@@ -312,7 +300,9 @@ def test_too_little_free_space_is_refused_before_writing(ckpt, tmp_path, monkeyp
     assert files(tmp_path) == before
 
 
-def test_write_fault_in_the_store_route_is_one_line(ckpt, tmp_path, monkeypatch, capsys):
+def test_write_fault_in_the_store_route_is_one_line(
+    ckpt, tmp_path, monkeypatch, capsys, compose_predict
+):
     pytest.importorskip("zarr")
     from unet.prediction_store import Plane
 
@@ -325,20 +315,20 @@ def test_write_fault_in_the_store_route_is_one_line(ckpt, tmp_path, monkeypatch,
     assert not lock_path(out).exists()
 
 
-def test_write_fault_in_export_is_one_line(ckpt, tmp_path, monkeypatch):
+def test_write_fault_in_export_is_one_line(ckpt, tmp_path, monkeypatch, one_line, compose_entry):
     import unet.export.torchscript
     from unet.export.run import export
 
     monkeypatch.setattr(unet.export.torchscript, "write_torchscript", failing(errno.EROFS))
     output = tmp_path / "model.pt"
-    cfg = _compose_entry("export", [f"ckpt_path={ckpt}", "format=torchscript", f"output={output}"])
+    cfg = compose_entry("export", [f"ckpt_path={ckpt}", "format=torchscript", f"output={output}"])
     with pytest.raises(UserError) as err:
         export(cfg)
     assert "read-only" in one_line(err) and "model.pt" in one_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+def test_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch, one_line):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     (folder / "last.ckpt").write_bytes(b"the good one")
@@ -355,13 +345,15 @@ def test_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch):
 
 def entry_point_kept(name: str) -> str:
     """What ``src/<name>.py`` says an interrupted run keeps."""
-    spec = importlib.util.spec_from_file_location(f"{name}_entry", ROOT / "src" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_entry", SRC / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.KEPT
 
 
-def test_ctrl_c_during_prediction_exits_130_in_one_line(ckpt, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_during_prediction_exits_130_in_one_line(
+    ckpt, tmp_path, monkeypatch, capsys, compose_predict
+):
     source = write_stack(tmp_path / "s.tif", 3)
     out = tmp_path / "out"
     base = [f"ckpt_path={ckpt}", f"input={source}", f"output={out}"]
@@ -384,7 +376,9 @@ def test_ctrl_c_during_prediction_exits_130_in_one_line(ckpt, tmp_path, monkeypa
     assert files(tmp_path) == before
 
 
-def test_fault_at_the_final_rename_keeps_the_earlier_output(ckpt, tmp_path, monkeypatch, capsys):
+def test_fault_at_the_final_rename_keeps_the_earlier_output(
+    ckpt, tmp_path, monkeypatch, capsys, compose_predict
+):
     from unet.atomic import partial_path
 
     source = write_stack(tmp_path / "s.tif")
@@ -405,14 +399,14 @@ def test_fault_at_the_final_rename_keeps_the_earlier_output(ckpt, tmp_path, monk
     assert files(tmp_path) == before
 
 
-def test_eval_output_inside_the_scored_predictions_is_refused(tmp_path):
+def test_eval_output_inside_the_scored_predictions_is_refused(tmp_path, one_line, compose_entry):
     from omegaconf import open_dict
 
     from unet.evaluation import evaluate
 
     predictions = write_frames(tmp_path / "labels")
     before = files(tmp_path)
-    cfg = _compose_entry("eval", [f"predictions={predictions}"])
+    cfg = compose_entry("eval", [f"predictions={predictions}"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(predictions / "eval")
     with pytest.raises(UserError) as err:
@@ -421,17 +415,19 @@ def test_eval_output_inside_the_scored_predictions_is_refused(tmp_path):
     assert files(tmp_path) == before
 
 
-def test_run_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+def test_run_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch, configs_dir):
     import unet.cli
     from unet.cli import command_line_error
 
     (tmp_path / "a_file").write_text("x")
-    message = command_line_error(CONFIGS, "train", [f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"])
+    message = command_line_error(
+        configs_dir, "train", [f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"]
+    )
     assert "a_file is a file" in message and "hydra.run.dir=" in message
     monkeypatch.setattr(
         unet.cli.os, "access", lambda *args: False
     )  # read-only (root ignores chmod)
-    message = command_line_error(CONFIGS, "eval", [f"hydra.run.dir={tmp_path / 'run'}"])
+    message = command_line_error(configs_dir, "eval", [f"hydra.run.dir={tmp_path / 'run'}"])
     assert f"{tmp_path} is not writable" in message
 
 

@@ -16,8 +16,7 @@ from unet.checkpoint import CheckpointError, load_network, load_trained
 from unet.cli import run_or_exit
 from unet.data.readers import DataError
 from unet.errors import UserError
-from unet.fingerprint import record_probe
-from unet.network import NetConfig, UNet
+from unet.network import UNet
 from unet.panels import GAP, HEADER
 from unet.postprocess import PostProcessing, postprocessing_for
 from unet.precision import cpu_has_native_bf16
@@ -29,21 +28,6 @@ from unet.tiler import Tiler
 from unet.training import OutputExistsError, train
 from unet.validation import ConfigError
 from unet.writers import overlay
-
-
-def save_checkpoint(path: Path, net: UNet, config: NetConfig | None = None) -> Path:
-    """A checkpoint as SegmentationModule writes it (weights under ``net.``, the config)."""
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    config = (config or net.config).to_dict()
-    torch.save({"state_dict": state, "net_config": config, "net_probe": record_probe(net)}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    net = UNet(base_channels=2, depth=2, dropout=0.0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", net)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +93,7 @@ def test_isbi_stack_end_to_end(trained_ckpt, compose_predict, data_dir, tmp_path
     assert prob[truth == 255].mean() > prob[truth == 0].mean() + 0.05
 
 
-def test_entry_point_runs(tiny_ckpt, repo_root, tmp_path):
+def test_entry_point_runs(tiny_valid_ckpt, repo_root, tmp_path):
     frame = tmp_path / "image.png"
     pixels = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
     Image.fromarray(pixels).save(frame)
@@ -117,7 +101,7 @@ def test_entry_point_runs(tiny_ckpt, repo_root, tmp_path):
         [
             sys.executable,
             "src/predict.py",
-            f"ckpt_path={tiny_ckpt}",
+            f"ckpt_path={tiny_valid_ckpt}",
             f"input={frame}",
             f"output={tmp_path / 'out'}",
             f"hydra.run.dir={tmp_path / 'run'}",
@@ -134,7 +118,7 @@ def test_entry_point_runs(tiny_ckpt, repo_root, tmp_path):
 
 
 def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(
-    tiny_ckpt, compose_predict, tmp_path
+    tiny_valid_ckpt, compose_predict, tmp_path
 ):
     frames = tmp_path / "01"
     frames.mkdir()
@@ -146,7 +130,12 @@ def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(
     out = tmp_path / "out"
     summary = predict(
         compose_predict(
-            [f"ckpt_path={tiny_ckpt}", f"input={frames}", f"output={out}", "challenge_naming=true"]
+            [
+                f"ckpt_path={tiny_valid_ckpt}",
+                f"input={frames}",
+                f"output={out}",
+                "challenge_naming=true",
+            ]
         )
     )
     assert summary["frames"] == 3 and summary["series"] == 2
@@ -157,10 +146,10 @@ def test_folder_of_frames_with_challenge_naming_and_mixed_sizes(
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 is refused where it is emulated")
-def test_bf16_autocast_and_tta_run_on_cpu(tiny_ckpt, tmp_path):
+def test_bf16_autocast_and_tta_run_on_cpu(tiny_valid_ckpt, tmp_path):
     frame = tmp_path / "image.tif"
     tifffile.imwrite(frame, np.random.default_rng(0).normal(size=(37, 45)).astype(np.float32))
-    net = load_network(tiny_ckpt)
+    net = load_network(tiny_valid_ckpt)
     results = {}
     for precision in ("32", "bf16"):
         out = tmp_path / precision
@@ -184,9 +173,13 @@ def test_default_labels_and_mask_names():
     assert mask_name("t013", 5) == "mask013.tif" and mask_name("frame", 7) == "mask007.tif"
 
 
-def test_bad_inputs_give_one_clear_line(tiny_ckpt, compose_predict, tmp_path, capsys):
+def test_bad_inputs_give_one_clear_line(
+    tiny_valid_ckpt, compose_predict, tmp_path, capsys, save_checkpoint
+):
     def fails(overrides, error, match):
-        cfg = compose_predict([f"ckpt_path={tiny_ckpt}", f"output={tmp_path / 'out'}", *overrides])
+        cfg = compose_predict(
+            [f"ckpt_path={tiny_valid_ckpt}", f"output={tmp_path / 'out'}", *overrides]
+        )
         with pytest.raises(error, match=match):
             predict(cfg)
 
@@ -213,7 +206,9 @@ def test_bad_inputs_give_one_clear_line(tiny_ckpt, compose_predict, tmp_path, ca
     # a checkpoint whose weights belong to another architecture
     torch.manual_seed(0)
     other = save_checkpoint(
-        tmp_path / "other.ckpt", UNet(base_channels=4, depth=2), UNet(base_channels=2).config
+        UNet(base_channels=4, depth=2),
+        tmp_path / "other.ckpt",
+        net_config=UNet(base_channels=2).config.to_dict(),
     )
     fails([gray, f"ckpt_path={other}"], CheckpointError, "weights do not fit")
 
@@ -222,13 +217,13 @@ def test_bad_inputs_give_one_clear_line(tiny_ckpt, compose_predict, tmp_path, ca
     fails([gray], OutputExistsError, "already exists; pass overwrite=true")
     predict(
         compose_predict(
-            [f"ckpt_path={tiny_ckpt}", gray, f"output={tmp_path / 'out'}", "overwrite=true"]
+            [f"ckpt_path={tiny_valid_ckpt}", gray, f"output={tmp_path / 'out'}", "overwrite=true"]
         )
     )
     assert (tmp_path / "out" / "probabilities.tif").is_file()
 
     # every one of these is a UserError: the entry point prints one line and exits with 2
-    cfg = compose_predict([f"ckpt_path={tiny_ckpt}", gray, f"output={tmp_path / 'out'}"])
+    cfg = compose_predict([f"ckpt_path={tiny_valid_ckpt}", gray, f"output={tmp_path / 'out'}"])
     with pytest.raises(SystemExit) as exit_info:
         run_or_exit(predict, cfg)
     assert exit_info.value.code == 2
@@ -247,12 +242,12 @@ def test_overlay_tints_objects_only():
 
 
 def test_settings_stored_in_the_checkpoint_are_used_unless_overridden(
-    tiny_ckpt, compose_predict, tmp_path
+    tiny_valid_ckpt, compose_predict, tmp_path
 ):
     from unet.checkpoint import store_postprocessing
 
     ckpt = tmp_path / "validated.ckpt"
-    ckpt.write_bytes(tiny_ckpt.read_bytes())
+    ckpt.write_bytes(tiny_valid_ckpt.read_bytes())
     assert load_trained(ckpt).postprocess is None  # nothing validated: the plain defaults
     assert postprocessing_for(None, {"min_area": None}) == PostProcessing()
     chosen = PostProcessing(threshold=0.7, min_area=5, regrow="probability", grow_threshold=0.3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import CONFIGS, _compose_entry
+from conftest import truncate_file
 
 zarr = pytest.importorskip("zarr")
 ome_zarr_writer = pytest.importorskip("ome_zarr.writer")
@@ -21,14 +21,7 @@ from unet.cli import run_or_exit  # noqa: E402
 from unet.predict.task import predict  # noqa: E402
 from unet.progress import LineProgress  # noqa: E402
 
-ROOT = CONFIGS.parent
 SHAPE = (100, 90)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tiny_valid_ckpt) -> Path:
-    """A tiny valid-padding network's checkpoint as training writes it."""
-    return tiny_valid_ckpt
 
 
 def image(seed: int = 0, shape=SHAPE) -> np.ndarray:
@@ -48,15 +41,15 @@ def write_ome_zarr(path: Path, array: np.ndarray, levels: int = 1) -> Path:
     return path
 
 
-def truncate(path: Path, fraction: float = 0.5) -> None:
-    content = path.read_bytes()
-    path.write_bytes(content[: int(len(content) * fraction)])
+@pytest.fixture
+def predict_cfg(compose_entry):
+    """``predict_cfg(ckpt, source, output, *overrides)``: the prediction config."""
 
+    def compose(ckpt: Path, source: Path, output: Path, *overrides: str):
+        overrides = (f"ckpt_path={ckpt}", f"input={source}", f"output={output}", *overrides)
+        return compose_entry("predict", list(overrides))
 
-def predict_cfg(ckpt: Path, source: Path, output: Path, *overrides: str):
-    overrides = [f"ckpt_path={ckpt}", f"input={source}", f"output={output}", *overrides]
-    cfg = _compose_entry("predict", overrides)
-    return cfg
+    return compose
 
 
 def exit_line(cfg, capsys) -> str:
@@ -75,13 +68,13 @@ def _truncated_stack(d: Path) -> Path:
     tifffile.imwrite(
         d / "stack.tif", np.stack([image(k) for k in range(30)]), photometric="minisblack"
     )
-    truncate(d / "stack.tif")
+    truncate_file(d / "stack.tif")
     return d / "stack.tif"
 
 
 def _corrupt_chunk(d: Path) -> Path:
     store = write_ome_zarr(d / "in.zarr", image())
-    truncate(store / "s0" / "c" / "1" / "0")
+    truncate_file(store / "s0" / "c" / "1" / "0")
     return store
 
 
@@ -106,13 +99,13 @@ FAULTS = {  # name -> (make the input, extra settings, words the line holds)
 
 @pytest.mark.parametrize("case", sorted(FAULTS))
 def test_reader_fault_into_zarr_is_one_line_and_keeps_the_earlier_store(
-    case, ckpt, tmp_path, capsys
+    case, tiny_valid_ckpt, tmp_path, capsys, predict_cfg
 ):
     make, extra, words = FAULTS[case]
     out = tmp_path / "out.zarr"
     good = tmp_path / "good.tif"
     tifffile.imwrite(good, image(5))
-    predict(predict_cfg(ckpt, good, out, *STORE))
+    predict(predict_cfg(tiny_valid_ckpt, good, out, *STORE))
     before = zarr.open_array(str(out / "0"), mode="r")[:]
     source = make(tmp_path)
     # a fault the reader finds in the headers is refused before overwrite=true replaces the
@@ -120,19 +113,21 @@ def test_reader_fault_into_zarr_is_one_line_and_keeps_the_earlier_store(
     header = case != "corrupt chunk"
     target = out if header else tmp_path / "new.zarr"
     settings = [*STORE, "overwrite=true", *extra]
-    err = exit_line(predict_cfg(ckpt, source, target, *settings), capsys)
+    err = exit_line(predict_cfg(tiny_valid_ckpt, source, target, *settings), capsys)
     assert all(word in err for word in words), err
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"), mode="r")[:], before)
     if not header:  # no chunk row of the damaged input is marked as written
         assert not list((target / "unet-progress").rglob("[0-9]*"))
 
 
-def test_corrupt_chunk_in_a_later_section_keeps_the_sections_written(ckpt, tmp_path, capsys):
+def test_corrupt_chunk_in_a_later_section_keeps_the_sections_written(
+    tiny_valid_ckpt, tmp_path, capsys, predict_cfg
+):
     sections = np.stack([image(k) for k in range(2)])
     store = write_ome_zarr(tmp_path / "in.zarr", sections)
-    truncate(store / "s0" / "c" / "1" / "1" / "0")  # section 1
+    truncate_file(store / "s0" / "c" / "1" / "1" / "0")  # section 1
     out = tmp_path / "out.zarr"
-    err = exit_line(predict_cfg(ckpt, store, out, *STORE), capsys)
+    err = exit_line(predict_cfg(tiny_valid_ckpt, store, out, *STORE), capsys)
     assert "chunk c/1/1/0" in err, err
     done = sorted(p.name for p in (out / "unet-progress" / "0").iterdir() if p.name.isdigit())
     assert done == ["0", "1"]  # section 0's chunk rows are written and kept for a rerun
@@ -141,14 +136,14 @@ def test_corrupt_chunk_in_a_later_section_keeps_the_sections_written(ckpt, tmp_p
     )
 
 
-def test_plain_zarr_array_is_read_as_one_image(ckpt, tmp_path):
+def test_plain_zarr_array_is_read_as_one_image(tiny_valid_ckpt, tmp_path, predict_cfg):
     plain = zarr.create_array(
         str(tmp_path / "plain.zarr"), shape=SHAPE, chunks=(64, 64), dtype="uint16"
     )
     plain[:] = image()
     tifffile.imwrite(tmp_path / "same.tif", image())
     for name, source in (("plain", tmp_path / "plain.zarr"), ("tiff", tmp_path / "same.tif")):
-        predict(predict_cfg(ckpt, source, tmp_path / f"out_{name}.zarr", *STORE))
+        predict(predict_cfg(tiny_valid_ckpt, source, tmp_path / f"out_{name}.zarr", *STORE))
     got, expected = (
         zarr.open_array(str(tmp_path / f"out_{n}.zarr/0"), mode="r")[:] for n in ("plain", "tiff")
     )
@@ -156,16 +151,16 @@ def test_plain_zarr_array_is_read_as_one_image(ckpt, tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_missing_chunk_warns_naming_it(ckpt, tmp_path, capsys):
+def test_missing_chunk_warns_naming_it(tiny_valid_ckpt, tmp_path, capsys, predict_cfg):
     store = write_ome_zarr(tmp_path / "in.zarr", image())
     os.remove(store / "s0" / "c" / "0" / "1")
-    predict(predict_cfg(ckpt, store, tmp_path / "out.zarr", *STORE))
+    predict(predict_cfg(tiny_valid_ckpt, store, tmp_path / "out.zarr", *STORE))
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert len(warnings) == 1, warnings
     assert "in.zarr/s0: 1 of 4 chunks are not in the store (c/0/1)" in warnings[0]
 
 
-def test_invalid_rdf_yaml_is_one_line(ckpt, tmp_path, capsys):
+def test_invalid_rdf_yaml_is_one_line(tiny_valid_ckpt, tmp_path, capsys, predict_cfg):
     package = tmp_path / "package"
     package.mkdir()
     (package / "rdf.yaml").write_text("type: model\nformat_version: 0.5.3\nname: x\n")
@@ -177,37 +172,49 @@ def test_invalid_rdf_yaml_is_one_line(ckpt, tmp_path, capsys):
 
 
 def test_three_plane_tiff_is_refused_with_the_hint_and_read_as_frames_with_it(
-    ckpt, tmp_path, capsys
+    tiny_valid_ckpt, tmp_path, capsys, predict_cfg
 ):
     frames = np.stack([image(k, (40, 48)) for k in range(3)])
     tifffile.imwrite(tmp_path / "three.tif", frames)  # no photometric: saved as one RGB image
     for out in (tmp_path / "out", tmp_path / "out.zarr"):
-        err = exit_line(predict_cfg(ckpt, tmp_path / "three.tif", out, "device=cpu"), capsys)
+        err = exit_line(
+            predict_cfg(tiny_valid_ckpt, tmp_path / "three.tif", out, "device=cpu"), capsys
+        )
         assert "3 planes" in err and "set input_axes=zyx" in err, err
-    summary = predict(predict_cfg(ckpt, tmp_path / "three.tif", tmp_path / "out", "input_axes=zyx"))
+    summary = predict(
+        predict_cfg(tiny_valid_ckpt, tmp_path / "three.tif", tmp_path / "out", "input_axes=zyx")
+    )
     assert summary["frames"] == 3
     # each frame predicted as the same frame saved as a gray stack
     tifffile.imwrite(tmp_path / "gray.tif", frames, photometric="minisblack")
-    predict(predict_cfg(ckpt, tmp_path / "gray.tif", tmp_path / "gray"))
+    predict(predict_cfg(tiny_valid_ckpt, tmp_path / "gray.tif", tmp_path / "gray"))
     np.testing.assert_array_equal(
         tifffile.imread(tmp_path / "out" / "probabilities.tif"),
         tifffile.imread(tmp_path / "gray" / "probabilities.tif"),
     )
     options = [*STORE, "input_axes=zyx"]
-    predict(predict_cfg(ckpt, tmp_path / "three.tif", tmp_path / "out.zarr", *options))
+    predict(predict_cfg(tiny_valid_ckpt, tmp_path / "three.tif", tmp_path / "out.zarr", *options))
     assert zarr.open_array(str(tmp_path / "out.zarr" / "0"), mode="r").shape == (3, 40, 48)
 
 
-def test_predict_log_shows_progress_lines(ckpt, tmp_path):
+def test_predict_log_shows_progress_lines(tiny_valid_ckpt, tmp_path, repo_root):
     stack = np.stack([image(k, (64, 64)) for k in range(30)])
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     log = tmp_path / "predict.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    args = [f"ckpt_path={ckpt}", f"input={tmp_path / 'stack.tif'}", f"output={tmp_path / 'out'}"]
+    env = dict(os.environ, PYTHONPATH=str(repo_root / "src"))
+    args = [
+        f"ckpt_path={tiny_valid_ckpt}",
+        f"input={tmp_path / 'stack.tif'}",
+        f"output={tmp_path / 'out'}",
+    ]
     args += ["device=cpu", "overlays=false", f"hydra.run.dir={tmp_path / 'run'}"]
     with open(log, "w") as stdout:
         subprocess.run(
-            [sys.executable, "src/predict.py", *args], cwd=ROOT, env=env, stdout=stdout, check=True
+            [sys.executable, "src/predict.py", *args],
+            cwd=repo_root,
+            env=env,
+            stdout=stdout,
+            check=True,
         )
     text = log.read_text()
     assert "\x1b[" not in text and "\r" not in text

@@ -15,7 +15,6 @@ from PIL import Image  # noqa: E402
 
 import unet.predict.section_labels as section_labels  # noqa: E402
 from unet.data.readers import DataError  # noqa: E402
-from unet.fingerprint import record_probe  # noqa: E402
 from unet.inference import predict_image  # noqa: E402
 from unet.network import UNet  # noqa: E402
 from unet.postprocess import PostProcessing  # noqa: E402
@@ -266,14 +265,12 @@ def test_bad_stacks_give_one_line_messages(tmp_path):
         predict_to_zarr(net, folder, tmp_path / "frames.zarr", labels=False, **OPTIONS)
 
 
-def test_predict_entry_streams_a_stack(tmp_path, compose_predict):
+def test_predict_entry_streams_a_stack(tmp_path, compose_predict, save_checkpoint):
     from unet.predict.task import predict
 
     net = tiny_net()
     ckpt = tmp_path / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    probe = record_probe(net)
-    torch.save({"state_dict": state, "net_config": net.config.to_dict(), "net_probe": probe}, ckpt)
+    save_checkpoint(net, ckpt)
     tifffile.imwrite(tmp_path / "stack.tif", stack(2), photometric="minisblack")
     settings = [f"ckpt_path={ckpt}", f"input={tmp_path / 'stack.tif'}", "progress=false"]
     settings += [f"output={tmp_path / 'out.zarr'}", "zarr.chunk=64", "tiler.tile_size=92"]
@@ -286,7 +283,7 @@ def test_predict_entry_streams_a_stack(tmp_path, compose_predict):
     )
 
 
-def test_nan_pixels_are_refused_naming_the_section(tmp_path, compose_predict):
+def test_nan_pixels_are_refused_naming_the_section(tmp_path, compose_predict, save_checkpoint):
     from unet.predict.request import PredictionSettingError
     from unet.predict.task import predict
 
@@ -298,9 +295,7 @@ def test_nan_pixels_are_refused_naming_the_section(tmp_path, compose_predict):
     assert "\n" not in str(err.value)
     ckpt = tmp_path / "tiny.ckpt"
     net = tiny_net()
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    probe = record_probe(net)
-    torch.save({"state_dict": state, "net_config": net.config.to_dict(), "net_probe": probe}, ckpt)
+    save_checkpoint(net, ckpt)
     settings = [f"ckpt_path={ckpt}", f"input={tmp_path / 'stack.tif'}", "nonfinite=zero"]
     with pytest.raises(PredictionSettingError, match="nonfinite=zero: a .zarr output refuses"):
         predict(compose_predict([*settings, f"output={tmp_path / 'new.zarr'}"]))

@@ -6,7 +6,6 @@ zarr = pytest.importorskip("zarr")
 ome_zarr_writer = pytest.importorskip("ome_zarr.writer")
 
 from unet.data.samples import standardize  # noqa: E402
-from unet.fingerprint import record_probe  # noqa: E402
 from unet.inference import predict_image  # noqa: E402
 from unet.network import UNet  # noqa: E402
 from unet.prediction_store import StoreError  # noqa: E402
@@ -190,7 +189,9 @@ def test_bad_inputs_give_one_line_messages(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(tmp_path, compose_predict):
+def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(
+    tmp_path, compose_predict, save_checkpoint
+):
     import tifffile
 
     from unet.errors import UserError
@@ -198,9 +199,7 @@ def test_predict_entry_writes_a_zarr_from_a_tiff_checkpoint(tmp_path, compose_pr
 
     net = tiny_net("valid")
     ckpt = tmp_path / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    probe = record_probe(net)
-    torch.save({"state_dict": state, "net_config": net.config.to_dict(), "net_probe": probe}, ckpt)
+    save_checkpoint(net, ckpt)
     image = blobs(150, 170)
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64))  # read lazily, tile by tile
 

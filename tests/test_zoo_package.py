@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from unet.checkpoint import load_trained
 from unet.export.any_size import AnySizeUNet, axis_plan, minimum_size, tool_halo
 from unet.export.run import export
-from unet.fingerprint import record_probe
 from unet.inference import predict_image
 from unet.labels import foreground_probability
 from unet.network import UNet
@@ -37,7 +36,7 @@ FORMATS = ["torchscript", "onnx", "pytorch_state_dict"]
 
 
 @pytest.fixture(scope="module")
-def zoo_ckpt(data_dir, tmp_path_factory) -> Path:
+def zoo_ckpt(data_dir, tmp_path_factory, save_checkpoint) -> Path:
     """A depth-3, 2-channel U-Net after 10 Adam steps on a 140 x 140 ISBI crop."""
     isbi = data_dir / "isbi2012"
     image = tifffile.imread(isbi / "train-volume.tif", key=0)[:140, :140]
@@ -55,10 +54,7 @@ def zoo_ckpt(data_dir, tmp_path_factory) -> Path:
         torch.nn.functional.cross_entropy(net(x), target).backward()
         optimizer.step()
     path = tmp_path_factory.mktemp("zoo") / "tiny.ckpt"
-    state = {f"net.{k}": v for k, v in net.eval().state_dict().items()}
-    torch.save({"state_dict": state, "net_config": net.config.to_dict(),
-                "postprocess": POSTPROCESS, "net_probe": record_probe(net)}, path)  # fmt: skip
-    return path
+    return save_checkpoint(net.eval(), path, postprocess=POSTPROCESS)
 
 
 @pytest.fixture(scope="module")
