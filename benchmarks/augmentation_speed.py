@@ -37,11 +37,11 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from unet.augmentation import resample  # noqa: E402
+from unet.data.augment.paper import resample  # noqa: E402
+from unet.data.mirror import crop_with_mirror  # noqa: E402
 from unet.data.samples import RandomTileDataset, keep_freed_memory, standardize  # noqa: E402
-from unet.machine import cpu_model  # noqa: E402
-from unet.mirror import crop_with_mirror  # noqa: E402
-from unet.weight_maps import instance_weight_map  # noqa: E402
+from unet.data.weight_maps import instance_weight_map  # noqa: E402
+from unet.inference.machine import cpu_model  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -7,7 +7,7 @@
   weights) for the checkpoint and for the paper's network (``UNet()`` defaults, untrained:
   size and time do not depend on the weights);
 - the checkpoint's cell probabilities for the ISBI test stack (``test-volume.tif``), one
-  slice at a time through the same tiler (``unet.inference.predict_image``, default tiles),
+  slice at a time through the same tiler (``unet.inference.image.predict_image``, default tiles),
   with PyTorch and with ONNX Runtime (CPU), taking turns slice by slice in the same run:
   seconds, and the largest difference between the two.
 """
@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet.checkpoint import TrainedModel, load_trained
 from unet.data.readers import read_tiff
 from unet.export.bioimageio import write_package
 from unet.export.datasets import DATASETS
-from unet.export.onnx import write_onnx
-from unet.export.probabilities import ProbabilityUNet
-from unet.export.record import model_record
-from unet.export.runner import load_onnx
-from unet.inference import predict_image
-from unet.network import UNet
+from unet.inference.checkpoint import TrainedModel, load_trained
+from unet.inference.formats.loading import load_onnx
+from unet.inference.formats.onnx import write_onnx
+from unet.inference.formats.probabilities import ProbabilityUNet
+from unet.inference.formats.record import model_record
+from unet.inference.image import predict_image
+from unet.model.network import UNet
 
 SETTINGS = {"name": "U-Net benchmark", "authors": ["benchmark"], "license": "MIT"}
 

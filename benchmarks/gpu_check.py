@@ -11,11 +11,12 @@ file rewritten after each part, so a run cut short keeps what it measured):
    step on random tiles already on the GPU, timed with ``torch.cuda.synchronize`` after
    warm-up steps; GFLOP/s counts a step as 3x the forward pass (the backward pass costs two).
 2. **Inference.** The ISBI 2012 ``test-volume.tif`` (all its slices) through
-   ``unet.tiler.Tiler`` with the tile plan chosen for the GPU's free memory: the whole stack
-   in fp32 and bf16, and the predict path (``unet.prediction.predict_files``: reading the
+   ``unet.inference.tiler.Tiler`` with the tile plan chosen for the GPU's free memory: the whole
+   stack
+   in fp32 and bf16, and the predict path (``unet.predict.files.predict_files``: reading the
    TIFF, standardising, writing ``probabilities.tif``). The weights are random: the time
    does not depend on them.
-3. **Memory.** The tiler plans tile size and batch from ``unet.tiler.tile_memory_bytes``,
+3. **Memory.** The tiler plans tile size and batch from ``unet.inference.tiler.tile_memory_bytes``,
    whose constants were measured on a CPU. Its estimate for one forward pass (per tile x
    tiles per pass) against ``torch.cuda.max_memory_allocated`` (above the weights and the
    input), for tiles of 572 and 1084 px at batch 1, 4 and 8, and for the plan of step 2.
@@ -48,15 +49,15 @@ import tifffile
 import torch
 from omegaconf import OmegaConf
 
-from unet import machine
-from unet.checkpoint import read_checkpoint
 from unet.data.readers import read_tiff
 from unet.data.samples import standardize
-from unet.loss import weighted_cross_entropy
-from unet.network import UNet, forward_flops
-from unet.prediction import predict_files
-from unet.tiler import Tiler, tile_memory_bytes
-from unet.tta import predict_probabilities
+from unet.inference import machine
+from unet.inference.checkpoint import read_checkpoint
+from unet.inference.tiler import Tiler, tile_memory_bytes
+from unet.inference.tta import predict_probabilities
+from unet.model.loss import weighted_cross_entropy
+from unet.model.network import UNet, forward_flops
+from unet.predict.files import predict_files
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -249,7 +250,7 @@ def inference_predict_path(net: UNet, source: Path, out: Path, settings: Setting
     )
     seconds = time.perf_counter() - start
     return {
-        "what": "predict path (unet.prediction.predict_files, TIFF in and out)",
+        "what": "predict path (unet.predict.files.predict_files, TIFF in and out)",
         "precision": "bf16",
         "slices": summary["frames"],
         "size": ", ".join(f"{h}x{w}" for h, w in summary["sizes"]),
@@ -424,7 +425,7 @@ def memory_lines(results: dict) -> list[str]:
         "",
         "## Tiler memory estimate against the measured peak (one forward pass)",
         "",
-        "`unet.tiler.tile_memory_bytes` x tiles per pass, against "
+        "`unet.inference.tiler.tile_memory_bytes` x tiles per pass, against "
         "`torch.cuda.max_memory_allocated` above the weights and input.",
         "",
         "| tile | batch | precision | estimate GiB | measured GiB | measured / estimate |",

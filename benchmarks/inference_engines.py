@@ -6,7 +6,7 @@ The ``isbi_cpu`` network (depth 4, 16 base channels, batch norm, valid padding) 
 random-initialised weights (speed does not depend on the weights; the label comparison is
 then between near-random maps, a strict test). Each row is the second of two
 ``predict_image`` runs (the first traces and compiles the engine's graphs into the cache).
-GFLOP/s counts the network FLOPs of every tile (``unet.network.forward_flops``) over the
+GFLOP/s counts the network FLOPs of every tile (``unet.model.network.forward_flops``) over the
 seconds, also as a share of the machine's peak: a 4,096^3 ``torch.matmul`` in fp32 and bf16,
 measured in the same run.
 
@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from unet.data.samples import standardize
-from unet.engines import engine_network, installed
-from unet.inference import predict_image
-from unet.machine import cpu_model
-from unet.network import NetConfig, UNet, forward_flops
-from unet.postprocess import PostProcessing
-from unet.precision import cpu_has_native_bf16
-from unet.tiler import Tiler
+from unet.inference.engines import engine_network, installed
+from unet.inference.image import predict_image
+from unet.inference.machine import cpu_model
+from unet.inference.postprocess import PostProcessing
+from unet.inference.precision import cpu_has_native_bf16
+from unet.inference.tiler import Tiler
+from unet.model.network import NetConfig, UNet, forward_flops
 
 ISBI_CPU = NetConfig(base_channels=16, batch_norm=True, dropout=0.0)
 VARIANTS = [

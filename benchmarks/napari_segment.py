@@ -1,4 +1,4 @@
-"""The Segment widget against unet.prediction.predict_files on one 2048 x 2048 image.
+"""The Segment widget against unet.predict.files.predict_files on one 2048 x 2048 image.
 
     python benchmarks/napari_segment.py [--size 2048] [--base-channels 16] [--depth 4]
 
@@ -33,8 +33,8 @@ def cpu_model() -> str:
 def checkpoint(folder: Path, depth: int, base: int) -> Path:
     import torch
 
-    from unet.fingerprint import record_probe
-    from unet.network import UNet
+    from unet.model.fingerprint import record_probe
+    from unet.model.network import UNet
 
     torch.manual_seed(0)
     net = UNet(depth=depth, base_channels=base, dropout=0.0, batch_norm=True).eval()
@@ -87,10 +87,10 @@ def main() -> None:
     import tifffile
     from qtpy.QtWidgets import QApplication
 
-    from unet.checkpoint import load_trained
+    from unet.inference.checkpoint import load_trained
+    from unet.inference.tiler import Tiler
     from unet.napari.sample import cell_image
-    from unet.prediction import predict_files
-    from unet.tiler import Tiler
+    from unet.predict.files import predict_files
 
     app = QApplication.instance() or QApplication([])
     folder = Path(tempfile.mkdtemp(prefix="unet-napari-bench-"))

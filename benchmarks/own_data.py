@@ -9,7 +9,7 @@
   marked with the ``unlabelled`` value; the validation frames of data=hela), trained with
   ``experiment=folder_cpu`` and, as the reference, ``experiment=hela_cpu``, per seed.
   Printed: the validation SEG of both per seed and mean ± sd. The weight maps of the two
-  routes are equal (tests/test_folder_data.py), so the SEGs should agree within the
+  routes are equal (tests/data/test_folder.py), so the SEGs should agree within the
   seeds' spread.
 - ``finetune``: two U373 training frames (the first two annotated frames of sequence 01)
   and data=u373's validation frames as a folder data set; ``--minutes`` of training from

@@ -7,7 +7,7 @@ The paper's network (``UNet()`` defaults, random weights, eval mode) on a size x
 and on a stack of ``--slices`` 512 x 512 slices, tiled within the memory budget:
 - megapixels/s, measured once after a warm-up;
 - the lower bound: the network FLOPs of the smallest valid covering (one whole-image pass
-  per image, ``unet.network.forward_flops``) divided by the machine's conv throughput,
+  per image, ``unet.model.network.forward_flops``) divided by the machine's conv throughput,
   measured here on a 64->64 3x3 conv at 256x256; ``x limit`` = measured time / lower bound.
   It splits into the tiles' extra FLOPs (overlapping context) and the achieved GFLOP/s;
 - peak memory of the run next to the tiler's estimate.
@@ -26,9 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unet import shapes
-from unet.network import NetConfig, UNet, forward_flops
-from unet.tiler import Tiler, available_memory_bytes, predict_whole_image, tile_memory_bytes
+from unet.inference.tiler import (
+    Tiler,
+    available_memory_bytes,
+    predict_whole_image,
+    tile_memory_bytes,
+)
+from unet.model import shapes
+from unet.model.network import NetConfig, UNet, forward_flops
 
 
 def sync(device: str) -> None:

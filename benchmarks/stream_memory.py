@@ -18,10 +18,10 @@ channels, batch norm; random weights, eval mode). Each measurement runs in its o
 (peak resident memory is per process, ``ru_maxrss``):
 
 - ``stream``, size x size: a synthetic uint16 image written chunk by chunk to a zarr store
-  (never whole in memory), predicted by ``unet.stream_prediction.predict_to_zarr`` into a
+  (never whole in memory), predicted by ``unet.predict.zarr.route.predict_to_zarr`` into a
   float16 OME-Zarr store, without labels; with ``--sections N``, a (z, y, x) stack of N
   such sections into one (z, y, x) store (memory should not grow with N);
-- ``stream`` and ``memory`` (``unet.inference.predict_image``, today's path, the image and
+- ``stream`` and ``memory`` (``unet.inference.image.predict_image``, today's path, the image and
   its (K, H, W) float32 map in memory) on a compare-size image that fits, for throughput.
 Megapixels/s count the whole run (statistics pass, reading, writing).
 """
@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet.machine import cpu_model
+from unet.inference.machine import cpu_model
 
 
 def isbi_cpu_net(name: str = "isbi_cpu"):
-    from unet.network import UNet
+    from unet.model.network import UNet
 
     torch.manual_seed(0)
     kwargs = {
@@ -84,12 +84,12 @@ def write_input(path: Path, size, chunk: int, sections: int = 1) -> None:
 
 
 def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float, sections: int) -> dict:
-    from unet.tiler import Tiler
+    from unet.inference.tiler import Tiler
 
     net, tiler = isbi_cpu_net(), Tiler(tile_size=tile, memory_gb=memory_gb)
     with tempfile.TemporaryDirectory() as tmp:
         if mode == "stream":
-            from unet.stream_prediction import predict_to_zarr
+            from unet.predict.zarr.route import predict_to_zarr
 
             write_input(Path(tmp) / "in.zarr", size, chunk, sections)
             start = time.perf_counter()
@@ -103,7 +103,7 @@ def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float, secti
                 progress=False,
             )
         else:
-            from unet.inference import predict_image
+            from unet.inference.image import predict_image
 
             sections = 1
             image = synthetic_rows(0, size, size)
@@ -123,8 +123,8 @@ def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float, secti
 
 def run_budget_case(net_name: str, shape, chunk: int, memory_gb: float) -> dict:
     """One streamed prediction of a (h, w) image with ``net_name`` at ``memory_gb``."""
-    from unet.stream_prediction import predict_to_zarr
-    from unet.tiler import Tiler
+    from unet.inference.tiler import Tiler
+    from unet.predict.zarr.route import predict_to_zarr
 
     net = isbi_cpu_net(net_name)
     with tempfile.TemporaryDirectory() as tmp:

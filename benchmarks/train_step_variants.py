@@ -8,7 +8,7 @@ reference), ``channels_last``, bf16 autocast, bf16 autocast + ``channels_last`` 
 ``--compile``, ``torch.compile`` (its compile time is printed separately). The variants run
 interleaved, round after round in the same process, so that a change in the machine's load
 shifts all of them alike; the figure is the fastest round of each. The CPU's native-bf16
-flags are printed: without them PyTorch emulates bf16 (``unet.precision``).
+flags are printed: without them PyTorch emulates bf16 (``unet.inference.precision``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from unet.loss import weighted_cross_entropy
-from unet.network import UNet, center_crop
-from unet.precision import NATIVE_BF16_FLAGS, cpu_flags
+from unet.inference.precision import NATIVE_BF16_FLAGS, cpu_flags
+from unet.model.loss import weighted_cross_entropy
+from unet.model.network import UNet, center_crop
 
 NETS = {  # (architecture, tile) as in experiment=isbi_cpu and experiment=isbi_paper
     "isbi_cpu": (dict(base_channels=16, batch_norm=True, dropout=0.0), 508),

@@ -27,8 +27,8 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
-from unet.loss import weighted_cross_entropy
-from unet.network import UNet, center_crop
+from unet.model.loss import weighted_cross_entropy
+from unet.model.network import UNet, center_crop
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = {"paper": "isbi_paper", "isbi_cpu": "isbi_cpu"}

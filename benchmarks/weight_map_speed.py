@@ -6,7 +6,7 @@ All three compute the class map with separation borders, w_c and the border term
 (w0 = 10, sigma = 5) for every SEG frame of the dataset:
 - ours: each cell's distance transform (OpenCV, exact Euclidean) only inside its bounding
   box grown by the distance beyond which the border term is below 1e-6
-  (``unet.weight_maps``);
+  (``unet.data.weight_maps``);
 - naive: one full-image distance transform per cell, the same OpenCV transform;
 - naive scipy: one full-image ``scipy.ndimage.distance_transform_edt`` per cell, d1 and d2
   by sorting the stack (the textbook version).
@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from unet import weight_maps as wm  # noqa: E402
+from unet.data import weight_maps as wm  # noqa: E402
 from unet.data.ctc import read_annotated_frames  # noqa: E402
 
 

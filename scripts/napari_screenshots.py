@@ -40,8 +40,8 @@ def random_checkpoint(path: Path) -> Path:
     """A probed checkpoint of an untrained depth-3, 8-channel net (the starting point)."""
     import torch
 
-    from unet.fingerprint import record_probe
-    from unet.network import UNet
+    from unet.model.fingerprint import record_probe
+    from unet.model.network import UNet
 
     torch.manual_seed(0)
     net = UNet(base_channels=8, depth=3, dropout=0.0, batch_norm=True).eval()

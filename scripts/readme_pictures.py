@@ -6,12 +6,13 @@
 writes to ``docs/``:
 
 - ``panel_<experiment>.png``: input | ground truth | prediction | errors of the first
-  validation image (:func:`unet.report.image_panel`, as in a run's ``report.md``), predicted
+  validation image (:func:`unet.evaluation.report.image_panel`, as in a run's ``report.md``),
+  predicted
   with the run's best checkpoint and its stored post-processing;
 - ``curves_isbi_cpu.png``: the learning curves of the README's main command
   (``experiment=isbi_cpu``), as a run's ``report/curves.png``.
 
-The Fig. 2 and Fig. 3 renderings come from ``python -m unet.figures`` (see the README).
+The Fig. 2 and Fig. 3 renderings come from ``python notebooks/figures.py`` (see the README).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ import numpy as np
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-from unet.checkpoint import load_trained
-from unet.inference import predict_image
+from unet.config.checks import build
+from unet.evaluation.report import ReportImage, image_panel, plot_curves, read_curves
+from unet.inference.checkpoint import load_trained
+from unet.inference.image import predict_image
+from unet.inference.postprocess import PostProcessing
+from unet.inference.tiler import Tiler
+from unet.io.writers import write_png
 from unet.labels import CELL_CLASS
-from unet.postprocess import PostProcessing
-from unet.report import ReportImage, image_panel, plot_curves, read_curves
-from unet.tiler import Tiler
-from unet.validation import build
-from unet.writers import write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@
 The notebooks in ``notebooks/`` are kept without outputs (a pre-commit hook strips them);
 the copies in ``docs/notebooks/`` are executed here, so that GitHub shows them with their
 pictures and the README can link them. The tests execute the same notebooks
-(``tests/test_notebooks.py``) with :func:`execute`.
+(``tests/tools/test_notebooks.py``) with :func:`execute`.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from unet import machine
+from unet.inference import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("isbi_cpu", "hela_cpu", "u373_cpu")

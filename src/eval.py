@@ -1,6 +1,6 @@
 """Score a checkpoint: python src/eval.py ckpt_path=... [split=val|train] [data=isbi]
 
-Without data=..., the data the checkpoint was trained on (unet.recorded_data)."""
+Without data=..., the data the checkpoint was trained on (unet.config.recorded_data)."""
 
 from pathlib import Path
 
@@ -8,9 +8,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from unet.cli import check_command_line, run_or_exit
-from unet.evaluation import evaluate
-from unet.recorded_data import with_recorded_data
+from unet.config.cli import check_command_line, run_or_exit
+from unet.config.models import with_shipped_models
+from unet.config.recorded_data import with_recorded_data
+from unet.evaluation.task import evaluate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -19,7 +20,8 @@ KEPT = "nothing was written (metrics.json and report.md are written at the end)"
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    cfg = with_recorded_data(cfg, HydraConfig.get().overrides.task)
+    cfg = run_or_exit(with_shipped_models, cfg)
+    cfg = run_or_exit(with_recorded_data, cfg, HydraConfig.get().overrides.task)
     run_or_exit(evaluate, cfg, kept=KEPT)
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 # fixtures of the bad-input suites and of the napari plugin's tests (which imports no napari
 # here: the rest of the suite runs without it) live in modules of their own
-pytest_plugins = ["conftest_bad_input", "conftest_napari"]
+pytest_plugins = ["tests.conftest_bad_input", "tests.conftest_napari"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -276,7 +276,7 @@ def save_probed_checkpoint(net: torch.nn.Module, path: Path, **entries) -> Path:
     """Save ``net`` as training's checkpoints hold it: weights under ``net.``, the
     architecture record (``net_config``) and the probe; ``entries`` add or replace
     top-level entries (``postprocess``, ``net_config``, ...). Returns ``path``."""
-    from unet.fingerprint import record_probe
+    from unet.model.fingerprint import record_probe
 
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     checkpoint = {"state_dict": state, "net_config": net.config.to_dict()}
@@ -295,7 +295,7 @@ def tiny_valid_ckpt(tmp_path_factory) -> Path:
     """A tiny valid-padding network's checkpoint as training writes it (config, weights,
     probe): 2 base channels, depth 2, no dropout, seed 0. Tests read it and never change
     it (copy it first where a test might)."""
-    from unet.network import UNet
+    from unet.model.network import UNet
 
     torch.manual_seed(0)
     net = UNet(base_channels=2, depth=2, dropout=0.0)

@@ -1,4 +1,4 @@
-"""Fixtures of the bad-input and fault suites (tests/test_bad_input_*.py), registered by
+"""Fixtures of the bad-input and fault suites (tests/*/test_bad_input.py), registered by
 tests/conftest.py (``pytest_plugins``): a small synthetic ISBI folder, a tiny training run's
 overrides, and the checks every case makes (one-line errors, no run output)."""
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, ROOT, write_isbi
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from scipy import ndimage
 
+from tests.conftest import CONFIGS, ROOT, write_isbi
 from unet.errors import UserError
 
 

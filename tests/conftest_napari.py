@@ -1,4 +1,4 @@
-"""Fixtures of the napari plugin's tests (tests/test_napari_*.py), registered by
+"""Fixtures of the napari plugin's tests (tests/napari/), registered by
 tests/conftest.py (``pytest_plugins``).
 
 napari and Qt are imported inside the fixtures: the rest of the suite loads this module
@@ -17,9 +17,9 @@ import pytest
 import tifffile
 import torch
 
-from unet.fingerprint import record_probe
-from unet.inference import predict_image
-from unet.network import UNet
+from unet.inference.image import predict_image
+from unet.model.fingerprint import record_probe
+from unet.model.network import UNet
 
 WAIT_MS = 60_000
 

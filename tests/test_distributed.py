@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from unet.distributed import LAUNCH_VARIABLES, relaunch_as_this_job
-from unet.training import train
+from unet.training.task import train
 
 
 def test_relaunch_runs_this_job_not_the_sweep(configs_dir, tmp_path, monkeypatch):

@@ -22,10 +22,10 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from unet.augmentation import Augmentation
+from unet.data.augment.paper import Augmentation
 from unet.data.samples import RandomTileDataset, WholeImageDataset, training_dataloader
 from unet.data.settings import TileSettings
-from unet.pixel_size import PixelSize
+from unet.io.pixel_size import PixelSize
 
 SPLITS = ("train", "val")
 
@@ -55,7 +55,7 @@ class SegmentationDataModule(L.LightningDataModule):
     Args:
         tiles: the training tiles, the loader and the weight maps.
         augmentation: moves each training tile's image, classes and weights together
-            (:class:`unet.augmentation.Augmentation`; None: plain tiles).
+            (:class:`unet.data.augment.paper.Augmentation`; None: plain tiles).
     """
 
     def __init__(self, tiles: TileSettings, augmentation: Augmentation | None = None):
@@ -69,7 +69,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.frame_ids: dict[str, list[str]] = {}
         self.instances: dict[str, list[np.ndarray]] = {}
         # the training images' pixel size (None: unknown), set by read_splits; the
-        # checkpoint records it (unet.pixel_size)
+        # checkpoint records it (unet.io.pixel_size)
         self.pixel_size: PixelSize | None = None
 
     def record_tiles(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unet.augmentation import Augmentation
+from unet.data.augment.paper import Augmentation
 from unet.data.base import SegmentationDataModule, Split
 from unet.data.readers import (
     DataError,
@@ -36,8 +36,8 @@ from unet.data.readers import (
 )
 from unet.data.samples import standardize
 from unet.data.settings import TileSettings
-from unet.pixel_size import read_pixel_size
-from unet.weight_maps import cached_instance_weight_map
+from unet.data.weight_maps import cached_instance_weight_map
+from unet.io.pixel_size import read_pixel_size
 
 DOWNLOAD_HINT = (
     "Put the Cell Tracking Challenge training set (e.g. DIC-C2DH-HeLa.zip or "
@@ -215,7 +215,7 @@ class CellTrackingDataModule(SegmentationDataModule):
             weight 0; None: no tracking markers are read and unlabelled pixels are
             background.
         augmentation: moves each training tile's image, classes and weights together
-            (:class:`unet.augmentation.Augmentation`; None: plain tiles).
+            (:class:`unet.data.augment.paper.Augmentation`; None: plain tiles).
         **tiles: the training tiles, the loader and the weight maps: the fields of
             :class:`unet.data.settings.TileSettings` (``tile_size``, ``samples_per_epoch``,
             ``batch_size``, ``num_workers``, ``w0``, ``sigma``, ``border_size``,

@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sha256", action="append", default=[], help="HEX or NAME=HEX")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     args = parser.parse_args(argv)
-    # one line and exit code 2, as the Hydra entry points (unet.cli); the data layer does
+    # one line and exit code 2, as the Hydra entry points (unet.config.cli); the data layer does
     # not import the command-line layer
     try:
         download(args.dataset, args.to, args.base_url, args.sha256, args.timeout)

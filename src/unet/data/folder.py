@@ -4,7 +4,7 @@ Pairs are matched by file name stem (:mod:`unet.data.pairs` reads and checks the
 validation set is a separate pair of folders, a fraction of the training pairs (spread
 evenly over their sorted names) or a list of name stems. Everything after reading is the
 paper's data sets' own path: weight maps (class balance + border term, cached) from
-:mod:`unet.weight_maps`, random elastic tiles and whole validation images from
+:mod:`unet.data.weight_maps`, random elastic tiles and whole validation images from
 :class:`unet.data.base.SegmentationDataModule`.
 
 Before training a summary is printed (pairs, sizes, dtypes, class histogram per split,
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from unet.augmentation import Augmentation
+from unet.data.augment.paper import Augmentation
 from unet.data.base import SegmentationDataModule, Split
 from unet.data.pairs import (
     MASK_TYPES,
@@ -38,7 +38,7 @@ from unet.data.readers import DataError
 from unet.data.samples import standardize
 from unet.data.settings import TileSettings
 from unet.distributed import is_rank_zero
-from unet.pixel_size import read_pixel_size
+from unet.io.pixel_size import read_pixel_size
 
 
 def evenly_spaced(count: int, fraction: float) -> list[int]:
@@ -117,7 +117,7 @@ class FolderDataModule(SegmentationDataModule):
         unlabelled: the mask value of pixels left out of the loss and the metrics.
         summary: print the data summary at setup.
         augmentation: moves each training tile's image, classes and weights together
-            (:class:`unet.augmentation.Augmentation`; None: plain tiles).
+            (:class:`unet.data.augment.paper.Augmentation`; None: plain tiles).
         **tiles: the training tiles, the loader and the weight maps: the fields of
             :class:`unet.data.settings.TileSettings` (``tile_size``, ``samples_per_epoch``,
             ``batch_size``, ``num_workers``, ``w0``, ``sigma``, ``border_size``,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from unet.augmentation import Augmentation
+from unet.data.augment.paper import Augmentation
 from unet.data.base import SegmentationDataModule, Split
 from unet.data.readers import (
     DataError,
@@ -24,8 +24,8 @@ from unet.data.readers import (
 )
 from unet.data.samples import standardize
 from unet.data.settings import TileSettings
-from unet.pixel_size import read_pixel_size
-from unet.weight_maps import cached_binary_weight_map
+from unet.data.weight_maps import cached_binary_weight_map
+from unet.io.pixel_size import read_pixel_size
 
 DOWNLOAD_HINT = (
     "Put the ISBI 2012 files (train-volume.tif, train-labels.tif, test-volume.tif) in "
@@ -108,7 +108,7 @@ class IsbiDataModule(SegmentationDataModule):
         val_slices: number of slices at the end of the volume held out for validation, or
             a list of slice indices.
         augmentation: moves each training tile's image, classes and weights together
-            (:class:`unet.augmentation.Augmentation`; None: plain tiles).
+            (:class:`unet.data.augment.paper.Augmentation`; None: plain tiles).
         **tiles: the training tiles, the loader and the weight maps: the fields of
             :class:`unet.data.settings.TileSettings` (``tile_size``, ``samples_per_epoch``,
             ``batch_size``, ``num_workers``, ``w0``, ``sigma``, ``border_size``,

@@ -11,7 +11,7 @@ A mask is either
 - ``semantic``: a class index per pixel, 0..K-1, or raw values mapped to classes by a
   ``value_map`` such as {0: 0, 255: 1};
 - ``instance``: one id per object, 0 = background; the target is the paper's two-class map
-  with separation borders between touching objects (:func:`unet.weight_maps.instance_targets`).
+  with separation borders between touching objects (:func:`unet.data.weight_maps.instance_targets`).
 
 In both, the ``unlabelled`` value (if set) marks pixels that are left out of the loss
 (weight 0) and of the metrics: sparse annotation.
@@ -27,7 +27,7 @@ import numpy as np
 
 from unet.data.frames import IMAGE_SUFFIXES, read_channels, read_image
 from unet.data.readers import DataError, DataNotFoundError, instance_labels, require_contrast
-from unet.weight_maps import cached_class_weight_map, cached_instance_weight_map
+from unet.data.weight_maps import cached_class_weight_map, cached_instance_weight_map
 
 MASK_TYPES = ("semantic", "instance")
 

@@ -89,7 +89,8 @@ def _check_complete(tif: tifffile.TiffFile, path: Path, errors: list[str]) -> No
 def checked_tiff(path: str | Path) -> Iterator[tifffile.TiffFile]:
     """An open TIFF, checked complete (every promised page present, its pixel data inside
     the file) before and after the body reads it; any failure is a DataError naming the
-    file. Used by :func:`read_tiff` and by the streamed ``.zarr`` route (``unet.zarr_io``),
+    file. Used by :func:`read_tiff` and by the streamed ``.zarr`` route
+    (``unet.predict.zarr.source``),
     so both routes refuse the same damaged files with the same message."""
     path = Path(path)
     collect = _Collect()

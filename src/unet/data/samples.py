@@ -1,7 +1,7 @@
 """Training and validation samples: (image, classes, weights) triples as tensors.
 
 Data flow: full images (already read and weighted) -> random tiles with mirror
-extrapolation and augmentation (one resampling, :mod:`unet.augmentation`) -> tensors. The
+extrapolation and augmentation (one resampling, :mod:`unet.data.augment.paper`) -> tensors. The
 network's own size needs (valid sizes, cropping targets to its output window) are handled
 by the model, not here.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from unet.augmentation import Augmentation
-from unet.mirror import crop_with_mirror
+from unet.data.augment.paper import Augmentation
+from unet.data.mirror import crop_with_mirror
 
 
 def standardize(image: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@
 - ``record``: what travels with the weights (architecture, validated post-processing);
 - ``torchscript``, ``onnx``: one file each, checked against PyTorch at several valid sizes;
 - ``bioimageio``: the BioImage Model Zoo package (rdf.yaml, weights, test tensors, cover);
-- ``runner``: an exported file or package back as a network for ``unet.tiler``
+- ``runner``: an exported file or package back as a network for ``unet.inference.tiler``
   (``src/predict.py ckpt_path=model.zip``);
 - ``run``: ``src/export.py``'s work.
 

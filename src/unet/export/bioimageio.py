@@ -2,17 +2,19 @@
 
 One zip file: ``rdf.yaml`` (written and validated by ``bioimageio.spec``) and what it
 names: TorchScript weights (Fiji/deepImageJ, ilastik and QuPath run these), PyTorch
-state-dict weights (rebuilt by :class:`unet.export.any_size.AnySizeUNet`, which needs this
+state-dict weights (rebuilt by :class:`unet.inference.formats.any_size.AnySizeUNet`, which needs
+this
 package installed), ONNX weights (unless ``onnx=false``), a test input cropped from a real
 image with the output the weights give for it, a cover (image | probability overlay) and a
 README (:mod:`unet.export.package_readme`).
 
 The input is (batch, channel, y, x) with the network's C input channels (1 gray, 3 RGB, or
-a C-channel stack). By default the weights are :class:`~unet.export.any_size.AnySizeUNet`:
-y and x of any size from :func:`~unet.export.any_size.minimum_size` on, output (batch, K
+a C-channel stack). By default the weights are
+:class:`~unet.inference.formats.any_size.AnySizeUNet`:
+y and x of any size from :func:`~unet.inference.formats.any_size.minimum_size` on, output (batch, K
 classes, y, x) of the input's size, a halo for tools that predict blocks, and ``pad:
 reflect`` (how the weights mirror). ``any_size=false``: the bare network, inputs of its
-valid sizes ``smallest + k * step`` (:func:`unet.shapes.size_rule`) and outputs smaller by
+valid sizes ``smallest + k * step`` (:func:`unet.model.shapes.size_rule`) and outputs smaller by
 the context the valid convolutions consume. Preprocessing is the training's per-image zero
 mean, unit variance, channel by channel (:func:`unet.data.samples.standardize`); the
 weights end with a softmax, so the output is class probabilities.
@@ -29,21 +31,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unet import shapes
-from unet.atomic import atomic_file
-from unet.checkpoint import TrainedModel
 from unet.data.samples import standardize
 from unet.errors import UserError
-from unet.export.any_size import AnySizeUNet, any_size_record, axis_sizes, minimum_size
-from unet.export.check import require_finite
 from unet.export.datasets import UNET_PAPER
-from unet.export.onnx import OPSET, write_onnx
 from unet.export.package_readme import readme
-from unet.export.probabilities import ProbabilityUNet
-from unet.export.record import KEY
-from unet.export.torchscript import write_torchscript
+from unet.inference.checkpoint import TrainedModel
+from unet.inference.formats.any_size import AnySizeUNet, any_size_record, axis_sizes, minimum_size
+from unet.inference.formats.check import require_finite
+from unet.inference.formats.onnx import OPSET, write_onnx
+from unet.inference.formats.probabilities import ProbabilityUNet
+from unet.inference.formats.record import KEY
+from unet.inference.formats.torchscript import write_torchscript
+from unet.io.atomic import atomic_file
+from unet.io.panels import tint
 from unet.labels import CELL_CLASS
-from unet.panels import tint
+from unet.model import shapes
 
 INPUT, OUTPUT = "input", "output"
 EPS = 1e-6  # bioimage.io's smallest allowed epsilon; training divides by the std alone
@@ -167,7 +169,7 @@ def tensor_descriptions(
 ) -> tuple[list, list]:
     """(inputs, outputs) descriptions, with the test tensors already in ``folder``; the
     space axes carry ``pixel_size`` (the training data's) as scale and unit; ``any_size``:
-    the weights of :class:`unet.export.any_size.AnySizeUNet`."""
+    the weights of :class:`unet.inference.formats.any_size.AnySizeUNet`."""
     from bioimageio.spec.model.v0_5 import (
         BatchAxis,
         ChannelAxis,
@@ -215,7 +217,7 @@ def tensor_descriptions(
         axes=in_axes,
         test_tensor=FileDescr(source=folder / "test_input.npy"),
         # blocks at the image border (and a tool's frame around a whole image) are mirrored
-        # as the network mirrors (numpy's reflect, unet.mirror)
+        # as the network mirrors (numpy's reflect, unet.data.mirror)
         pad=ReflectPadding() if any_size else None,
         preprocessing=[
             EnsureDtypeDescr(kwargs=EnsureDtypeKwargs(dtype="float32")),
@@ -346,14 +348,15 @@ def write_package(
 
     Args:
         trained: the trained network and its stored settings.
-        record: :func:`unet.export.record.model_record` of it.
+        record: :func:`unet.inference.formats.record.model_record` of it.
         image: a real 2D image (the test tensors and cover are cropped from it).
         image_path: where ``image`` came from (for messages).
         output: the zip file to write (refused if it exists, unless ``overwrite``).
         settings: ``name``, ``authors`` (list of names), ``license`` (SPDX id),
             ``dataset`` (the training data: a :data:`unet.export.datasets.DATASETS` entry or
             :func:`unet.export.datasets.own_dataset`), ``onnx`` (also ONNX weights) and
-            ``any_size`` (default True: :class:`unet.export.any_size.AnySizeUNet` weights;
+            ``any_size`` (default True: :class:`unet.inference.formats.any_size.AnySizeUNet`
+            weights;
             False: the bare network and its valid sizes).
         on_step: called after each of the :data:`PACKAGE_STEPS` steps (progress).
     """

@@ -2,12 +2,12 @@
 
 What each tool needs is taken from its own documentation (deepImageJ, ilastik's Neural
 Network workflow, QuPath's Bioimage Model Zoo and Deep Java Library extensions); only
-bioimageio.core is run by this repository's tests (tests/test_zoo_package.py).
+bioimageio.core is run by this repository's tests (tests/export/test_zoo_package.py).
 """
 
 from __future__ import annotations
 
-from unet.export.any_size import axis_sizes
+from unet.inference.formats.any_size import axis_sizes
 
 
 def sizes_section(sizes: dict, depth: int, any_size: bool) -> str:
@@ -76,14 +76,14 @@ TTA_WORDS = {
 
 
 def validation_settings(how: dict) -> str:
-    """The model record (:mod:`unet.model_record`) in words, for README.md."""
+    """The model record (:mod:`unet.model.record`) in words, for README.md."""
     if not how:
         return ""
     tta = how.get("tta", "none")
     return (
         f"The validation predicted with test-time augmentation {TTA_WORDS.get(tta, tta)} at "
         f"precision {how.get('precision', '32')}; the labels of the chosen post-processing "
-        "assume the same (`config.unet.model_record`, which this project's `src/predict.py` "
+        "assume the same (`config.unet.model.record`, which this project's `src/predict.py` "
         "uses by default for this package)."
     )
 

@@ -119,7 +119,7 @@ class FinetuneWidget(QWidget):
             return
         checkpoint = self.model_path.path
         try:
-            from unet.checkpoint import load_trained
+            from unet.inference.checkpoint import load_trained
 
             channels = load_trained(checkpoint).config.in_channels
             frames = pair_frames(self.chosen_pairs(), channels)

@@ -1,9 +1,9 @@
 """Open what unet writes as napari layers: a ``.zarr`` store of a streamed prediction
-(``unet.prediction_store``) or a prediction folder (``probabilities.tif`` + ``labels/``).
+(``unet.predict.zarr.store``) or a prediction folder (``probabilities.tif`` + ``labels/``).
 
 Both come back as a probability image layer and, where written, a labels layer, with the
 pixel size the outputs carry (the store's scale, the TIFFs' resolution:
-``unet.pixel_size``) as the layers' scale, so they overlay the input opened at its own
+``unet.io.pixel_size``) as the layers' scale, so they overlay the input opened at its own
 scale. Store arrays stay lazy (zarr), so a store larger than memory opens at once.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unet.pixel_size import read_pixel_size
+from unet.io.pixel_size import read_pixel_size
 
 PROBABILITIES = "probabilities.tif"
 LayerData = tuple  # (data, kwargs, layer type), as napari readers return

@@ -4,7 +4,7 @@ Prediction runs in a worker thread (the viewer stays responsive) with a progress
 tiles and a Cancel button that stops within one tile (:mod:`unet.napari.segmentation`).
 The post-processing controls start from the settings stored with the model and re-label
 the kept probabilities when moved, without predicting again. For images larger than
-memory, "Stream to .zarr" runs ``unet.stream_prediction.predict_to_zarr`` on the layer's
+memory, "Stream to .zarr" runs ``unet.predict.zarr.route.predict_to_zarr`` on the layer's
 file and opens the store with :mod:`unet.napari.reader`. A checkpoint the Fine-tune widget
 of the same viewer writes becomes the current model (:func:`unet.napari.widgets.model_bus`).
 Closing the viewer (or the widget's dock) during a run stops it after the current tile and
@@ -33,7 +33,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from unet.model_record import TTA_CHOICES
+from unet.inference.postprocess import REGROW_CHOICES, PostProcessing
+from unet.model.record import TTA_CHOICES
 from unet.napari.layers import Frames, frames_of
 from unet.napari.segmentation import Cancelled, Segmenter, label_frames, one_line
 from unet.napari.widgets import (
@@ -44,7 +45,6 @@ from unet.napari.widgets import (
     run_in_thread,
     watch_close,
 )
-from unet.postprocess import REGROW_CHOICES, PostProcessing
 
 MODEL_TTA = "model's"
 

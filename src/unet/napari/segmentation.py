@@ -1,8 +1,9 @@
 """What the Segment widget does, without Qt: load a model, predict frames with progress and
 cancel, and turn the kept probabilities into labels as often as the settings change.
 
-Prediction is :func:`unet.inference.predict_image` with a :class:`unet.tiler.Tiler` and the
-model record's test-time augmentation and precision (:mod:`unet.model_record`), so the
+Prediction is :func:`unet.inference.image.predict_image` with a :class:`unet.inference.tiler.Tiler`
+and the
+model record's test-time augmentation and precision (:mod:`unet.model.record`), so the
 labels equal ``src/predict.py``'s for the same image and settings. The tiler runs one tile
 per forward pass, and the per-pass callback checks the cancel flag, so a cancel stops
 within one tile.
@@ -17,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from unet.checkpoint import TrainedModel
 from unet.errors import UserError
-from unet.export.runner import load_for_prediction
-from unet.inference import predict_image, require_finite_output
+from unet.inference.checkpoint import TrainedModel
+from unet.inference.formats.loading import load_for_prediction
+from unet.inference.image import predict_image, require_finite_output
+from unet.inference.postprocess import PostProcessing, postprocessing_for
+from unet.inference.tiler import Tiler
+from unet.inference.tta import count_tiles
 from unet.labels import foreground_probability
-from unet.model_record import ModelRecord, record_or_default
+from unet.model.record import ModelRecord, record_or_default
 from unet.napari.layers import Frames
-from unet.postprocess import PostProcessing, postprocessing_for
-from unet.tiler import Tiler
-from unet.tta import count_tiles
 
 
 class Cancelled(Exception):
@@ -38,7 +39,7 @@ class Segmenter:
     """A loaded model and what it was validated with.
 
     Attributes:
-        trained: the network and its stored settings (``unet.checkpoint.TrainedModel``).
+        trained: the network and its stored settings (``unet.inference.checkpoint.TrainedModel``).
         record: how it was validated (tta, precision, tiles): the defaults here.
     """
 
@@ -48,7 +49,7 @@ class Segmenter:
     @classmethod
     def load(cls, path: str | Path) -> Segmenter:
         """A checkpoint, a bioimage.io package (.zip), an ONNX or TorchScript file, checked
-        as it loads (``unet.export.runner.load_for_prediction``)."""
+        as it loads (``unet.inference.formats.loading.load_for_prediction``)."""
         trained = load_for_prediction(path)
         return cls(trained, record_or_default(trained.record, trained.path))
 

@@ -1,5 +1,5 @@
 """The Segment widget's route for images larger than memory: stream the layer's file into a
-``.zarr`` store (``unet.stream_prediction.predict_to_zarr``: chunk rows, resumable) in a
+``.zarr`` store (``unet.predict.zarr.route.predict_to_zarr``: chunk rows, resumable) in a
 worker, then open the store with :mod:`unet.napari.reader` (lazy zarr layers).
 
 The store is predicted without test-time augmentation, as ``src/predict.py`` does for a
@@ -55,7 +55,7 @@ def stream_layer(widget) -> None:
         widget.relay.advanced.emit(n)
 
     def work():
-        from unet.stream_prediction import predict_to_zarr
+        from unet.predict.zarr.route import predict_to_zarr
 
         try:
             predict_to_zarr(

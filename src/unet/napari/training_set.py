@@ -1,5 +1,5 @@
 """What the Fine-tune widget does, without Qt: corrected layers -> a ``data=folder`` data set
--> ``unet.training.train`` from a checkpoint (``model.init_from``) with the own-data recipe
+-> ``unet.training.task.train`` from a checkpoint (``model.init_from``) with the own-data recipe
 (``experiment=folder_cpu``).
 
 Each (image, labels) pair is written as ``images/<name>.tif`` and ``masks/<name>.tif``
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unet.checkpoint import load_trained
 from unet.errors import UserError
+from unet.inference.checkpoint import load_trained
+from unet.model.shapes import smallest_input_covering
 from unet.napari.layers import Frames, check_same_shape, frames_of
-from unet.shapes import smallest_input_covering
 
 OUTPUT_WINDOW = 128  # training tiles' output side (px): small tiles, quick CPU epochs
 VALIDATION_PART = 0.25  # of a single image, held out at its bottom
@@ -163,7 +163,7 @@ def finetune(checkpoint: Path, frames: list, parent: Path, recipe: Recipe, progr
     """Train from ``checkpoint`` on ``frames`` in a new run folder under ``parent``; returns
     (the best new checkpoint or None if stopped before the first epoch ended, metrics)."""
     from unet.napari.report import REPORTS
-    from unet.training import train
+    from unet.training.task import train
 
     if not frames:
         raise FinetuneError("no (image, labels) pair chosen; add one")

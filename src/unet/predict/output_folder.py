@@ -1,5 +1,5 @@
 """The output folder of a prediction of frames (one process or ranks; the module
-docstring of :mod:`unet.prediction` lists its files): checked before anything slow runs,
+docstring of :mod:`unet.predict.files` lists its files): checked before anything slow runs,
 filled as ``<output>.partial`` and named when complete, one frame's files at a time."""
 
 from __future__ import annotations
@@ -11,23 +11,23 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from unet.atomic import StagedFolder, partial_path
 from unet.data.frames import IMAGE_SUFFIXES, FrameSource
 from unet.data.readers import DataError
 from unet.errors import OutputExistsError
-from unet.labels import foreground_probability
-from unet.output_safety import check_replaceable, write_marker
-from unet.panels import contact_sheet, thumbnail
-from unet.pixel_size import PixelSize
-from unet.postprocess import PostProcessing
-from unet.predict.request import PredictionSettingError
-from unet.writers import (
+from unet.inference.postprocess import PostProcessing
+from unet.io.atomic import StagedFolder, partial_path
+from unet.io.output_safety import check_replaceable, write_marker
+from unet.io.panels import contact_sheet, thumbnail
+from unet.io.pixel_size import PixelSize
+from unet.io.writers import (
     ProbabilityStackWriter,
     write_class_image,
     write_label_image,
     write_overlay,
     write_png,
 )
+from unet.labels import foreground_probability
+from unet.predict.request import PredictionSettingError
 
 
 def mask_name(frame_name: str, index: int) -> str:
@@ -175,7 +175,7 @@ def stage_output(
     output: str | Path, overwrite: bool, labels: bool, overlays: bool, classes: bool = False
 ):
     """The output folder, filled as ``<output>.partial`` and renamed when complete, so that
-    no half-written folder looks done (:class:`unet.atomic.StagedFolder`)."""
+    no half-written folder looks done (:class:`unet.io.atomic.StagedFolder`)."""
     try:
         staged = StagedFolder(prepare_output(output, overwrite, create=False), overwrite)
         write_marker(staged.path, "predict")  # so that overwrite=true may replace it later

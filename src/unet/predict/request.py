@@ -1,7 +1,7 @@
 """One prediction request: every setting of ``configs/predict.yaml``, typed and checked.
 
 ``src/predict.py`` composes the Hydra config; :func:`unet.predict.task.read_request` checks
-it (types and ranges, ``unet.validation``) and turns it into a frozen
+it (types and ranges, ``unet.config.checks``) and turns it into a frozen
 :class:`PredictRequest`, which :func:`check_request` checks as a whole (outputs that cannot
 be written, settings the chosen route cannot do). Every route below the entry takes the
 request (or one of its small settings objects) and never the config.
@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from unet.errors import UserError
-from unet.objects import check_object_outputs
-from unet.output_safety import check_apart
-from unet.pixel_size import PixelSize
-from unet.tiler import Tiler
+from unet.inference.tiler import Tiler
+from unet.io.output_safety import check_apart
+from unet.io.pixel_size import PixelSize
+from unet.predict.objects import check_object_outputs
 
 
 class PredictionSettingError(UserError, ValueError):
@@ -24,7 +24,7 @@ class PredictionSettingError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class TilerSettings:
-    """The tiler of ``predict.yaml`` (:class:`unet.tiler.Tiler`; None: chosen at run time,
+    """The tiler of ``predict.yaml`` (:class:`unet.inference.tiler.Tiler`; None: chosen at run time,
     the first two from the model record)."""
 
     tile_size: int | None = None
@@ -63,7 +63,7 @@ class PredictRequest:
     """Every setting of one prediction (``configs/predict.yaml`` explains each).
 
     ``tta``, ``precision`` and the tiler's ``tile_size``/``overlap`` may be None until
-    :func:`unet.predict.model.load_model` fills them from the model record.
+    :func:`unet.predict.setup.load_model` fills them from the model record.
     ``trainer``: the Trainer's settings (plain, resolved) for prediction on its ranks,
     None for one process. ``postprocess``: the non-null overrides of the model's
     post-processing.
@@ -126,7 +126,7 @@ def check_request(request: PredictRequest) -> None:
 
 def check_store_settings(request: PredictRequest) -> None:
     """A .zarr output is predicted without test-time augmentation (null: the model's
-    validated one is left out, :func:`unet.predict.model.with_model_record`) and refuses
+    validated one is left out, :func:`unet.predict.setup.with_model_record`) and refuses
     NaN or infinite pixels."""
     if request.tta not in (None, "none"):
         raise PredictionSettingError(

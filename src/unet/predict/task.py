@@ -1,11 +1,11 @@
 """The prediction task of ``src/predict.py``: the config, read once into a request, goes
 to one of three routes.
 
-- a folder output, one process: :func:`unet.prediction.folder_route`;
-- a ``<name>.zarr`` output, one process: :func:`unet.stream_prediction.zarr_route`
+- a folder output, one process: :func:`unet.predict.files.folder_route`;
+- a ``<name>.zarr`` output, one process: :func:`unet.predict.zarr.route.zarr_route`
   (README, "Large images");
 - with a ``trainer`` (``trainer=ddp``): the ranks of a Lightning Trainer, either output,
-  :func:`unet.distributed_prediction.ranks_route`.
+  :func:`unet.predict.ranks.ranks_route`.
 
 The only module of the prediction stage that sees the Hydra config: :func:`read_request`
 reads it once into a :class:`unet.predict.request.PredictRequest`.
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from unet.pixel_size import pixel_size_setting
+from unet.config.checks import check_config
+from unet.io.pixel_size import pixel_size_setting
+from unet.predict.files import folder_route
 from unet.predict.request import (
     Outputs,
     PredictRequest,
@@ -23,8 +25,6 @@ from unet.predict.request import (
     ZarrSettings,
     check_request,
 )
-from unet.prediction import folder_route
-from unet.validation import check_config
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -84,12 +84,12 @@ def route(request: PredictRequest) -> dict:
     """Run ``request`` on the route its output and trainer choose."""
     if request.trainer is not None:
         # imported here: only this route needs Lightning, the inference modules do not
-        from unet.distributed_prediction import ranks_route
+        from unet.predict.ranks import ranks_route
 
         return ranks_route(request)
     if request.store:
         # imported here: zarr and ome-zarr are an optional extra (pip install .[zarr])
-        from unet.stream_prediction import zarr_route
+        from unet.predict.zarr.route import zarr_route
 
         return zarr_route(request)
     return folder_route(request)

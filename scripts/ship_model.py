@@ -1,0 +1,233 @@
+"""Put a finished training run into ``models/<name>/``: the checkpoint without optimizer state,
+its checksum, and a model card written from the run's own records.
+
+    python scripts/ship_model.py --run outputs/u373_long --name u373 \
+        --command "python src/train.py experiment=u373_long" --load-log load.log
+
+The model card's numbers are the run's final validation (``metrics.json``, written by
+``src/train.py`` with the best checkpoint); nothing is typed by hand. The training time is
+the run's own Timer (summed over every resumed part), the hardware this machine's (run this
+script on the machine that trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from unet.inference.machine import describe  # noqa: E402
+from unet.inference.shipped import CARD, MODELS_DIR, sha256_of  # noqa: E402
+from unet.io.atomic import atomic_file, write_text  # noqa: E402
+
+# what a prediction or a fine-tune needs; optimizer and loop state stay behind
+DROPPED = ("optimizer_states", "lr_schedulers", "loops", "callbacks", "logger_versions")
+PAPER = {
+    "PhC-C2DH-U373": "SEG 0.9203 (challenge test set)",
+    "DIC-C2DH-HeLa": "SEG 0.7756 (challenge test set)",
+    "isbi2012": "Rand error 0.0382, warping error 0.000353, pixel error 0.0611 (test set)",
+}
+# what each recorded validation metric is, for the card
+MEANING = {
+    "val/seg_heldout": "SEG, post-processing chosen on the other validation frames (held out)",
+    "val/seg": "SEG, post-processing chosen and scored on the same validation frames",
+    "val/seg_plain": "SEG of plain connected components of p > 0.5",
+    "val/iou": "foreground IoU of pixels (not the paper's cell IOU)",
+    "val/pixel_error": "pixel error at the best threshold",
+    "val/rand_error": "Rand error (foreground-restricted) of the probability map",
+    "val/rand_error_labels": "Rand error of the post-processed labels' boundary map",
+    "val/v_rand": "V_rand of the probability map",
+    "val/v_rand_labels": "V_rand of the post-processed labels' boundary map",
+    "val/v_rand_labels_heldout": "V_rand of the labels, post-processing chosen on other slices",
+    "val/rand_error_labels_heldout": "Rand error of the labels, post-processing held out",
+    "val/warping_error": "warping error of the probability map",
+    "val/false_positives": "predicted objects that match no cell",
+    "val/splits": "cells split into several objects",
+    "val/merges": "objects covering several cells",
+}
+
+
+def slim(checkpoint: dict) -> dict:
+    return {k: v for k, v in checkpoint.items() if k not in DROPPED}
+
+
+def train_seconds(checkpoint: dict) -> float | None:
+    timer = (checkpoint.get("callbacks") or {}).get("Timer") or {}
+    elapsed = timer.get("time_elapsed") or {}
+    return round(sum(float(v) for v in elapsed.values()), 1) if elapsed else None
+
+
+def load_range(load_log: Path | None) -> list[float] | None:
+    """The smallest and largest 1-minute load average logged during training."""
+    if load_log is None or not load_log.is_file():
+        return None
+    values = [float(line.split()[1]) for line in load_log.read_text().splitlines() if line]
+    return [min(values), max(values)] if values else None
+
+
+def entry(args, checkpoint: dict, metrics: dict, path: Path, last: dict) -> dict:
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    dataset = str(data.get("dataset") or Path(str(data.get("data_dir", ""))).name or "own")
+    choice = checkpoint.get("training_choice") or {}
+    return {
+        "file": path.name,
+        "sha256": sha256_of(path),
+        "data": dataset,
+        "summary": args.summary,
+        "recipe": args.command,
+        "split": {k: data.get(k) for k in ("sequences", "val_frames", "val_slices") if k in data},
+        "training": {
+            "precision": choice.get("precision"),
+            "channels_last": choice.get("channels_last"),
+            "epochs": int(last.get("epoch", -1)) + 1,
+            "best_epoch": int(checkpoint.get("epoch", -1)) + 1,
+            "steps": int(last.get("global_step", 0)),
+            "seconds": train_seconds(last),
+            "seed": data.get("seed"),
+            "machine": describe(),
+            "load_average_range": load_range(args.load_log),
+        },
+        "net": checkpoint.get("net_config"),
+        "tta": metrics.get("tta"),
+        "postprocess": metrics.get("postprocess"),
+        "postprocess_chosen_on": checkpoint.get("postprocess_chosen_on"),
+        "validation": {k: v for k, v in metrics.items() if k.startswith("val/")},
+        "paper": PAPER.get(dataset, "none (own data)"),
+    }
+
+
+def card(name: str, info: dict) -> str:
+    t = info["training"]
+    machine = t["machine"]
+    hours = f"{t['seconds'] / 3600:.2f} h" if t["seconds"] else "not recorded"
+    rows = [
+        f"| `{k}` | {v:.4g} | {MEANING.get(k, '')} |"
+        for k, v in info["validation"].items()
+        if isinstance(v, int | float)
+    ]
+    load = t["load_average_range"]
+    lines = [
+        f"# `{name}`: {info['summary']}",
+        "",
+        "Use it by name wherever a checkpoint path is taken:",
+        "",
+        "```bash",
+        f"python src/predict.py ckpt_path={name} input=<image> output=<folder>",
+        f"python src/eval.py ckpt_path={name}",
+        f"python src/export.py ckpt_path={name} output=<package.zip>",
+        f"python src/train.py experiment=folder_cpu model.init_from={name} ...  # fine-tune",
+        "```",
+        "",
+        "## Data and split",
+        "",
+        f"- Data set: {info['data']}; split settings: `{json.dumps(info['split'])}`.",
+        "- All numbers below are **validation** numbers on the held-out part of the",
+        "  training data; the paper's figures are on the challenge's hidden test set",
+        f"  ({info['paper']}), so the two are not directly comparable.",
+        "",
+        "## Training",
+        "",
+        f"- Recipe: `{info['recipe']}`",
+        f"- Precision {t['precision']}, channels_last {t['channels_last']}; "
+        f"{t['epochs']} epochs ({t['steps']} steps), best epoch {t['best_epoch']}, "
+        f"seed {t['seed']}.",
+        f"- Training time {hours} (Lightning's Timer, every resumed part summed) on "
+        f"{machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}"
+        + (f"; 1-minute load average {load[0]:.1f}-{load[1]:.1f} while it ran." if load else "."),
+        f"- Network: `{json.dumps(info['net'])}`.",
+        "",
+        "## Validation (best checkpoint, final validation of the run)",
+        "",
+        f"Test-time augmentation `{info['tta']}`; post-processing chosen on the validation",
+        f"frames: `{json.dumps(info['postprocess'])}`.",
+        "",
+        "| metric | value | what it is |",
+        "| --- | --- | --- |",
+        *rows,
+        "",
+        "## File",
+        "",
+        f"`{info['file']}`, SHA-256 `{info['sha256']}` (checked before every use).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def predicted(model: str | Path, frame: Path, output: Path) -> dict:
+    """What ``src/predict.py`` gives for one frame with the shipped model, as numbers."""
+    import subprocess
+
+    import numpy as np
+    import tifffile
+
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "src" / "predict.py"),
+            f"ckpt_path={model}",
+            f"input={frame}",
+            f"output={output}",
+            "overlays=false",
+            "progress=false",
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    probabilities = tifffile.imread(output / "probabilities.tif").astype(np.float64)
+    labels = [tifffile.imread(p) for p in sorted((output / "labels").glob("*.tif"))]
+    foreground = probabilities[-1] if probabilities.ndim == 3 else probabilities
+    return {
+        "mean_probability": round(float(foreground.mean()), 6),
+        "objects": int(sum(len(np.unique(lab[lab > 0])) for lab in labels)),
+        "labelled_fraction": round(float(np.mean([np.mean(lab > 0) for lab in labels])), 6),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="the training run's folder")
+    parser.add_argument("--name", required=True, help="the short name (models/<name>/)")
+    parser.add_argument("--command", required=True, help="the command that trained it")
+    parser.add_argument("--summary", required=True, help="one line: what the model segments")
+    parser.add_argument("--load-log", type=Path, default=None)
+    parser.add_argument("--models", type=Path, default=MODELS_DIR)
+    parser.add_argument(
+        "--check-frame",
+        required=True,
+        help="one validation frame, relative to the data folder, predicted at shipping time "
+        "and again by the tests (e.g. PhC-C2DH-U373/02/t077.tif)",
+    )
+    parser.add_argument("--data-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    metrics = json.loads((args.run / "metrics.json").read_text())
+    best = Path(metrics["checkpoint"])
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    last = torch.load(args.run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    folder = args.models / args.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.ckpt"
+    with atomic_file(path) as tmp:
+        torch.save(slim(checkpoint), tmp)
+    info = entry(args, checkpoint, metrics, path, last)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        numbers = predicted(path, args.data_dir / args.check_frame, Path(tmp) / "out")
+    info["check"] = {"frame": args.check_frame, **numbers}
+    info = json.loads(json.dumps(info, default=str))  # plain types (torch's version string)
+    write_text(folder / CARD, yaml.safe_dump(info, sort_keys=False))
+    write_text(folder / "README.md", card(args.name, info))
+    size = path.stat().st_size / 1e6
+    print(f"{folder}: model.ckpt {size:.1f} MB, sha256 {info['sha256'][:12]}...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

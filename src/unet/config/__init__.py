@@ -1,0 +1,1 @@
+"""Checks of composed configs and the command line, before anything runs."""

@@ -1,0 +1,1 @@
+"""Augmentation of training tiles: the paper's deformations and extras."""

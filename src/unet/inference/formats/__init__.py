@@ -1,0 +1,1 @@
+"""Exported model files (ONNX, TorchScript): written, checked and loaded."""

@@ -1,0 +1,1 @@
+"""Streamed prediction of images larger than memory into OME-Zarr stores."""

@@ -1,0 +1,1 @@
+"""The training task: LightningModule, callbacks, checkpoints, precision."""
