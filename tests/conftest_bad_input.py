@@ -104,8 +104,9 @@ def compose_eval() -> Callable[[list[str], Path], DictConfig]:
 
 def _run_cli(script: str, args: list[str], data: Path, cache: Path, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, UNET_DATA_DIR=str(data), UNET_CACHE_DIR=str(cache))
-    # tests/ too: a command line may name a test module's callback (``+callbacks.x._target_``)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
+    # the repository root too: a command line may name a test module's callback
+    # (``+callbacks.x._target_=tests....``)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
     return subprocess.Popen(
         [sys.executable, f"src/{script}.py", *args],
         cwd=ROOT,

@@ -145,9 +145,7 @@ def test_sources_use_no_private_hydra_and_keep_their_layers():
     src = ROOT / "src"
     private = [p for p in src.rglob("*.py") if "hydra._internal" in p.read_text()]
     assert private == []
-    assert (
-        "from unet.data.augment.paper_transform"
-        not in (src / "unet" / "augmentation.py").read_text()
-    )
-    assert "from unet.config.cli" not in (src / "unet" / "data" / "download.py").read_text()
-    assert "from unet" not in (src / "unet" / "extra_transforms.py").read_text()
+    augment = src / "unet" / "data" / "augment"
+    assert "from unet.data.augment.paper_transform" not in (augment / "paper.py").read_text()
+    assert "from unet.config" not in (src / "unet" / "data" / "download.py").read_text()
+    assert "from unet" not in (augment / "extra.py").read_text()

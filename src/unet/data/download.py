@@ -29,7 +29,6 @@ are all present is skipped. Nothing here runs at training time.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from unet.errors import UserError
+from unet.io.checksum import sha256_of
 
 MANIFEST = ".download.json"
 PARTIAL = ".partial"
@@ -81,15 +81,6 @@ KNOWN_SHA256: dict[str, tuple[int, str]] = {}
 
 class DownloadError(UserError):
     """A download that could not be completed: unreachable, missing, cut short or wrong."""
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_sha256(text: str) -> bool:

@@ -170,71 +170,67 @@ def tensor_descriptions(
     """(inputs, outputs) descriptions, with the test tensors already in ``folder``; the
     space axes carry ``pixel_size`` (the training data's) as scale and unit; ``any_size``:
     the weights of :class:`unet.inference.formats.any_size.AnySizeUNet`."""
-    from bioimageio.spec.model.v0_5 import (
-        BatchAxis,
-        ChannelAxis,
-        EnsureDtypeDescr,
-        EnsureDtypeKwargs,
-        FileDescr,
-        InputTensorDescr,
-        IntervalOrRatioDataDescr,
-        OutputTensorDescr,
-        ParameterizedSize,
-        ReflectPadding,
-        SizeReference,
-        SpaceInputAxis,
-        SpaceOutputAxis,
-        SpaceOutputAxisWithHalo,
-        ZeroMeanUnitVarianceDescr,
-        ZeroMeanUnitVarianceKwargs,
-    )
+    from bioimageio.spec.model import v0_5 as spec
 
     sizes = axis_sizes(config, any_size)
     scales = axis_scales(pixel_size)
     in_names, classes = channel_names(config)
+    inputs = input_description(spec, config, folder, sizes, scales, in_names, any_size)
+    outputs = spec.OutputTensorDescr(
+        id=OUTPUT,
+        description="softmax class probabilities",
+        axes=[
+            spec.BatchAxis(),
+            spec.ChannelAxis(channel_names=classes),
+            *output_space_axes(spec, sizes, scales),
+        ],
+        test_tensor=spec.FileDescr(source=folder / "test_output.npy"),
+        data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )
+    return [inputs], [outputs]
+
+
+def input_description(spec, config, folder: Path, sizes, scales, in_names, any_size: bool):
+    """The input tensor: its axes, test tensor, padding and per-image standardisation."""
+    space = spec.ParameterizedSize
     in_axes = [
-        BatchAxis(),
-        ChannelAxis(channel_names=in_names),
+        spec.BatchAxis(),
+        spec.ChannelAxis(channel_names=in_names),
         *(
-            SpaceInputAxis(
-                id=a, size=ParameterizedSize(min=sizes["min"], step=sizes["step"]), **scales[a]
-            )
+            spec.SpaceInputAxis(id=a, size=space(min=sizes["min"], step=sizes["step"]), **scales[a])
             for a in ("y", "x")
         ),
     ]
-    out_space = []
-    for a in ("y", "x"):
-        size = SizeReference(tensor_id=INPUT, axis_id=a, offset=sizes["offset"])
-        out_space.append(
-            SpaceOutputAxisWithHalo(id=a, size=size, halo=sizes["halo"], **scales[a])
-            if sizes["halo"]
-            else SpaceOutputAxis(id=a, size=size, **scales[a])
-        )
     image = "gray-value image" if config.in_channels == 1 else f"{config.in_channels}-channel image"
-    inputs = InputTensorDescr(
+    return spec.InputTensorDescr(
         id=INPUT,
         description=f"{image} (any intensity range; standardised per image and channel)",
         axes=in_axes,
-        test_tensor=FileDescr(source=folder / "test_input.npy"),
+        test_tensor=spec.FileDescr(source=folder / "test_input.npy"),
         # blocks at the image border (and a tool's frame around a whole image) are mirrored
         # as the network mirrors (numpy's reflect, unet.data.mirror)
-        pad=ReflectPadding() if any_size else None,
+        pad=spec.ReflectPadding() if any_size else None,
         preprocessing=[
-            EnsureDtypeDescr(kwargs=EnsureDtypeKwargs(dtype="float32")),
-            ZeroMeanUnitVarianceDescr(
+            spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32")),
+            spec.ZeroMeanUnitVarianceDescr(
                 # over y and x: each channel of each image on its own, as in training
-                kwargs=ZeroMeanUnitVarianceKwargs(axes=["y", "x"], eps=EPS)
+                kwargs=spec.ZeroMeanUnitVarianceKwargs(axes=["y", "x"], eps=EPS)
             ),
         ],
     )
-    outputs = OutputTensorDescr(
-        id=OUTPUT,
-        description="softmax class probabilities",
-        axes=[BatchAxis(), ChannelAxis(channel_names=classes), *out_space],
-        test_tensor=FileDescr(source=folder / "test_output.npy"),
-        data=IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
-    )
-    return [inputs], [outputs]
+
+
+def output_space_axes(spec, sizes, scales) -> list:
+    """The output's y and x axes: the input's size plus the net's offset, with its halo."""
+    axes = []
+    for a in ("y", "x"):
+        size = spec.SizeReference(tensor_id=INPUT, axis_id=a, offset=sizes["offset"])
+        axes.append(
+            spec.SpaceOutputAxisWithHalo(id=a, size=size, halo=sizes["halo"], **scales[a])
+            if sizes["halo"]
+            else spec.SpaceOutputAxis(id=a, size=size, **scales[a])
+        )
+    return axes
 
 
 def axis_scales(pixel_size) -> dict[str, dict]:

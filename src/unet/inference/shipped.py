@@ -10,7 +10,6 @@ read, once per process.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from unet.errors import UserError
+from unet.io.checksum import sha256_of
 
 # the repository's models/ folder (src/unet/inference/shipped.py -> the repository root)
 MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
@@ -37,14 +37,6 @@ class ShippedModel:
     sha256: str
     data: str
     summary: str
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_entry(card: Path) -> ShippedModel:
