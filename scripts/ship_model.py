@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -58,10 +59,22 @@ def slim(checkpoint: dict) -> dict:
     return {k: v for k, v in checkpoint.items() if k not in DROPPED}
 
 
-def train_seconds(checkpoint: dict) -> float | None:
+def train_seconds(checkpoint: dict, run: Path) -> tuple[float | None, str]:
+    """Training time and where it was read: Lightning's Timer (kept across resumes), else
+    the sum of the epoch times that ``train.log`` lists (``epoch N/M ... time X s``)."""
     timer = (checkpoint.get("callbacks") or {}).get("Timer") or {}
     elapsed = timer.get("time_elapsed") or {}
-    return round(sum(float(v) for v in elapsed.values()), 1) if elapsed else None
+    if elapsed:
+        return round(sum(float(v) for v in elapsed.values()), 1), "Lightning's Timer"
+    log = run / "train.log"
+    times = (
+        re.findall(r"^epoch \d+/\d+ .* time ([0-9.]+) s$", log.read_text(), re.M)
+        if (log.is_file())
+        else []
+    )
+    if times:
+        return round(sum(map(float, times)), 1), "the epoch times in train.log, summed"
+    return None, "not recorded"
 
 
 def load_range(load_log: Path | None) -> list[float] | None:
@@ -89,7 +102,8 @@ def entry(args, checkpoint: dict, metrics: dict, path: Path, last: dict) -> dict
             "epochs": int(last.get("epoch", -1)) + 1,
             "best_epoch": int(checkpoint.get("epoch", -1)) + 1,
             "steps": int(last.get("global_step", 0)),
-            "seconds": train_seconds(last),
+            "seconds": train_seconds(last, args.run)[0],
+            "seconds_from": train_seconds(last, args.run)[1],
             "seed": data.get("seed"),
             "machine": describe(),
             "load_average_range": load_range(args.load_log),
@@ -138,7 +152,7 @@ def card(name: str, info: dict) -> str:
         f"- Precision {t['precision']}, channels_last {t['channels_last']}; "
         f"{t['epochs']} epochs ({t['steps']} steps), best epoch {t['best_epoch']}, "
         f"seed {t['seed']}.",
-        f"- Training time {hours} (Lightning's Timer, every resumed part summed) on "
+        f"- Training time {hours} ({t['seconds_from']}, every resumed part included) on "
         f"{machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}"
         + (f"; 1-minute load average {load[0]:.1f}-{load[1]:.1f} while it ran." if load else "."),
         f"- Network: `{json.dumps(info['net'])}`.",
