@@ -191,3 +191,21 @@ def test_eval_of_a_shipped_model_gives_its_card(name, data_dir, tmp_path):
     for key in ("val/seg", "val/pixel_error", "val/rand_error", "val/iou"):
         if key in entry["validation"] and key in metrics:
             assert abs(metrics[key] - entry["validation"][key]) < 1e-3, key
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n in ("u373", "hela")])
+def test_the_own_data_recipe_fine_tunes_from_the_shipped_cell_model(name, compose_train, tmp_path):
+    """``experiment=folder_cpu model.init_from=<cell model>``: every weight fits."""
+    import torch
+
+    from unet.inference.checkpoint import init_from_checkpoint
+    from unet.model.network import UNet
+
+    cfg = compose_train(["experiment=folder_cpu", f"model.init_from={name}"], tmp_path)
+    cfg = with_shipped_models(cfg, ("model.init_from",))
+    net_settings = {k: v for k, v in cfg.model.net.items() if k != "_target_"}
+    net = UNet(**net_settings)
+    assert init_from_checkpoint(net, cfg.model.init_from) == []  # nothing left as it was
+    stored = torch.load(cfg.model.init_from, weights_only=True)["state_dict"]
+    first = next(k for k in stored if k.startswith("net."))
+    assert torch.equal(net.state_dict()[first[4:]], stored[first])
