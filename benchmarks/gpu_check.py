@@ -546,7 +546,7 @@ def main(argv=None) -> int:
         print(
             f"error: no CUDA GPU is visible (torch {torch.__version__}, "
             f"torch.cuda.is_available() is False). This check measures a GPU: run it on a "
-            "machine with one and the CUDA build of torch (README, GPU install), or pass "
+            "machine with one and the CUDA build of torch (docs/prediction.md, GPU install), or pass "
             "--smoke to run the same code on the CPU with a tiny network.",
             file=sys.stderr,
         )
@@ -555,7 +555,7 @@ def main(argv=None) -> int:
     if not test_volume.is_file():
         print(
             f"error: {test_volume} not found; set UNET_DATA_DIR or --data-dir to the folder "
-            "that holds isbi2012/ (README, Data)",
+            "that holds isbi2012/ (docs/data.md)",
             file=sys.stderr,
         )
         return 2

@@ -53,7 +53,10 @@ def test_killed_run_resumes_to_the_same_weights_and_wandb_run(
     train(compose_train(overrides, whole, data_dir))
 
     killed = tmp_path / "killed"
-    kill = ["+callbacks.kill._target_=tests.training.test_resume.KillAtStep", "+callbacks.kill.step=7"]
+    kill = [
+        "+callbacks.kill._target_=tests.training.test_resume.KillAtStep",
+        "+callbacks.kill.step=7",
+    ]
     with pytest.raises(KilledError):
         train(compose_train([*overrides, *kill], killed, data_dir))
     before = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)

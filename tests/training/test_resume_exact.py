@@ -109,7 +109,10 @@ def test_run_killed_after_a_non_best_epoch_resumes_there_to_identical_weights(
     """Killed in epoch 3 (step 7): last.ckpt is the end of epoch 2 (step 6, not the best),
     and the resumed run trains only steps 7-9."""
     run = tmp_path / "killed"
-    kill = ["+callbacks.kill._target_=tests.training.test_resume_exact.KillAtStep", "+callbacks.kill.step=7"]
+    kill = [
+        "+callbacks.kill._target_=tests.training.test_resume_exact.KillAtStep",
+        "+callbacks.kill.step=7",
+    ]
     with pytest.raises(KilledError):
         train(compose([*exact_overrides, *kill], run))
     before = stored(run / "checkpoints" / "last.ckpt")
@@ -131,7 +134,10 @@ def test_mid_epoch_kill_resumes_at_the_step_with_the_same_tiles(
     the middle of epoch 2; the resumed run trains on the rest of that epoch's tiles."""
     run = tmp_path / "killed"
     every = "callbacks.last_checkpoint.every_n_train_steps=1"
-    kill = ["+callbacks.kill._target_=tests.training.test_resume_exact.KillAtStep", "+callbacks.kill.step=6"]
+    kill = [
+        "+callbacks.kill._target_=tests.training.test_resume_exact.KillAtStep",
+        "+callbacks.kill.step=6",
+    ]
     with pytest.raises(KilledError):
         train(compose([*exact_overrides, every, *kill], run))
     before = stored(run / "checkpoints" / "last.ckpt")
@@ -184,7 +190,10 @@ def test_sigint_stops_at_the_step_with_a_checkpoint_and_exit_code_130(
 ):
     run = tmp_path / "run"
     handler = signal.getsignal(signal.SIGINT)
-    send = ["+callbacks.send._target_=tests.training.test_resume_exact.SignalAtStep", "+callbacks.send.step=4"]
+    send = [
+        "+callbacks.send._target_=tests.training.test_resume_exact.SignalAtStep",
+        "+callbacks.send.step=4",
+    ]
     send.append("+callbacks.send.signal=SIGINT")
     with pytest.raises(Interrupted) as caught:
         train(compose_train([*exact_overrides, *send], run, data_dir))
@@ -197,9 +206,7 @@ def test_sigint_stops_at_the_step_with_a_checkpoint_and_exit_code_130(
 
 def run_train(args: list[str], data_dir: Path, cache: Path) -> subprocess.CompletedProcess:
     """``src/train.py`` of this checkout as a subprocess, its output redirected (not a tty)."""
-    path = os.pathsep.join(
-        [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
-    )
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, UNET_DATA_DIR=str(data_dir), UNET_CACHE_DIR=str(cache), PYTHONPATH=path)
     return subprocess.run(
         [sys.executable, "src/train.py", *args],
@@ -219,7 +226,10 @@ def test_sigterm_exits_143_with_one_line_then_resumes_to_the_end(
     trains to the end. The redirected output has no progress-bar leftovers."""
     run = tmp_path / "run"
     args = [*small_overrides, "debug=limit", *RUN, f"hydra.run.dir={run}", "logger=csv"]
-    send = ["+callbacks.send._target_=tests.training.test_resume_exact.SignalAtStep", "+callbacks.send.step=4"]
+    send = [
+        "+callbacks.send._target_=tests.training.test_resume_exact.SignalAtStep",
+        "+callbacks.send.step=4",
+    ]
     stopped = run_train([*args, *send], data_dir, tmp_path / "cache")
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert "Traceback" not in stopped.stderr

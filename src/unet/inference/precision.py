@@ -3,7 +3,7 @@
 bf16 autocast where the hardware runs it natively; ``channels_last`` where a measured train
 step is faster with it.
 
-Measured on the 2-core development machines (README, Benchmarks): on a CPU with
+Measured on the 2-core development machines (docs/benchmarks.md): on a CPU with
 ``avx512_bf16`` a train step under bf16 autocast ran 1.6x (16-channel net) to 2.2x (paper
 net) faster than fp32; on a CPU without it (AVX2 only) the same step ran 20x slower, because
 PyTorch then emulates bf16. ``trainer.precision=auto`` picks bf16 only where it is native.

@@ -39,7 +39,7 @@ class TilerSettings:
 
 @dataclass(frozen=True)
 class ZarrSettings:
-    """How a ``.zarr`` output is read and written (README, "Large images")."""
+    """How a ``.zarr`` output is read and written (docs/large-images.md)."""
 
     level: int = 0  # resolution level of an OME-Zarr or pyramidal TIFF input
     chunk: int = 1024  # chunk side (px) of the output store

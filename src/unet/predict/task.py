@@ -3,7 +3,7 @@ to one of three routes.
 
 - a folder output, one process: :func:`unet.predict.files.folder_route`;
 - a ``<name>.zarr`` output, one process: :func:`unet.predict.zarr.route.zarr_route`
-  (README, "Large images");
+  (docs/large-images.md);
 - with a ``trainer`` (``trainer=ddp``): the ranks of a Lightning Trainer, either output,
   :func:`unet.predict.ranks.ranks_route`.
 

@@ -4,7 +4,7 @@ The network is traced (``torch.jit.trace``) at one valid, non-square size. Traci
 the shapes as operations on the input's size, so the traced graph works at every valid
 size; :mod:`unet.inference.formats.check` confirms that at three sizes. PyTorch marks TorchScript as
 deprecated in favour of ``torch.export``, but the zoo's Java and C++ consumers load
-TorchScript files only; the file is tested with the pinned torch (README, "Export").
+TorchScript files only; the file is tested with the pinned torch (docs/export.md).
 """
 
 from __future__ import annotations

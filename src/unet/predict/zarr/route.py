@@ -324,7 +324,7 @@ def store_settings(request: PredictRequest, trained: TrainedModel) -> StoreSetti
 
 def zarr_route(request: PredictRequest) -> dict:
     """``src/predict.py`` with a ``<name>.zarr`` output, in one process: stream one image,
-    or a stack of sections, into the OME-Zarr store (README, "Large images")."""
+    or a stack of sections, into the OME-Zarr store (docs/large-images.md)."""
     trained, request = load_model(request, streamed=True)
     settings = store_settings(request, trained)
     summary = write_store(trained.net, request.input, request.output, settings, request.progress)
