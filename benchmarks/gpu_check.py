@@ -546,8 +546,8 @@ def main(argv=None) -> int:
         print(
             f"error: no CUDA GPU is visible (torch {torch.__version__}, "
             f"torch.cuda.is_available() is False). This check measures a GPU: run it on a "
-            "machine with one and the CUDA build of torch (docs/prediction.md, GPU install), or pass "
-            "--smoke to run the same code on the CPU with a tiny network.",
+            "machine with one and the CUDA build of torch (docs/prediction.md, GPU install), "
+            "or pass --smoke to run the same code on the CPU with a tiny network.",
             file=sys.stderr,
         )
         return 2

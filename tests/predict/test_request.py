@@ -30,9 +30,14 @@ from unet.predict.task import read_request
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "unet"
 # every module of the prediction stage below its entry (unet/predict/task.py)
-PREDICTION_STAGE = sorted(
-    str(path.relative_to(SRC)) for path in (SRC / "predict").rglob("*.py") if path.name != "task.py"
-) + ["inference/engines.py"]
+PREDICTION_STAGE = [
+    *sorted(
+        str(path.relative_to(SRC))
+        for path in (SRC / "predict").rglob("*.py")
+        if path.name != "task.py"
+    ),
+    "inference/engines.py",
+]
 CONFIG_WORDS = re.compile(r"\bcfg\b|DictConfig|OmegaConf")
 
 
