@@ -95,3 +95,35 @@ def test_torchscript_round_trip(tmp_path):
     scripted.save(tmp_path / "net.pt")
     loaded = torch.jit.load(tmp_path / "net.pt")
     torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_instance_norm_uses_each_images_own_statistics():
+    """The same output in training and prediction, and for an image alone or in a batch."""
+    import torch
+
+    from unet.model.network import UNet
+
+    torch.manual_seed(0)
+    net = UNet(depth=2, base_channels=4, dropout=0.0, instance_norm=True, padding="same")
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    images = torch.randn(3, 1, 32, 32)
+    images[1] *= 5.0  # another intensity scale: batch statistics would mix it in
+    with torch.no_grad():
+        net.train()
+        trained = net(images)
+        net.eval()
+        alone = torch.cat([net(images[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(trained, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_records_written_before_instance_norm_load_and_both_norms_are_refused():
+    import pytest
+
+    from unet.model.network import NetConfig
+
+    old = NetConfig(base_channels=4).to_dict()
+    del old["instance_norm"]
+    assert NetConfig.from_dict(old).instance_norm is False
+    with pytest.raises(ValueError, match="batch_norm and instance_norm exclude each other"):
+        NetConfig(batch_norm=True, instance_norm=True)

@@ -182,6 +182,7 @@ SETTINGS = [
     Setting("model.net.padding", one_of("valid", "same"), "valid or same"),
     Setting("model.net.dropout", number(0, 1, open_high=True), "a number in [0, 1)"),
     Setting("model.net.batch_norm", boolean, "true or false"),
+    Setting("model.net.instance_norm", boolean, "true or false"),
     Setting("model.net.up_mode", one_of("transpose", "bilinear"), "transpose or bilinear"),
     Setting("model.init_from", string, "a checkpoint file path", nullable=True),
     Setting("model.freeze_encoder_epochs", integer(0), "an integer >= 0 (0: none)"),

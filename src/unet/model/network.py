@@ -31,16 +31,26 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., top : top + size[0], left : left + size[1]]
 
 
-class DoubleConv(nn.Sequential):
-    """Two 3x3 convs, each followed by (optional batch norm and) ReLU."""
+def norm_layer(norm: str | None, channels: int) -> nn.Module | None:
+    """``"batch"``: batch norm; ``"instance"``: each image's (each tile's) own statistics per
+    channel, with a learned scale and shift; None: no normalisation (the paper)."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return None
 
-    def __init__(self, in_channels: int, out_channels: int, padding: str, batch_norm: bool):
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 convs, each followed by (an optional normalisation and) ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, padding: str, norm: str | None):
         pad = 1 if padding == "same" else 0
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
-            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=pad, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=pad, bias=norm is None))
+            if (layer := norm_layer(norm, out_channels)) is not None:
+                layers.append(layer)
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
 
@@ -49,7 +59,7 @@ class Up(nn.Module):
     """Double the size and halve the channels, concatenate the cropped skip, two convs."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, padding: str, batch_norm: bool, up_mode: str
+        self, in_channels: int, out_channels: int, padding: str, norm: str | None, up_mode: str
     ):
         super().__init__()
         if up_mode == "transpose":  # paper: "2x2 up-convolution that halves the channels"
@@ -59,12 +69,17 @@ class Up(nn.Module):
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                 nn.Conv2d(in_channels, out_channels, kernel_size=1),
             )
-        self.conv = DoubleConv(2 * out_channels, out_channels, padding, batch_norm)
+        self.conv = DoubleConv(2 * out_channels, out_channels, padding, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # (B, C/2, 2H, 2W)
         skip = center_crop(skip, x.shape[-2:])  # the skip is larger with valid padding
         return self.conv(torch.cat([skip, x], dim=1))  # (B, C/2, 2H-4, 2W-4) when valid
+
+
+# architecture fields added after records were first written, with the value older
+# records mean (they load unchanged)
+ADDED_FIELDS = {"instance_norm": False}
 
 
 @dataclass(frozen=True)
@@ -83,8 +98,11 @@ class NetConfig:
     dropout: float = 0.5
     batch_norm: bool = False
     up_mode: str = "transpose"
+    instance_norm: bool = False
 
     def __post_init__(self) -> None:
+        if self.batch_norm and self.instance_norm:
+            raise ValueError("batch_norm and instance_norm exclude each other: choose one")
         if self.padding not in shapes.PADDINGS:
             raise ValueError(f"padding must be one of {shapes.PADDINGS}, got {self.padding!r}")
         if self.up_mode not in UP_MODES:
@@ -100,6 +118,8 @@ class NetConfig:
     def from_dict(cls, values: dict) -> NetConfig:
         """The record of a plain dict (a checkpoint's); every field must be there."""
         names = [f.name for f in dataclasses.fields(cls)]
+        # fields added later: a record written before them has their default
+        values = {**{k: v for k, v in ADDED_FIELDS.items() if k not in values}, **values}
         missing = [n for n in names if n not in values]
         unknown = sorted(set(values) - set(names))
         if missing or unknown:
@@ -127,6 +147,9 @@ class UNet(nn.Module):
         dropout: Dropout probability at the end of the contracting path (paper: dropout
             layers there; the original release used 0.5). 0 disables it.
         batch_norm: Batch norm after every 3x3 conv (not in the paper).
+        instance_norm: Instance norm after every 3x3 conv instead (not in the paper): each
+            image's, or each tile's, own statistics, in training and in prediction alike,
+            which is what batch norm computes in training with one tile per batch.
         up_mode: ``"transpose"`` (paper: 2x2 up-convolution) or ``"bilinear"``
             (bilinear upsampling followed by a 1x1 conv).
     """
@@ -141,6 +164,7 @@ class UNet(nn.Module):
         dropout: float = 0.5,
         batch_norm: bool = False,
         up_mode: str = "transpose",
+        instance_norm: bool = False,
     ):
         super().__init__()
         # Kept so that checkpoints can be checked against the architecture they need.
@@ -153,21 +177,22 @@ class UNet(nn.Module):
             dropout=float(dropout),
             batch_norm=bool(batch_norm),
             up_mode=up_mode,
+            instance_norm=bool(instance_norm),
         )
+        norm = "batch" if batch_norm else "instance" if instance_norm else None
         self.depth, self.padding = depth, padding
         channels = [base_channels * 2**i for i in range(depth + 1)]  # 64 ... 1024
 
         self.down = nn.ModuleList()
         c_in = in_channels
         for c in channels[:-1]:
-            self.down.append(DoubleConv(c_in, c, padding, batch_norm))
+            self.down.append(DoubleConv(c_in, c, padding, norm))
             c_in = c
         self.pool = nn.MaxPool2d(2, stride=2)
-        self.bottleneck = DoubleConv(channels[-2], channels[-1], padding, batch_norm)
+        self.bottleneck = DoubleConv(channels[-2], channels[-1], padding, norm)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.up = nn.ModuleList(
-            Up(channels[i + 1], channels[i], padding, batch_norm, up_mode)
-            for i in reversed(range(depth))
+            Up(channels[i + 1], channels[i], padding, norm, up_mode) for i in reversed(range(depth))
         )
         self.head = nn.Conv2d(channels[0], num_classes, kernel_size=1)
         self.reset_parameters()
@@ -190,7 +215,7 @@ class UNet(nn.Module):
             elif isinstance(m, nn.Conv2d):
                 fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
             else:
-                if isinstance(m, nn.BatchNorm2d):
+                if isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
                 continue
