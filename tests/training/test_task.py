@@ -233,3 +233,26 @@ def test_eval_scores_a_folder_of_label_images(configs_dir, data_dir, tmp_path):
     (folder / "mask000.tif").unlink()
     with pytest.raises(DataError, match="found 1 TIFF label images, expected 2"):
         evaluate(ecfg)
+
+
+def test_an_instance_norm_net_is_validated_and_recorded_at_its_training_tile_size(
+    small_overrides, compose_train, data_dir, tmp_path
+):
+    """Its output depends on the whole tile, so predict and eval must repeat that tile."""
+    overrides = [
+        "debug=limit",
+        "callbacks=default",
+        "callbacks.progress_bar=null",
+        "callbacks.model_checkpoint.monitor=val/pixel_error",
+        "callbacks.model_checkpoint.mode=min",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        *small_overrides,
+        "model.net.batch_norm=false",
+        "model.net.instance_norm=true",
+    ]
+    cfg = compose_train(overrides, tmp_path / "train", data_dir)
+    metrics = train(cfg)
+    trained = load_trained(metrics["checkpoint"])
+    assert trained.net.config.instance_norm
+    assert trained.record.tile_size == cfg.data.tile_size

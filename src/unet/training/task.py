@@ -339,7 +339,9 @@ def final_validation(cfg, module, datamodule, best: str):
     """
     net = load_trained(best).net if best else module.net.eval()
     datamodule.setup("validate")
-    tiler = Tiler()
+    # an instance-norm net's output depends on the whole tile: validated (and recorded, so
+    # that predict and eval repeat it) at the training tile size, not at an automatic one
+    tiler = Tiler(tile_size=cfg.data.tile_size) if net.config.instance_norm else Tiler()
     # full precision on the CPU, whatever the training's precision was
     record = ModelRecord(
         tta=cfg.tta or "none", precision="32", tile_size=tiler.tile_size, overlap=tiler.overlap
