@@ -89,6 +89,7 @@ def entry(args, checkpoint: dict, metrics: dict, path: Path, last: dict) -> dict
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     dataset = str(data.get("dataset") or Path(str(data.get("data_dir", ""))).name or "own")
     choice = checkpoint.get("training_choice") or {}
+    seconds, seconds_from = train_seconds(last, args.run)
     return {
         "file": path.name,
         "sha256": sha256_of(path),
@@ -102,8 +103,8 @@ def entry(args, checkpoint: dict, metrics: dict, path: Path, last: dict) -> dict
             "epochs": int(last.get("epoch", -1)) + 1,
             "best_epoch": int(checkpoint.get("epoch", -1)) + 1,
             "steps": int(last.get("global_step", 0)),
-            "seconds": train_seconds(last, args.run)[0],
-            "seconds_from": train_seconds(last, args.run)[1],
+            "seconds": seconds,
+            "seconds_from": seconds_from,
             "seed": data.get("seed"),
             "machine": describe(),
             "load_average_range": load_range(args.load_log),

@@ -88,15 +88,18 @@ def test_the_repository_ships_models_with_cards():
     assert total < 50e6, f"models/ holds {total / 1e6:.1f} MB"
 
 
-def predict_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+def predict_cli(
+    args: list[str], cwd: Path, root: Path = ROOT, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """``src/predict.py`` of the checkout at ``root``, run from ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
     return subprocess.run(
-        [sys.executable, str(ROOT / "src" / "predict.py"), *args],
+        [sys.executable, str(root / "src" / "predict.py"), *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         env=env,
-        timeout=900,
+        timeout=timeout,
     )
 
 
@@ -142,23 +145,10 @@ def test_a_damaged_shipped_model_is_refused_in_one_line(tmp_path):
     with open(copy / "models" / name / "model.ckpt", "r+b") as file:
         file.seek(1000)
         file.write(b"\0\0\0\0")
-    env = {**os.environ, "PYTHONPATH": str(copy / "src")}
     image = tmp_path / "image.tif"
     tifffile.imwrite(image, np.zeros((64, 64), np.uint8))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(copy / "src" / "predict.py"),
-            f"ckpt_path={name}",
-            f"input={image}",
-            f"output={tmp_path / 'out'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
+    args = [f"ckpt_path={name}", f"input={image}", f"output={tmp_path / 'out'}"]
+    result = predict_cli(args, cwd=tmp_path, root=copy, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "checksum" in lines[0] and name in lines[0], result.stderr

@@ -82,6 +82,12 @@ class Up(nn.Module):
 ADDED_FIELDS = {"instance_norm": False}
 
 
+def with_added_fields(values: dict) -> dict:
+    """A stored architecture record with the fields added since it was written, at the
+    values older records mean."""
+    return {**ADDED_FIELDS, **values}
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """The architecture of a :class:`UNet`: its constructor arguments, as one typed record
@@ -118,8 +124,7 @@ class NetConfig:
     def from_dict(cls, values: dict) -> NetConfig:
         """The record of a plain dict (a checkpoint's); every field must be there."""
         names = [f.name for f in dataclasses.fields(cls)]
-        # fields added later: a record written before them has their default
-        values = {**{k: v for k, v in ADDED_FIELDS.items() if k not in values}, **values}
+        values = with_added_fields(values)
         missing = [n for n in names if n not in values]
         unknown = sorted(set(values) - set(names))
         if missing or unknown:

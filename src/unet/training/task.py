@@ -29,7 +29,7 @@ from unet.inference.tiler import Tiler
 from unet.io.atomic import write_json
 from unet.io.output_safety import write_faults
 from unet.model.fingerprint import DAMAGED, nonfinite_weights
-from unet.model.network import ADDED_FIELDS
+from unet.model.network import with_added_fields
 from unet.model.record import ModelRecord
 from unet.model.shapes import InvalidInputSizeError
 from unet.training.callbacks import TrainingPlan, log_panels
@@ -111,8 +111,8 @@ def check_resumable(ckpt_path: str, module: L.LightningModule) -> dict | None:
     checkpoint = read_checkpoint(ckpt_path)
     stored = checkpoint.get("net_config")
     current = module.net.config.to_dict()
-    if stored:  # fields added since the checkpoint was written take their defaults
-        stored = {**ADDED_FIELDS, **stored}
+    if stored:
+        stored = with_added_fields(stored)
     if stored and stored != current:
         differ = ", ".join(
             f"{k}: {stored.get(k)!r} in the checkpoint, {current.get(k)!r} now"
