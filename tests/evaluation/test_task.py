@@ -42,3 +42,26 @@ def test_held_out_score_needs_two_images_and_subsets_keep_their_order():
     assert heldout_score(subset(split, [0])) == {}
     part = subset(split, [2, 0])
     assert len(part.probabilities) == 2 and part.instances[0] is split.instances[2]
+
+
+def membranes_split(copies: int = 2) -> SplitPredictions:
+    """ISBI-like images (no instance masks): nine cells separated by one-pixel membranes,
+    one of them drawn faintly by the 'network' (p = 0.45 where the membrane is)."""
+    cells = np.ones((64, 64), np.uint8)
+    cells[[21, 42], :] = 0
+    cells[:, [21, 42]] = 0
+    probability = np.where(cells > 0, 0.95, 0.05).astype(np.float32)
+    probability[21, :21] = 0.45
+    n = copies
+    return SplitPredictions([probability] * n, [cells] * n, [np.ones(cells.shape)] * n, None)
+
+
+def test_isbi_held_out_scores_give_the_labels_rand_error_and_v_rand():
+    chosen, _, how = score_split(membranes_split(), choose=True)
+    assert how["score"] == "labels_rand_error"
+    held_out = heldout_score(membranes_split())
+    assert set(held_out) == {"labels_rand_error_heldout", "labels_v_rand_heldout"}
+    # identical halves: the held-out labels are the chosen ones, scored the same way
+    assert held_out["labels_rand_error_heldout"] == pytest.approx(chosen["val/labels_rand_error"])
+    assert held_out["labels_v_rand_heldout"] == pytest.approx(chosen["val/labels_v_rand"])
+    assert 0.9 < held_out["labels_v_rand_heldout"] <= 1.0

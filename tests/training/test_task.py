@@ -91,7 +91,10 @@ def test_train_checkpoint_then_eval(
     assert again["postprocess"] == written["postprocess"]
     scored = {name for name in written if name.startswith("val/")}
     # only the final validation chose the settings, so only it has the held-out score
-    assert scored - set(again) == {"val/labels_rand_error_heldout"}
+    assert scored - set(again) == {
+        "val/labels_rand_error_heldout",
+        "val/labels_v_rand_heldout",
+    }
     for name in scored & set(again):
         assert again[name] == written[name], name
 

@@ -69,6 +69,7 @@ from unet.metrics import (
     rand_error,
     score_cell_frames,
     score_isbi_stack,
+    v_scores,
 )
 from unet.model.record import record_or_default, settings_for
 
@@ -182,15 +183,22 @@ def challenge_scores(maps: Sequence[np.ndarray], split: SplitPredictions) -> dic
     return {name: value / len(complete) for name, value in totals.items()}
 
 
-def labels_rand_error(labels: Sequence[np.ndarray], split: SplitPredictions) -> float:
-    """ISBI Rand error of the boundary maps of instance labels (complete images only)."""
+def labels_rand_error(
+    labels: Sequence[np.ndarray], split: SplitPredictions, v_rand: bool = False
+) -> float | tuple[float, float]:
+    """ISBI Rand error of the boundary maps of instance labels (complete images only);
+    with ``v_rand`` also their V_rand (after border thinning), as ``(rand_error, v_rand)``."""
     complete = complete_images(split)
-    errors = []
+    scores = []
     for group in _same_size_groups(complete, [x.shape for x in labels]):
         maps = np.stack([boundary_map(labels[k]) for k in group])
         cells = np.stack([split.classes[k] == CELL_CLASS for k in group]).astype(np.uint8)
-        errors.append((rand_error(maps, cells, thresholds=(0.5,)).value, len(group)))
-    return sum(e * n for e, n in errors) / sum(n for _, n in errors)
+        error = rand_error(maps, cells, thresholds=(0.5,)).value
+        v = v_scores(maps, cells, thresholds=(0.5,))["v_rand"].value if v_rand else 0.0
+        scores.append((error, v, len(group)))
+    total = sum(n for *_, n in scores)
+    error = sum(e * n for e, _, n in scores) / total
+    return (error, sum(v * n for _, v, n in scores) / total) if v_rand else error
 
 
 def has_truth(split: SplitPredictions) -> bool:
@@ -252,7 +260,8 @@ def heldout_score(split: SplitPredictions) -> dict[str, float]:
             labels[k] = chosen(split.probabilities[k])
     if split.instances is not None:
         return {"seg_heldout": score_cell_frames(labels, split.instances)["seg"]}
-    return {"labels_rand_error_heldout": labels_rand_error(labels, split)}
+    error, v_rand = labels_rand_error(labels, split, v_rand=True)
+    return {"labels_rand_error_heldout": error, "labels_v_rand_heldout": v_rand}
 
 
 def label_scores(split: SplitPredictions, postprocess: PostProcessing) -> dict[str, float]:
