@@ -2,7 +2,7 @@
 
     UNET_DATA_DIR=../shared/data python3 benchmarks/own_data.py hela [--seeds 1 2 3]
     UNET_DATA_DIR=../shared/data python3 benchmarks/own_data.py finetune \
-        --isbi-ckpt outputs/results/isbi_cpu/seed1/checkpoints/best-epochNNN.ckpt [--minutes 5]
+        [--starts isbi hela u373 <checkpoint> ...] [--minutes 5]
 
 - ``hela``: the HeLa frames with SEG masks laid out as a folder data set (instance masks,
   the regions of unannotated cells, as data=hela finds them from the tracking markers,
@@ -13,8 +13,11 @@
   seeds' spread.
 - ``finetune``: two U373 training frames (the first two annotated frames of sequence 01)
   and data=u373's validation frames as a folder data set; ``--minutes`` of training from
-  the ISBI model (``model.init_from``) against the same time from scratch. Printed: the
-  validation SEG of both.
+  each start model (``model.init_from``: a shipped model's name or a checkpoint; by
+  default every shipped model) against the same time from scratch. Printed: the
+  validation SEG of each. The shipped ``u373`` model was trained on all U373 training
+  frames but these validation frames, so its start shows what a model of the same kind of
+  images gives, not a fresh data set.
 
 The trainings run one after the other through ``scripts/results_table.py`` (hardware
 record, resumable runs, ``results.md`` per root); each takes up to 30 minutes (hela) or
@@ -35,6 +38,7 @@ import numpy as np
 import tifffile
 
 from unet.data.ctc import annotated_frame_numbers, read_frame, unannotated_regions
+from unet.inference.shipped import shipped_models
 
 ROOT = Path(__file__).resolve().parents[1]
 UNLABELLED = 65535  # no HeLa or U373 frame has that many cells
@@ -64,7 +68,8 @@ def annotated(data_dir: Path, dataset: str) -> list[str]:
 def train(experiment: str, seeds, root: Path, overrides: list[str]) -> list[float | None]:
     """Run (or skip, if finished) the trainings; the validation SEG of each seed."""
     command = [sys.executable, "scripts/results_table.py", "--experiments", experiment]
-    command += ["--seeds", *map(str, seeds), "--root", str(root), "--", *overrides]
+    command += ["--seeds", *map(str, seeds), "--root", str(root)]
+    command += ["--records", str(root / "records"), "--", *overrides]  # not the recipes' runs
     subprocess.run(command, cwd=ROOT, check=True)
     seg = []
     for seed in seeds:
@@ -102,7 +107,7 @@ def compare_hela(data_dir: Path, out: Path, seeds) -> None:
     print(summary("data=folder (folder_cpu)", own))
 
 
-def compare_finetune(data_dir: Path, out: Path, isbi_ckpt: Path, minutes: int, seeds) -> None:
+def compare_finetune(data_dir: Path, out: Path, starts: list[str], minutes: int, seeds) -> None:
     train_frames = annotated(data_dir, "PhC-C2DH-U373")[:2]
     folder = out / "u373_two_frames"
     if not (folder / "masks").is_dir():
@@ -118,13 +123,15 @@ def compare_finetune(data_dir: Path, out: Path, isbi_ckpt: Path, minutes: int, s
         "trainer.max_epochs=10",  # the cosine schedule's length; max_time ends it first if slower
         f"trainer.max_time=00:00:{minutes:02d}:00",
     ]
-    scratch = train("folder_cpu", seeds, out / "u373_scratch", common)
-    tuned = train(
-        "folder_cpu", seeds, out / "u373_finetune", [*common, f"model.init_from={isbi_ckpt}"]
-    )
+    results = {"from scratch": train("folder_cpu", seeds, out / "u373_scratch", common)}
+    for start in starts:
+        tag = Path(start).stem if Path(start).suffix else start
+        results[f"fine-tuned from {start}"] = train(
+            "folder_cpu", seeds, out / f"u373_from_{tag}", [*common, f"model.init_from={start}"]
+        )
     print(f"U373, training frames {train_frames}, {minutes} minutes each:")
-    print(summary("from scratch", scratch))
-    print(summary("fine-tuned from ISBI", tuned))
+    for name, values in results.items():
+        print(summary(name, values))
 
 
 def main() -> None:
@@ -135,16 +142,20 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/own_data"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--isbi-ckpt", type=Path, help="finetune: the ISBI model's checkpoint")
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        default=sorted(shipped_models()),
+        help="finetune: start models (shipped names or checkpoints); default every shipped one",
+    )
     parser.add_argument("--minutes", type=int, default=5)
     args = parser.parse_args()
     out = args.out.resolve()
     if args.comparison == "hela":
         compare_hela(args.data_dir, out, args.seeds)
-    elif args.isbi_ckpt is None:
-        parser.error("finetune needs --isbi-ckpt <checkpoint of an ISBI model>")
     else:
-        compare_finetune(args.data_dir, out, args.isbi_ckpt.resolve(), args.minutes, args.seeds)
+        starts = [s if s in shipped_models() else str(Path(s).resolve()) for s in args.starts]
+        compare_finetune(args.data_dir, out, starts, args.minutes, args.seeds)
 
 
 if __name__ == "__main__":

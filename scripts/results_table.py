@@ -19,6 +19,10 @@ Runs, one after the other (two at once would share the CPU and change the time-l
   split), the measures the paper reports beside the paper's figures (the challenges' test
   sets), wall time and hardware. A metric that a run did not write is missing, not zero: n
   counts the runs that have it.
+- **Records.** Each finished run is also kept as ``<records>/<experiment>/seed<s>.json``
+  (default ``docs/records``): its validation metrics, precision, overrides, wall time and
+  hardware, small enough to commit; ``scripts/results_page.py`` builds the results page
+  from them and from the shipped models' cards.
 - Words after ``--`` are passed to every run as Hydra overrides (and recorded); they change the
   recipe, so the table lists them.
 """
@@ -320,6 +324,24 @@ def results_table(root: Path, experiments, seeds, data_options: dict | None = No
     return "\n".join(lines)
 
 
+def write_record(run: Run, experiment: str, records: Path) -> Path:
+    """Keep a finished run as ``<records>/<experiment>/seed<s>.json`` (what the results page
+    reads): metrics without local paths, the recipe's overrides, wall time and hardware."""
+    metrics = {k: v for k, v in run.metrics.items() if k != "checkpoint"}
+    record = {
+        "experiment": experiment,
+        "seed": run.seed,
+        "metrics": metrics,
+        "overrides": sorted({" ".join(a.get("overrides", [])) for a in attempts(run)} - {""}),
+        "wall_minutes": wall_minutes(run),
+        "hardware": hardware_lines([run]),
+    }
+    path = Path(records) / experiment / f"seed{run.seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train the *_cpu experiments with several seeds; tabulate the results.",
@@ -328,6 +350,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--root", type=Path, default=Path("outputs/results"))
+    parser.add_argument(
+        "--records",
+        type=Path,
+        default=ROOT / "docs" / "records",
+        help="where each finished run's record is kept (for scripts/results_page.py)",
+    )
     parser.add_argument(
         "--table-only", action="store_true", help="no training: rebuild the table from the runs"
     )
@@ -377,6 +405,9 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     table = results_table(root, args.experiments, args.seeds)
+    for e in args.experiments:
+        for run in collect(root, e, args.seeds):
+            write_record(run, e, args.records)
     (root / TABLE_FILE).parent.mkdir(parents=True, exist_ok=True)
     (root / TABLE_FILE).write_text(table + "\n")
     print(table)

@@ -24,35 +24,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from unet.evaluation.reference import MEANING, paper_summary  # noqa: E402
 from unet.inference.machine import describe  # noqa: E402
 from unet.inference.shipped import CARD, MODELS_DIR, sha256_of  # noqa: E402
 from unet.io.atomic import atomic_file, write_text  # noqa: E402
 
 # what a prediction or a fine-tune needs; optimizer and loop state stay behind
 DROPPED = ("optimizer_states", "lr_schedulers", "loops", "callbacks", "logger_versions")
-PAPER = {
-    "PhC-C2DH-U373": "SEG 0.9203 (challenge test set)",
-    "DIC-C2DH-HeLa": "SEG 0.7756 (challenge test set)",
-    "isbi2012": "Rand error 0.0382, warping error 0.000353, pixel error 0.0611 (test set)",
-}
-# what each recorded validation metric is, for the card
-MEANING = {
-    "val/seg_heldout": "SEG, post-processing chosen on the other validation frames (held out)",
-    "val/seg": "SEG, post-processing chosen and scored on the same validation frames",
-    "val/seg_plain": "SEG of plain connected components of p > 0.5",
-    "val/iou": "foreground IoU of pixels (not the paper's cell IOU)",
-    "val/pixel_error": "pixel error at the best threshold",
-    "val/rand_error": "Rand error (foreground-restricted) of the probability map",
-    "val/rand_error_labels": "Rand error of the post-processed labels' boundary map",
-    "val/v_rand": "V_rand of the probability map",
-    "val/v_rand_labels": "V_rand of the post-processed labels' boundary map",
-    "val/v_rand_labels_heldout": "V_rand of the labels, post-processing chosen on other slices",
-    "val/rand_error_labels_heldout": "Rand error of the labels, post-processing held out",
-    "val/warping_error": "warping error of the probability map",
-    "val/false_positives": "predicted objects that match no cell",
-    "val/splits": "cells split into several objects",
-    "val/merges": "objects covering several cells",
-}
 
 
 def slim(checkpoint: dict) -> dict:
@@ -114,7 +92,7 @@ def entry(args, checkpoint: dict, metrics: dict, path: Path, last: dict) -> dict
         "postprocess": metrics.get("postprocess"),
         "postprocess_chosen_on": checkpoint.get("postprocess_chosen_on"),
         "validation": {k: v for k, v in metrics.items() if k.startswith("val/")},
-        "paper": PAPER.get(dataset, "none (own data)"),
+        "paper": paper_summary(dataset),
     }
 
 

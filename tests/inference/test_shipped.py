@@ -190,9 +190,11 @@ def test_the_own_data_recipe_fine_tunes_from_the_shipped_cell_model(name, compos
 
     from unet.inference.checkpoint import init_from_checkpoint
     from unet.model.network import UNet
+    from unet.training.start_from import adopt_start_architecture
 
     cfg = compose_train(["experiment=folder_cpu", f"model.init_from={name}"], tmp_path)
     cfg = with_shipped_models(cfg, ("model.init_from",))
+    adopt_start_architecture(cfg)  # as training does: the shipped model's normalisation
     net_settings = {k: v for k, v in cfg.model.net.items() if k != "_target_"}
     net = UNet(**net_settings)
     assert init_from_checkpoint(net, cfg.model.init_from) == []  # nothing left as it was

@@ -159,7 +159,9 @@ def test_runs_record_wall_time_and_hardware_and_are_skipped_once_finished(
 
     monkeypatch.setattr(results_table, "train_command", command)
     monkeypatch.setattr(results_table, "data_option", DATA.get)
+    records = tmp_path / "records"
     argv = ["--experiments", "hela_cpu", "--seeds", "1", "2", "--root", str(tmp_path)]
+    argv += ["--records", str(records)]
     assert results_table.main(argv) == 0
     for seed in (1, 2):
         folder = results_table.run_folder(tmp_path, "hela_cpu", seed)
@@ -172,6 +174,10 @@ def test_runs_record_wall_time_and_hardware_and_are_skipped_once_finished(
         assert (folder / "console.log").read_text() == "trained\n"
     table = (tmp_path / "results.md").read_text()
     assert "| 0.5150 ± 0.0071 | 2 | 0.7756 |" in table
+    # each finished run is kept as a record for the results page
+    record = json.loads((records / "hela_cpu" / "seed2.json").read_text())
+    assert record["metrics"] == {"val/seg": 0.52} and record["seed"] == 2
+    assert record["wall_minutes"] >= 0 and "1 attempt(s)" in record["hardware"][0]
     # a second call runs nothing: both runs are finished
     capsys.readouterr()
     assert results_table.main(argv) == 0
@@ -186,7 +192,9 @@ def test_a_failed_run_is_reported(tmp_path, monkeypatch, capsys):
     )
     monkeypatch.setattr(results_table, "data_option", DATA.get)
     argv = ["--experiments", "u373_cpu", "--seeds", "7", "--root", str(tmp_path)]
+    argv += ["--records", str(tmp_path / "records")]
     assert results_table.main(argv) == 1
+    assert not (tmp_path / "records").exists()  # no finished run, no record
     assert "failed runs (see their console.log): u373_cpu seed 7" in capsys.readouterr().err
     info = json.loads((tmp_path / "u373_cpu/seed7/run_info.json").read_text())
     assert info["attempts"][0]["returncode"] == 3

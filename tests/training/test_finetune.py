@@ -70,3 +70,33 @@ def test_frozen_encoder_for_the_first_epochs(two_class_ckpt):
     m.on_train_epoch_start()  # epoch 0 (no trainer)
     assert not any(p.requires_grad for p in m.encoder_parameters())
     assert all(p.requires_grad for p in m.net.up.parameters()) and m.net.head.weight.requires_grad
+
+
+def test_fine_tuning_takes_the_start_models_architecture_but_keeps_the_data_settings(tmp_path):
+    from omegaconf import OmegaConf
+
+    from unet.training.start_from import adopt_start_architecture
+
+    start = UNet(num_classes=2, depth=2, base_channels=4, batch_norm=False, instance_norm=True)
+    path = tmp_path / "start.ckpt"
+    state = {f"net.{k}": v for k, v in start.state_dict().items()}
+    torch.save({"state_dict": state, "net_config": start.config.to_dict()}, path)
+    net = {"in_channels": 1, "num_classes": 3, "depth": 4, "base_channels": 16}
+    net |= {"batch_norm": True, "instance_norm": False, "dropout": 0.1}
+    cfg = OmegaConf.create({"model": {"init_from": str(path), "net": net}})
+    changed = adopt_start_architecture(cfg)
+    assert set(changed) == {
+        "model.net.depth=2",
+        "model.net.base_channels=4",
+        "model.net.batch_norm=False",
+        "model.net.instance_norm=True",
+    }
+    got = cfg.model.net
+    assert (got.depth, got.base_channels, got.batch_norm, got.instance_norm) == (2, 4, False, True)
+    assert (got.num_classes, got.in_channels, got.dropout) == (3, 1, 0.1)  # the user's
+    # the adopted network takes every weight but the new 3-class head
+    tuned = UNet(**OmegaConf.to_container(got))
+    assert module(tuned, init_from=str(path)) is not None
+    # nothing to adopt without a start model
+    plain = OmegaConf.create({"model": {"init_from": None, "net": net}})
+    assert adopt_start_architecture(plain) == [] and plain.model.net.depth == 4

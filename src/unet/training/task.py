@@ -35,6 +35,7 @@ from unet.model.shapes import InvalidInputSizeError
 from unet.training.callbacks import TrainingPlan, log_panels
 from unet.training.checkpoint_io import AtomicCheckpointIO
 from unet.training.guard import NumericGuard
+from unet.training.start_from import adopt_start_architecture
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -243,6 +244,7 @@ def fit_run(cfg: DictConfig) -> dict[str, float]:
             "to continue that run pass ckpt_path=last (or a checkpoint path), "
             "otherwise choose a new hydra.run.dir"
         )
+    adopt_start_architecture(cfg)  # fine-tuning: the start model's network, before building
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg, "data")
     module = build(cfg, "model")
