@@ -56,9 +56,11 @@ def isbi_cpu_net(name: str = "isbi_cpu"):
     return UNet(dropout=0.0, **kwargs).eval()
 
 
-def synthetic_rows(y0: int, y1: int, w: int) -> np.ndarray:
-    """Rows y0..y1-1 of a smooth uint16 test image (the same whatever the chunking)."""
-    yy, xx = np.mgrid[y0:y1, 0:w].astype(np.float32)
+def synthetic_rows(y0: int, y1: int, w: int, x0: int = 0) -> np.ndarray:
+    """Rows y0..y1-1, columns x0..w-1 of a smooth uint16 test image (the same whatever the
+    chunking). Separable: a column and a row vector, no full-size coordinate grids."""
+    yy = np.arange(y0, y1, dtype=np.float32)[:, None]
+    xx = np.arange(x0, w, dtype=np.float32)[None, :]
     return (1000 + 300 * np.sin(yy / 23.0) * np.cos(xx / 31.0)).astype(np.uint16)
 
 
@@ -77,10 +79,13 @@ def write_input(path: Path, size, chunk: int, sections: int = 1) -> None:
     array = group.create_array(
         "0", shape=shape[-len(names) :], chunks=chunks[-len(names) :], dtype="uint16"
     )
+    # chunk by chunk: the writer's memory (part of this process's peak) stays one chunk
     for z in range(sections):
         for y in range(0, h, chunk):
-            rows = synthetic_rows(y, min(y + chunk, h), w) + np.uint16(100 * z)
-            array[(z, slice(y, y + chunk)) if sections > 1 else slice(y, y + chunk)] = rows
+            for x in range(0, w, chunk):
+                rows = synthetic_rows(y, min(y + chunk, h), min(x + chunk, w), x)
+                where = (slice(y, y + chunk), slice(x, x + chunk))
+                array[(z, *where) if sections > 1 else where] = rows + np.uint16(100 * z)
 
 
 def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float, sections: int) -> dict:

@@ -5,9 +5,11 @@
     width, float32) + the probabilities of one chunk row of the window on its way to the store
 
 The band grows with the image's width, so a wide image is cut into column windows (whole
-chunk columns of the store); each window runs its own tiles, with their mirrored context,
-top to bottom over a group of chunk rows (``row_group``), and the tiles that straddle a
-window's (or a group's) edge are computed once for each side. Every output pixel still
+chunk columns of the store) whose band takes at most ``BAND_SHARE`` of the budget (one
+chunk column at least): the working set does not grow with the width. Each window runs
+its own tiles, with their mirrored context, top to bottom over a group of chunk rows
+(``row_group``), and the tiles that straddle a window's (or a group's) edge are computed
+once for each side. Every output pixel still
 sums the same tiles' outputs, with the same weights, in the same order (tile rows, then
 tile columns), so the stitched result is the same as one window of the whole width.
 
@@ -36,6 +38,16 @@ ROW_GROUP_TILES = 16
 # float16 (or uint8) copy for the store, the finiteness mask, and zarr's chunk buffers
 EMIT_BYTES_PER_PIXEL = 12
 TILE_CANDIDATES = 48  # square tile sides compared (geometric spacing)
+# The band (with its chunk row on the way out) gets at most this share of the budget,
+# whatever the image's width: a wider image gets more windows, not a wider band, so the
+# working set stays near what a narrow image uses instead of growing to fill the budget.
+BAND_SHARE = 1 / 8
+# The forward pass of a narrow network costs more per pixel than the tiler's per-channel
+# estimate says (the input, the first and last maps, oneDNN copies). Measured peak resident
+# memory on CPU, valid nets of depth 2-4: 192-230 bytes per pixel at 4 base channels, 472 at
+# 16, 1,330-1,580 at 64; the planner counts at least this many:
+FORWARD_BYTES_PER_PIXEL = 112
+FORWARD_BYTES_PER_PIXEL_AND_CHANNEL = 24
 
 
 class StreamMemoryError(UserError, ValueError):
@@ -70,9 +82,9 @@ def tile_bytes(net: nn.Module, height: int, width: int, channels: int, itemsize:
     config = net.config
     halo = shapes.halo(config.depth, config.padding)
     logits = 4 * config.num_classes * (height - halo) * (width - halo)
-    return (
-        tile_memory_bytes(net, height, width) + height * width * channels * (itemsize + 4) + logits
-    )
+    per_pixel = FORWARD_BYTES_PER_PIXEL + FORWARD_BYTES_PER_PIXEL_AND_CHANNEL * config.base_channels
+    forward = max(tile_memory_bytes(net, height, width), per_pixel * height * width)
+    return forward + height * width * channels * (itemsize + 4) + logits
 
 
 def band_bytes(num_classes: int, rows: int, width: int, chunk: int) -> int:
@@ -153,6 +165,7 @@ def _option(net, tiler, shape, chunk, tile, pixel, budget):
     width = room // per_column // chunk * chunk if room > 0 else 0
     if width < min(chunk, w):
         return None
+    width = min(width, max(chunk, int(BAND_SHARE * budget) // per_column // chunk * chunk))
     if width >= w:
         windows, group = ((0, w),), h
     else:
