@@ -88,6 +88,24 @@ def test_the_repository_ships_models_with_cards():
     assert total < 50e6, f"models/ holds {total / 1e6:.1f} MB"
 
 
+# what the README's table of shipped models shows of each card, per data set
+README_FIGURES = {
+    "PhC-C2DH-U373": ("val/seg", "val/seg_heldout"),
+    "DIC-C2DH-HeLa": ("val/seg", "val/seg_heldout"),
+    "isbi2012": ("val/labels_rand_error_heldout", "val/labels_v_rand_heldout"),
+}
+
+
+def test_the_readme_lists_every_shipped_model_with_its_cards_figures():
+    readme = (ROOT / "README.md").read_text()
+    for name in SHIPPED:
+        entry = yaml.safe_load((MODELS_DIR / name / "model.yaml").read_text())
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]
+        assert len(rows) == 1, f"README.md: no row for the shipped model {name}"
+        for key in README_FIGURES[entry["data"]]:
+            assert f"{entry['validation'][key]:.3f}" in rows[0], (name, key)
+
+
 def predict_cli(
     args: list[str], cwd: Path, root: Path = ROOT, timeout: int = 900
 ) -> subprocess.CompletedProcess:
