@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import statistics
 import sys
@@ -29,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unet.evaluation.reference import BEST_PUBLIC, MEANING, PAPER  # noqa: E402
+from unet.evaluation.reference import BEST_PUBLIC, MEANING, PAPER, figure_text  # noqa: E402
 
 # validation targets of the shipped models: (metric, "min" or "max", bound), per data set;
 # post-processing chosen on other frames than it is scored on (the held-out figures)
@@ -46,16 +45,7 @@ NOT_SCORES = {"val/frames", "val/pixel_error_threshold"}
 
 
 def number(x: float | None, digits: int = 4) -> str:
-    """``x`` to ``digits`` significant digits; counts as integers; a dash for None."""
-    if x is None or not math.isfinite(x):
-        return "-"
-    if float(x).is_integer() and abs(x) >= 1:
-        return str(int(x))
-    text = f"{x:.{digits}g}"
-    while float(text).is_integer() and digits < 12:  # 0.99998 is not 1
-        digits += 1
-        text = f"{x:.{digits}g}"
-    return text
+    return figure_text(x, digits)
 
 
 def read_models(models: Path) -> list[tuple[str, dict]]:

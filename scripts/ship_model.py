@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unet.evaluation.reference import MEANING, paper_summary  # noqa: E402
+from unet.evaluation.reference import MEANING, figure_text, paper_summary  # noqa: E402
 from unet.inference.machine import describe  # noqa: E402
 from unet.inference.shipped import CARD, MODELS_DIR, sha256_of  # noqa: E402
 from unet.io.atomic import atomic_file, write_text  # noqa: E402
@@ -101,7 +101,7 @@ def card(name: str, info: dict) -> str:
     machine = t["machine"]
     hours = f"{t['seconds'] / 3600:.2f} h" if t["seconds"] else "not recorded"
     rows = [
-        f"| `{k}` | {v:.4g} | {MEANING.get(k, '')} |"
+        f"| `{k}` | {figure_text(v)} | {MEANING.get(k, '')} |"
         for k, v in info["validation"].items()
         if isinstance(v, int | float)
     ]

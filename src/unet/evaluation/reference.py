@@ -9,6 +9,7 @@ not comparable as equals.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # what each validation metric of metrics.json is (model cards and the results page)
@@ -97,3 +98,17 @@ def paper_summary(dataset: str) -> str:
         shown = ", ".join(f"{name} {figures[key].value}" for name, key in names)
         return f"{shown} (test set)"
     return f"SEG {figures['val/seg'].value} (challenge test set)"
+
+
+def figure_text(x: float | None, digits: int = 4) -> str:
+    """``x`` to ``digits`` significant digits (more where it would show a whole number it is
+    not: 0.99998 stays 0.99998), whole numbers as integers, a dash for None or NaN."""
+    if x is None or not math.isfinite(x):
+        return "-"
+    if float(x).is_integer() and abs(x) >= 1:
+        return str(int(x))
+    text = f"{x:.{digits}g}"
+    while float(text).is_integer() and digits < 12:
+        digits += 1
+        text = f"{x:.{digits}g}"
+    return text
