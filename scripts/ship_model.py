@@ -73,6 +73,7 @@ def entry(args, checkpoint: dict, metrics: dict, path: Path, last: dict) -> dict
         "sha256": sha256_of(path),
         "data": dataset,
         "summary": args.summary,
+        "authors": list(args.authors),
         "recipe": args.command,
         "split": {k: data.get(k) for k in ("sequences", "val_frames", "val_slices") if k in data},
         "training": {
@@ -189,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the short name (models/<name>/)")
     parser.add_argument("--command", required=True, help="the command that trained it")
     parser.add_argument("--summary", required=True, help="one line: what the model segments")
+    parser.add_argument(
+        "--authors",
+        nargs="+",
+        default=["unet contributors"],
+        help="who trained it (the bioimage.io package lists them)",
+    )
     parser.add_argument("--load-log", type=Path, default=None)
     parser.add_argument("--models", type=Path, default=MODELS_DIR)
     parser.add_argument(

@@ -206,3 +206,16 @@ def test_onnx_file_without_the_unet_record_is_refused(tmp_path):
         torch.onnx.export(net, (torch.zeros(1, 3, 48, 48),), str(path), dynamo=False)
     with pytest.raises(CheckpointError, match=r"rgb.onnx: expected a model exported by unet"):
         load_for_prediction(path)
+
+
+def test_pixel_sizes_keep_the_zoo_tools_output_sizes_whole():
+    from unet.export.bioimageio import axis_scales
+    from unet.io.pixel_size import PixelSize
+
+    raw = 0.650000293  # U373's TIFF resolution: int(209 * raw / raw) is 208
+    assert int(209 * raw / raw) == 208
+    scales = axis_scales(PixelSize(raw, raw, "micrometer"))
+    s = scales["x"]["scale"]
+    assert abs(s - raw) < 1e-7 * raw and scales["y"]["scale"] == s
+    # bioimageio's SizeReference: int(ref_size * ref_scale / scale + offset)
+    assert all(int(n * s / s) == n for n in range(1, 200_000))

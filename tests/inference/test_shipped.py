@@ -219,3 +219,22 @@ def test_the_own_data_recipe_fine_tunes_from_the_shipped_cell_model(name, compos
     stored = torch.load(cfg.model.init_from, weights_only=True)["state_dict"]
     first = next(k for k in stored if k.startswith("net."))
     assert torch.equal(net.state_dict()[first[4:]], stored[first])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_bioimageio_package_of_a_shipped_model_passes_bioimageio_core(
+    name, data_dir, compose_export, tmp_path
+):
+    """``src/export.py ckpt_path=<name>`` (no authors needed: the card names them), then
+    bioimageio.core's own test of the package, every weight format."""
+    pytest.importorskip("bioimageio.core")
+    from bioimageio.core import test_model
+
+    from unet.export.task import export
+
+    package = tmp_path / f"{name}.zip"
+    cfg = compose_export([f"ckpt_path={name}", f"output={package}", f"paths.data_dir={data_dir}"])
+    export(with_shipped_models(cfg))
+    summary = test_model(package)
+    assert summary.status == "passed", summary.format()

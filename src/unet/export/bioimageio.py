@@ -238,9 +238,19 @@ def axis_scales(pixel_size) -> dict[str, dict]:
     if pixel_size is None or not pixel_size.known:
         return {"y": {}, "x": {}}
     return {
-        "y": {"scale": pixel_size.y, "unit": pixel_size.unit},
-        "x": {"scale": pixel_size.x, "unit": pixel_size.unit},
+        "y": {"scale": zoo_scale(pixel_size.y), "unit": pixel_size.unit},
+        "x": {"scale": zoo_scale(pixel_size.x), "unit": pixel_size.unit},
     }
+
+
+def zoo_scale(scale: float) -> float:
+    """``scale`` rounded to float32's 24 significant bits. The zoo tools size an output axis
+    as ``int(input size * input scale / output scale + offset)``; with a full-precision
+    scale such as 0.650000293 um (a TIFF resolution) the product is rounded and 209 becomes
+    208.99999999999997, so ``int`` gives 208 and bioimageio.core refuses the package's own
+    output. With 24 significant bits the product is exact for any size below 2**29, and the
+    quotient is the size again. The change is below 1e-7 of the scale."""
+    return float(np.float32(scale))
 
 
 @torch.no_grad()

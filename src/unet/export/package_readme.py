@@ -38,6 +38,19 @@ Standardisation is per image: tools that compute it over the whole image before 
 """
 
 
+def norm_note(config, record: dict) -> str:
+    """For a network with instance norm: its output depends on the block size."""
+    if not getattr(config, "instance_norm", False):
+        return ""
+    tile = (record.get("model_record") or {}).get("tile_size")
+    size = f" of {tile} x {tile} px (the training tile)" if tile else " of the training tile's size"
+    return f"""
+This network normalises each block by the block's own statistics (instance norm), so its
+probabilities depend a little on the block size. Blocks{size} reproduce
+the training repository's predictions; other sizes give close but not equal ones.
+"""
+
+
 def tools_section(min_size: int, grid: int, onnx: bool) -> str:
     """``## Running it``: the steps per tool, and what was tested."""
     engines = "TorchScript or ONNX" if onnx else "TorchScript"
@@ -121,7 +134,7 @@ def readme(
 U-Net (Ronneberger et al. 2015) trained on {dataset["name"]}: {image} in,
 per-pixel class probabilities out ({classes}).
 
-{sizes_section(sizes, config.depth, any_size)}
+{sizes_section(sizes, config.depth, any_size)}{norm_note(config, record)}
 ## Preprocessing and output
 
 Each image is standardised to zero mean and unit variance, each channel on its own (as in

@@ -26,6 +26,7 @@ from unet.export.datasets import DATASETS, OWN, dataset_key, own_dataset, own_im
 from unet.inference.checkpoint import load_trained, net_config_of, read_checkpoint
 from unet.inference.formats.probabilities import ProbabilityUNet
 from unet.inference.formats.record import model_record
+from unet.inference.shipped import shipped_model_at
 from unet.io.atomic import atomic_file
 from unet.io.output_safety import check_apart, check_replaceable, output_lock, write_faults
 from unet.io.progress import progress_bar
@@ -114,14 +115,18 @@ def package_settings(cfg: DictConfig, checkpoint: dict, config: NetConfig) -> di
     """The bioimage.io settings of ``cfg`` and the checkpoint (its training data); an error
     for one a package cannot do without."""
     dataset = training_dataset(cfg, checkpoint, config)
-    if not cfg.authors:
+    shipped = shipped_model_at(cfg.ckpt_path)
+    # a shipped model names who trained it; any other checkpoint needs the user to say
+    authors = list(OmegaConf.to_container(cfg.authors)) if cfg.authors else []
+    authors = authors or list(shipped.authors if shipped else ())
+    if not authors:
         raise ExportSettingError(
             'format=bioimageio needs authors=["Your Name"] (the zoo lists who made the model)'
         )
     return {
         "dataset": dataset,
         "name": cfg.name or default_name(dataset),
-        "authors": list(OmegaConf.to_container(cfg.authors)),
+        "authors": authors,
         "license": cfg.license,
         "onnx": cfg.onnx,
         "any_size": cfg.any_size,

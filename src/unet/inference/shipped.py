@@ -37,6 +37,7 @@ class ShippedModel:
     sha256: str
     data: str
     summary: str
+    authors: tuple[str, ...] = ()
 
 
 def read_entry(card: Path) -> ShippedModel:
@@ -49,6 +50,7 @@ def read_entry(card: Path) -> ShippedModel:
             sha256=str(info["sha256"]),
             data=str(info.get("data", "")),
             summary=str(info.get("summary", "")),
+            authors=tuple(str(a) for a in info.get("authors") or ()),
         )
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
         raise ShippedModelError(
@@ -101,6 +103,15 @@ def resolve_model(name_or_path: str | Path, models_dir: Path | None = None) -> P
     stat = model.path.stat()
     verified(model.path, model.sha256, stat.st_mtime_ns, stat.st_size)
     return model.path
+
+
+def shipped_model_at(path: str | Path, models_dir: Path | None = None) -> ShippedModel | None:
+    """The shipped model whose checkpoint is ``path`` (None for any other file)."""
+    target = Path(str(path)).resolve()
+    for model in shipped_models(models_dir).values():
+        if model.path.resolve() == target:
+            return model
+    return None
 
 
 def names_hint(models_dir: Path | None = None) -> str:
