@@ -53,6 +53,28 @@ def image() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(700, 900)).astype(np.float32)
 
 
+def test_a_graph_traced_during_a_bf16_prediction_stays_fp32(tmp_path):
+    """A bf16 prediction runs the engine inside autocast; the cached ONNX graph (which an
+    fp32 run reuses) must not be traced in bf16, and an instance-norm net must load."""
+    import onnx
+
+    torch.manual_seed(0)
+    net = UNet(depth=2, base_channels=4, batch_norm=False, instance_norm=True).eval()
+    x = torch.randn(1, 1, 92, 92)
+    engine = EngineNet(net, "onnxruntime", cache=tmp_path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        engine(x)
+    (graph,) = tmp_path.glob("*/*.onnx")
+    model = onnx.load(str(graph))
+    bf16 = onnx.TensorProto.BFLOAT16
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    assert not [n for n in casts if any(a.i == bf16 for a in n.attribute)], "bf16 casts"
+    assert all(w.data_type != bf16 for w in model.graph.initializer)
+    torch.testing.assert_close(
+        EngineNet(net, "onnxruntime", cache=tmp_path)(x), net(x), atol=1e-4, rtol=0
+    )
+
+
 @pytest.mark.parametrize("engine", FP32_ENGINES)
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_fp32_engines_reproduce_pytorch_on_a_tiled_image(engine, padding, image):

@@ -142,7 +142,9 @@ def export_onnx(network: nn.Module, shape: tuple[int, ...], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.onnx")
-    with warnings.catch_warnings():
+    # a bf16 prediction calls the engine inside autocast: traced there, the graph would be
+    # bf16 (OpenVINO then refuses instance norm, and an fp32 run would reuse the file)
+    with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         # the legacy exporter's deprecation notice, and the tracer's note on UNet.forward's
         # Python size check (not part of the graph)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -221,8 +223,9 @@ class EngineNet(nn.Module):
     reference = "torch"  # what ``auto`` compares the engines with
 
     def weights_key(self) -> str:
-        """The name of this network's cache folder: the hash of its weights."""
-        return network_hash(self.network)
+        """The name of this network's cache folder: the hash of its weights, and the
+        version of the traced files (v2: traced with autocast off)."""
+        return f"{network_hash(self.network)}-v2"
 
     def probabilities(self, out: np.ndarray) -> np.ndarray:
         """Class probabilities of a runner's output (B, K, h, w): a softmax of logits."""
