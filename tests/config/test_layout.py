@@ -43,11 +43,14 @@ def test_cpu_recipes_have_the_settings_they_document(name):
 
 
 @pytest.mark.parametrize("dataset", ("isbi", "hela", "u373"))
-def test_long_recipes_are_their_cpu_recipe_ended_by_epoch_count(dataset):
+def test_long_recipes_are_their_cpu_recipe_with_instance_norm_ended_by_epoch_count(dataset):
     cpu, long = compose_experiment(f"{dataset}_cpu"), compose_experiment(f"{dataset}_long")
     assert long.trainer.max_epochs == 48 and long.trainer.max_time is None
+    assert cpu.model.net.batch_norm and not cpu.model.net.instance_norm
+    assert long.model.net.instance_norm and not long.model.net.batch_norm
     for cfg in (cpu, long):
         del cfg.trainer.max_epochs, cfg.trainer.max_time, cfg.task_name
+        del cfg.model.net.batch_norm, cfg.model.net.instance_norm
     assert OmegaConf.to_container(cpu) == OmegaConf.to_container(long)
 
 
