@@ -41,6 +41,7 @@ from unet.inference.postprocess import postprocessing_for
 from unet.inference.precision import cpu_has_native_bf16
 from unet.inference.shipped import shipped_models
 from unet.inference.tiler import Tiler
+from unet.metrics import match_objects
 from unet.model.record import record_or_default
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,18 +55,6 @@ def eval_config(name: str, data_dir: Path):
     return with_recorded_data(with_shipped_models(cfg), overrides)
 
 
-def matched(reference: np.ndarray, other: np.ndarray) -> tuple[int, int]:
-    """(objects of ``reference``, those that one object of ``other`` covers by more than
-    half): the SEG matching rule, which makes a match unique."""
-    ids, sizes = np.unique(reference[reference > 0], return_counts=True)
-    found = 0
-    for object_id, size in zip(ids, sizes, strict=True):
-        hits, counts = np.unique(other[reference == object_id], return_counts=True)
-        best = counts[hits > 0].max() if (hits > 0).any() else 0
-        found += int(best * 2 > size)
-    return len(ids), found
-
-
 def compare(reference, variant, postprocess) -> dict:
     """Differences of ``variant``'s predictions from ``reference``'s (SplitPredictions)."""
     flips, pixels, lost, gained, objects = 0, 0, 0, 0, 0
@@ -75,11 +64,11 @@ def compare(reference, variant, postprocess) -> dict:
         a, b = postprocess(p_ref), postprocess(p_var)
         flips += int(((a > 0) != (b > 0)).sum())
         pixels += a.size
-        n_a, found_a = matched(a, b)
-        n_b, found_b = matched(b, a)
-        objects += n_a
-        lost += n_a - found_a
-        gained += n_b - found_b
+        # the Cell Tracking Challenge's matching, each side as the other's "truth"
+        kept = match_objects(b, a)
+        objects += len(kept.truth_ids)
+        lost += kept.misses
+        gained += match_objects(a, b).misses
     return {
         "largest probability difference": largest,
         "pixels that flip": flips / pixels,

@@ -44,10 +44,6 @@ TARGETS = {
 NOT_SCORES = {"val/frames", "val/pixel_error_threshold"}
 
 
-def number(x: float | None, digits: int = 4) -> str:
-    return figure_text(x, digits)
-
-
 def read_models(models: Path) -> list[tuple[str, dict]]:
     """(name, card) of every shipped model, by name."""
     cards = sorted(Path(models).glob("*/model.yaml"))
@@ -85,13 +81,13 @@ def mean_sd(values: list[float]) -> str:
         return "-"
     mean = statistics.fmean(values)
     if len(values) == 1:
-        return f"{number(mean)} (1)"
-    return f"{number(mean)} ± {number(statistics.stdev(values), 2)} ({len(values)})"
+        return f"{figure_text(mean)} (1)"
+    return f"{figure_text(mean)} ± {figure_text(statistics.stdev(values), 2)} ({len(values)})"
 
 
 def published(table: dict, dataset: str, key: str) -> str:
     figure = table.get(dataset, {}).get(key)
-    return f"{number(figure.value)} ({figure.source})" if figure else "-"
+    return f"{figure_text(figure.value)} ({figure.source})" if figure else "-"
 
 
 def target_rows(name: str, card: dict) -> list[str]:
@@ -106,7 +102,7 @@ def target_rows(name: str, card: dict) -> list[str]:
         else:
             met = "**not met**"
         sign = ">=" if kind == "min" else "<="
-        rows.append(f"| `{name}` | `{key}` | {sign} {bound} | {number(value)} | {met} |")
+        rows.append(f"| `{name}` | `{key}` | {sign} {bound} | {figure_text(value)} | {met} |")
     return rows
 
 
@@ -156,7 +152,7 @@ def metric_rows(card: dict, runs: list[dict]) -> list[str]:
         bought = value - statistics.fmean(values) if values else None
         change = "-" if bought is None else f"{bought:+.4g}"
         rows.append(
-            f"| `{key}` | {MEANING.get(key, '')} | {number(value)} | {mean_sd(values)} | "
+            f"| `{key}` | {MEANING.get(key, '')} | {figure_text(value)} | {mean_sd(values)} | "
             f"{change} | {published(PAPER, dataset, key)} | "
             f"{published(BEST_PUBLIC, dataset, key)} |"
         )

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from unet.evaluation.reference import PAPER as REFERENCE
 from unet.inference import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,21 +63,26 @@ class PaperFigure:
     value: float
 
 
-# Ronneberger et al. 2015, Table 1 (ISBI 2012, the challenge's test volume) and Table 2 (Cell
-# Tracking Challenge 2015; "IOU" there is the challenge's SEG measure), keyed by the `data`
-# config option that an experiment selects.
-PAPER = {
+# The paper's figures (unet.evaluation.reference.PAPER: Ronneberger et al. 2015, Tables 1 and
+# 2; the challenges' test sets; "IOU" there is SEG), keyed by the `data` config option that
+# an experiment selects: (the data set's name, the metrics the paper reports with their names).
+_SHOWN = {
     "isbi": (
         "ISBI 2012",
+        "isbi2012",
         (
-            PaperFigure("val/warping_error", "warping error", 0.000353),
-            PaperFigure("val/rand_error", "Rand error of the probability map", 0.0382),
-            PaperFigure("val/labels_rand_error", "Rand error of the post-processed labels", 0.0382),
-            PaperFigure("val/pixel_error", "pixel error", 0.0611),
+            ("val/warping_error", "warping error"),
+            ("val/rand_error", "Rand error of the probability map"),
+            ("val/labels_rand_error", "Rand error of the post-processed labels"),
+            ("val/pixel_error", "pixel error"),
         ),
     ),
-    "u373": ("PhC-U373", (PaperFigure("val/seg", 'SEG ("IOU" in the paper)', 0.9203),)),
-    "hela": ("DIC-HeLa", (PaperFigure("val/seg", 'SEG ("IOU" in the paper)', 0.7756),)),
+    "u373": ("PhC-U373", "PhC-C2DH-U373", (("val/seg", 'SEG ("IOU" in the paper)'),)),
+    "hela": ("DIC-HeLa", "DIC-C2DH-HeLa", (("val/seg", 'SEG ("IOU" in the paper)'),)),
+}
+PAPER = {
+    option: (name, tuple(PaperFigure(k, what, REFERENCE[folder][k].value) for k, what in shown))
+    for option, (name, folder, shown) in _SHOWN.items()
 }
 
 
@@ -260,7 +266,7 @@ def experiment_section(experiment: str, runs: list[Run], seeds, root: Path) -> l
         + (f"; not finished: seeds {', '.join(map(str, missing))}" if missing else "")
         + f". Folder: `{shown(Path(root) / experiment)}`.",
     ]
-    overrides = sorted({" ".join(a.get("overrides", [])) for r in runs for a in attempts(r)} - {""})
+    overrides = run_overrides(runs)
     if overrides:
         lines.append(f"Extra overrides (not the recipe): {'; '.join(f'`{o}`' for o in overrides)}.")
     lines += [
@@ -280,6 +286,11 @@ def experiment_section(experiment: str, runs: list[Run], seeds, root: Path) -> l
 
 def attempts(run: Run) -> list[dict]:
     return (run.info or {}).get("attempts", [])
+
+
+def run_overrides(runs: list[Run]) -> list[str]:
+    """The extra Hydra overrides the runs' attempts were given (each as one string)."""
+    return sorted({" ".join(a.get("overrides", [])) for r in runs for a in attempts(r)} - {""})
 
 
 def shown(path: Path) -> Path:
@@ -333,7 +344,7 @@ def write_record(run: Run, experiment: str, records: Path) -> Path:
         "experiment": experiment,
         "seed": run.seed,
         "metrics": metrics,
-        "overrides": sorted({" ".join(a.get("overrides", [])) for a in attempts(run)} - {""}),
+        "overrides": run_overrides([run]),
         "wall_minutes": wall_minutes(run),
         "hardware": hardware_lines([run]),
     }

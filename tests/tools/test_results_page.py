@@ -78,9 +78,9 @@ def test_without_kept_runs_the_page_says_how_to_make_them(tmp_path):
 
 
 def test_numbers_near_one_are_not_rounded_to_one():
-    assert results_page.number(0.99998) == "0.99998"
-    assert results_page.number(13.0) == "13" and results_page.number(None) == "-"
-    assert results_page.number(0.0123456) == "0.01235"
+    assert results_page.figure_text(0.99998) == "0.99998"
+    assert results_page.figure_text(13.0) == "13" and results_page.figure_text(None) == "-"
+    assert results_page.figure_text(0.0123456) == "0.01235"
 
 
 def test_the_committed_page_is_what_the_records_give(capsys):
