@@ -184,6 +184,16 @@ def predicted(model: str | Path, frame: Path, output: Path) -> dict:
     }
 
 
+def one_slice(stack: Path, index: int, folder: Path) -> Path:
+    """Slice ``index`` of a multi-page TIFF, written alone to ``folder`` (the tests do the
+    same before predicting it)."""
+    import tifffile
+
+    path = folder / f"{stack.stem}_z{index:03d}.tif"
+    tifffile.imwrite(path, tifffile.imread(stack, key=index))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="the training run's folder")
@@ -204,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         help="one validation frame, relative to the data folder, predicted at shipping time "
         "and again by the tests (e.g. PhC-C2DH-U373/02/t077.tif)",
     )
+    parser.add_argument(
+        "--check-slice",
+        type=int,
+        default=None,
+        help="where the check frame is a stack (ISBI 2012's train-volume.tif): the slice "
+        "predicted, counted from 0 (e.g. 29, a validation slice)",
+    )
     parser.add_argument("--data-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     metrics = json.loads((args.run / "metrics.json").read_text())
@@ -219,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        numbers = predicted(path, args.data_dir / args.check_frame, Path(tmp) / "out")
-    info["check"] = {"frame": args.check_frame, **numbers}
+        frame = args.data_dir / args.check_frame
+        if args.check_slice is not None:
+            frame = one_slice(frame, args.check_slice, Path(tmp))
+        numbers = predicted(path, frame, Path(tmp) / "out")
+    where = {} if args.check_slice is None else {"slice": args.check_slice}
+    info["check"] = {"frame": args.check_frame, **where, **numbers}
     info = json.loads(json.dumps(info, default=str))  # plain types (torch's version string)
     write_text(folder / CARD, yaml.safe_dump(info, sort_keys=False))
     write_text(folder / "README.md", card(args.name, info))
