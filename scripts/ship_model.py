@@ -63,9 +63,19 @@ def load_range(load_log: Path | None) -> list[float] | None:
     return [min(values), max(values)] if values else None
 
 
+def dataset_name(data: dict) -> str:
+    """The data set a run trained on, from its DataModule's recorded settings."""
+    return str(
+        data.get("dataset")  # a Cell Tracking Challenge data set
+        or ("isbi2012" if "val_slices" in data else None)  # only the ISBI data records it
+        or Path(str(data.get("data_dir", ""))).name  # own data: its folder
+        or "own"
+    )
+
+
 def entry(args, checkpoint: dict, metrics: dict, path: Path, last: dict) -> dict:
     data = checkpoint.get("datamodule_hyper_parameters") or {}
-    dataset = str(data.get("dataset") or Path(str(data.get("data_dir", ""))).name or "own")
+    dataset = dataset_name(data)
     choice = checkpoint.get("training_choice") or {}
     seconds, seconds_from = train_seconds(last, args.run)
     return {
@@ -124,7 +134,8 @@ def card(name: str, info: dict) -> str:
         f"- Data set: {info['data']}; split settings: `{json.dumps(info['split'])}`.",
         "- All numbers below are **validation** numbers on the held-out part of the",
         "  training data; the paper's figures are on the challenge's hidden test set",
-        f"  ({info['paper']}), so the two are not directly comparable.",
+        f"  ({info['paper'].removesuffix(' (test set)')}), so the two are not directly",
+        "  comparable.",
         "",
         "## Training",
         "",
@@ -140,7 +151,8 @@ def card(name: str, info: dict) -> str:
         "## Validation (best checkpoint, final validation of the run)",
         "",
         f"Test-time augmentation `{info['tta']}`; post-processing chosen on the validation",
-        f"frames: `{json.dumps(info['postprocess'])}`.",
+        f"{'slices' if 'val_slices' in info['split'] else 'frames'}: "
+        f"`{json.dumps(info['postprocess'])}`.",
         "",
         "| metric | value | what it is |",
         "| --- | --- | --- |",
@@ -190,7 +202,7 @@ def one_slice(stack: Path, index: int, folder: Path) -> Path:
     import tifffile
 
     path = folder / f"{stack.stem}_z{index:03d}.tif"
-    tifffile.imwrite(path, tifffile.imread(stack, key=index))
+    tifffile.imwrite(path, tifffile.imread(stack)[index])
     return path
 
 
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="where the check frame is a stack (ISBI 2012's train-volume.tif): the slice "
-        "predicted, counted from 0 (e.g. 29, a validation slice)",
+        "predicted, counted from 0 (e.g. 24, a validation slice)",
     )
     parser.add_argument("--data-dir", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -132,7 +132,7 @@ def test_a_shipped_model_predicts_what_its_card_records(name, data_dir, tmp_path
         pytest.skip(f"{frame} not here")
     if "slice" in check:  # one slice of a stack, written alone as at shipping time
         page = tmp_path / f"{frame.stem}_z{check['slice']:03d}.tif"
-        tifffile.imwrite(page, tifffile.imread(frame, key=check["slice"]))
+        tifffile.imwrite(page, tifffile.imread(frame)[check["slice"]])
         frame = page
     out = tmp_path / "out"
     result = predict_cli(

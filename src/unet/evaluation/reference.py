@@ -25,6 +25,8 @@ MEANING = {
     "val/predicted_objects": "objects in the labels",
     "val/matched": "cells matched by an object covering more than half of them",
     "val/pixel_error_t05": "pixel error at p > 0.5",
+    "val/pixel_error_threshold": "the threshold on p that gives the best pixel error",
+    "val/frames": "validation frames scored",
     "val/rand_error": "Rand error (foreground-restricted) of the probability map",
     "val/v_rand": "V_rand of the probability map",
     "val/v_info": "V_info of the probability map",
@@ -33,6 +35,8 @@ MEANING = {
     "on the same slices",
     "val/labels_v_rand": "V_rand of the labels' boundary map, post-processing chosen on the "
     "same slices",
+    "val/labels_v_info": "V_info of the labels' boundary map",
+    "val/labels_warping_error": "warping error of the labels' boundary map",
     "val/labels_rand_error_heldout": "Rand error of the labels, post-processing chosen on the "
     "other validation slices (held out)",
     "val/labels_v_rand_heldout": "V_rand of the labels, post-processing chosen on the other "
