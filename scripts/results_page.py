@@ -62,6 +62,12 @@ def short_recipe(card: dict, configs: Path) -> str | None:
     return first.rsplit("/", 1)[-1] if first else None
 
 
+def default_seed(configs: Path) -> int | None:
+    """The seed a training command runs with when none is given (``configs/train.yaml``)."""
+    path = Path(configs) / "train.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("seed") if path.is_file() else None
+
+
 def read_records(records: Path, experiment: str | None) -> list[dict]:
     """The kept runs of ``experiment`` as the recipe stands (no extra overrides), by seed."""
     if experiment is None:
@@ -106,7 +112,9 @@ def target_rows(name: str, card: dict) -> list[str]:
     return rows
 
 
-def training_lines(card: dict, short: str | None, runs: list[dict]) -> list[str]:
+def training_lines(
+    card: dict, short: str | None, runs: list[dict], default_seed: int | None = None
+) -> list[str]:
     """How the model and the short recipe's runs were trained."""
     t = card.get("training", {})
     m = t.get("machine", {})
@@ -136,9 +144,30 @@ def training_lines(card: dict, short: str | None, runs: list[dict]) -> list[str]
         f"- Short recipe `experiment={short}`: seeds {seeds}; precision "
         f"{', '.join(precisions)}; {wall}."
     )
-    hardware = sorted({h for r in runs for h in r.get("hardware", [])})
-    lines += [f"  {h}" for h in hardware]
+    lines += [f"  - {seed_line(r, seed_keys(card), default_seed)}" for r in runs]
     return lines
+
+
+def seed_keys(card: dict) -> list[str]:
+    """The metrics shown per seed: those the paper and the targets name for the data set."""
+    dataset = card.get("data")
+    keys = [*PAPER.get(dataset, {}), *(key for key, _, _ in TARGETS.get(dataset, ()))]
+    return list(dict.fromkeys(keys))
+
+
+def seed_line(run: dict, keys: list[str], default_seed: int | None = None) -> str:
+    """One kept run: its seed, the shown metrics, wall time and machine with load."""
+    metrics = run.get("metrics", {})
+    shown = [f"`{k}` {figure_text(metrics[k])}" for k in keys if k in metrics]
+    wall = run.get("wall_minutes")
+    where = "; ".join(h.removeprefix("- ") for h in run.get("hardware", []))
+    return (
+        f"seed {run.get('seed')}"
+        + (" (the default)" if run.get("seed") == default_seed else "")
+        + f": {', '.join(shown) or 'no shown metric'}; "
+        + (f"{wall:.1f} min; " if wall is not None else "")
+        + (where or "machine not recorded")
+    )
 
 
 def metric_rows(card: dict, runs: list[dict]) -> list[str]:
@@ -165,7 +194,7 @@ def model_section(name: str, card: dict, records: Path, configs: Path) -> list[s
     return [
         f"## `{name}`: {card.get('data')}",
         "",
-        *training_lines(card, short, runs),
+        *training_lines(card, short, runs, default_seed(configs)),
         "",
         f"| metric | what it is | `{name}`, validation | `{short}`, validation, "
         "mean ± sd (runs) | longer training changed it by | paper | best public figure |",

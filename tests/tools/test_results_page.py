@@ -64,6 +64,9 @@ def test_page_sets_each_metric_beside_the_short_recipe_and_the_paper(tmp_path):
     assert row(page, "`val/seg_heldout`")[3] == "-"
     assert "`val/frames`" not in page  # bookkeeping, not a score
     assert "seeds 1, 2, 12345" in page
+    # each kept run is listed with its seed, the default one named as such
+    assert "  - seed 12345 (the default): `val/seg` 0.88;" in page
+    assert "  - seed 1: `val/seg` 0.86;" in page
     # the targets are checked against the held-out SEG
     met = [line for line in page.splitlines() if line.startswith("| `u373` | `val/seg_heldout`")]
     bad = [line for line in page.splitlines() if line.startswith("| `bad` | `val/seg_heldout`")]
