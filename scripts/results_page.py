@@ -144,7 +144,8 @@ def training_lines(
         f"- Short recipe `experiment={short}`: seeds {seeds}; precision "
         f"{', '.join(precisions)}; {wall}."
     )
-    lines += [f"  - {seed_line(r, seed_keys(card), default_seed)}" for r in runs]
+    keys = seed_keys(card)
+    lines += [f"  - {seed_line(r, keys, default_seed)}" for r in runs]
     return lines
 
 

@@ -24,9 +24,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from unet.config.recorded_data import recorded_datamodule  # noqa: E402
 from unet.evaluation.reference import MEANING, figure_text, paper_summary  # noqa: E402
 from unet.inference.machine import describe  # noqa: E402
-from unet.inference.shipped import CARD, MODELS_DIR, sha256_of  # noqa: E402
+from unet.inference.shipped import CARD, MODELS_DIR, check_frame, sha256_of  # noqa: E402
 from unet.io.atomic import atomic_file, write_text  # noqa: E402
 
 # what a prediction or a fine-tune needs; optimizer and loop state stay behind
@@ -65,9 +66,10 @@ def load_range(load_log: Path | None) -> list[float] | None:
 
 def dataset_name(data: dict) -> str:
     """The data set a run trained on, from its DataModule's recorded settings."""
+    isbi = recorded_datamodule(data) == "unet.data.isbi.IsbiDataModule"
     return str(
         data.get("dataset")  # a Cell Tracking Challenge data set
-        or ("isbi2012" if "val_slices" in data else None)  # only the ISBI data records it
+        or ("isbi2012" if isbi else None)  # the folder the ISBI data live in
         or Path(str(data.get("data_dir", ""))).name  # own data: its folder
         or "own"
     )
@@ -196,16 +198,6 @@ def predicted(model: str | Path, frame: Path, output: Path) -> dict:
     }
 
 
-def one_slice(stack: Path, index: int, folder: Path) -> Path:
-    """Slice ``index`` of a multi-page TIFF, written alone to ``folder`` (the tests do the
-    same before predicting it)."""
-    import tifffile
-
-    path = folder / f"{stack.stem}_z{index:03d}.tif"
-    tifffile.imwrite(path, tifffile.imread(stack)[index])
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="the training run's folder")
@@ -248,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        frame = args.data_dir / args.check_frame
-        if args.check_slice is not None:
-            frame = one_slice(frame, args.check_slice, Path(tmp))
+        frame = check_frame(args.data_dir / args.check_frame, args.check_slice, Path(tmp))
         numbers = predicted(path, frame, Path(tmp) / "out")
     where = {} if args.check_slice is None else {"slice": args.check_slice}
     info["check"] = {"frame": args.check_frame, **where, **numbers}

@@ -19,6 +19,7 @@ from unet.config.models import with_shipped_models
 from unet.inference.shipped import (
     MODELS_DIR,
     ShippedModelError,
+    check_frame,
     names_hint,
     resolve_model,
     sha256_of,
@@ -130,10 +131,7 @@ def test_a_shipped_model_predicts_what_its_card_records(name, data_dir, tmp_path
     frame = Path(data_dir) / check["frame"]
     if not frame.is_file():
         pytest.skip(f"{frame} not here")
-    if "slice" in check:  # one slice of a stack, written alone as at shipping time
-        page = tmp_path / f"{frame.stem}_z{check['slice']:03d}.tif"
-        tifffile.imwrite(page, tifffile.imread(frame)[check["slice"]])
-        frame = page
+    frame = check_frame(frame, check.get("slice"), tmp_path)  # a stack: its slice, as shipped
     out = tmp_path / "out"
     result = predict_cli(
         [

@@ -1,4 +1,4 @@
-"""scripts/ship_model.py: the card's data set and the check frame of a stack."""
+"""scripts/ship_model.py and its helper: the card's data set, the check frame of a stack."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from unet.inference.shipped import check_frame
+
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts/ship_model.py")
 ship_model = importlib.util.module_from_spec(_spec)
@@ -16,12 +18,13 @@ sys.modules["ship_model"] = ship_model
 _spec.loader.exec_module(ship_model)
 
 
-def test_one_slice_of_a_stack_is_written_alone(tmp_path):
+def test_the_check_frame_of_a_stack_is_its_slice_written_alone(tmp_path):
     stack = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
     tifffile.imwrite(tmp_path / "volume.tif", stack)
-    path = ship_model.one_slice(tmp_path / "volume.tif", 2, tmp_path)
+    path = check_frame(tmp_path / "volume.tif", 2, tmp_path)
     assert path.name == "volume_z002.tif"
     np.testing.assert_array_equal(tifffile.imread(path), stack[2])
+    assert check_frame(tmp_path / "volume.tif", None, tmp_path) == tmp_path / "volume.tif"
 
 
 def test_the_card_names_the_data_set_by_what_its_datamodule_recorded():

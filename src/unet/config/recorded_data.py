@@ -37,8 +37,13 @@ def read_recorded_data(ckpt_path: str | Path) -> dict | None:
     )
     if not isinstance(hparams, dict):
         return None
-    target = next((t for key, t in DATAMODULES.items() if key in hparams), None)
+    target = recorded_datamodule(hparams)
     return None if target is None else {"_target_": target, **dict(hparams)}
+
+
+def recorded_datamodule(hparams: dict) -> str | None:
+    """The DataModule (its ``_target_``) whose settings ``hparams`` are; None if unknown."""
+    return next((t for key, t in DATAMODULES.items() if key in hparams), None)
 
 
 def given_data_keys(overrides: Sequence[str]) -> set[str] | None:

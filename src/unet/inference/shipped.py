@@ -28,6 +28,19 @@ class ShippedModelError(UserError, ValueError):
     """A shipped model whose file is missing or differs from its recorded checksum."""
 
 
+def check_frame(frame: Path, index: int | None, folder: Path) -> Path:
+    """The image a model card's check predicts: ``frame`` itself, or, for a stack (ISBI
+    2012's ``train-volume.tif``), its slice ``index`` written alone to ``folder``. Used when
+    a model is shipped and by the test that predicts the check again."""
+    if index is None:
+        return frame
+    import tifffile  # only for a stack's check: not at every command's start
+
+    path = Path(folder) / f"{frame.stem}_z{index:03d}.tif"
+    tifffile.imwrite(path, tifffile.imread(frame)[index])
+    return path
+
+
 @dataclass(frozen=True)
 class ShippedModel:
     """One entry of ``models/``: its name, checkpoint file, checksum and data set."""
