@@ -6,9 +6,17 @@ The ``isbi_cpu`` network (depth 4, 16 base channels, batch norm, valid padding) 
 random-initialised weights (speed does not depend on the weights; the label comparison is
 then between near-random maps, a strict test). Each row is the second of two
 ``predict_image`` runs (the first traces and compiles the engine's graphs into the cache).
+Engines that run compiled graphs get two rows: tiles of ``--tile`` (the tile the recipe
+validated with, today's path) and the tiles predict and eval give them when
+``tiler.tile_size`` is null (``unet.inference.engines.engine_tiler``); "seconds" is the
+second run, with the first (tracing and compiling included) in brackets.
 GFLOP/s counts the network FLOPs of every tile (``unet.model.network.forward_flops``) over the
-seconds, also as a share of the machine's peak: a 4,096^3 ``torch.matmul`` in fp32 and bf16,
+seconds, also as a share of the machine's peak: a 4,096^3 ``torch.matmul`` in fp32 and bf16 (best of 7),
 measured in the same run.
+
+``--checkpoint`` (a checkpoint or a shipped model's name) runs trained weights instead,
+and ``--image`` a real image: a TIFF, its frames laid side by side to fill the size (e.g.
+``$UNET_DATA_DIR/isbi2012/train-volume.tif``: 16 of its 512 x 512 sections).
 
 The MONAI rows run ``monai.inferers.sliding_window_inference`` (``pip install '.[bench]'``)
 with the same weights: it needs outputs of the input's size, so the network runs with
@@ -30,7 +38,7 @@ import numpy as np
 import torch
 
 from unet.data.samples import standardize
-from unet.inference.engines import engine_network, installed
+from unet.inference.engines import engine_network, engine_tiler, installed
 from unet.inference.image import predict_image
 from unet.inference.machine import cpu_model
 from unet.inference.postprocess import PostProcessing
@@ -50,11 +58,26 @@ VARIANTS = [
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 4096) -> float:
-    """GFLOP/s of an n x n x n matrix product (best of 3)."""
+    """GFLOP/s of an n x n x n matrix product (best of 7, after two warm-up runs)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.matmul(a, b)
-    best = min(timed(lambda: torch.matmul(a, b)) for _ in range(3))
+    torch.matmul(a, b)
+    best = min(timed(lambda: torch.matmul(a, b)) for _ in range(7))
     return 2 * n**3 / best / 1e9
+
+
+def mosaic(path: str, size: int) -> np.ndarray:
+    """A size x size image from the TIFF at ``path``: its frames side by side, row after
+    row (starting over where the frames run out), cropped."""
+    import tifffile
+
+    frames = tifffile.imread(path).astype(np.float32)
+    frames = frames.reshape(-1, *frames.shape[-2:])
+    h, w = frames.shape[1:]
+    rows, cols = -(-size // h), -(-size // w)
+    tiles = [frames[i % len(frames)] for i in range(rows * cols)]
+    grid = np.block([[tiles[r * cols + c] for c in range(cols)] for r in range(rows)])
+    return grid[:size, :size]
 
 
 def timed(run) -> float:
@@ -69,12 +92,15 @@ def tiles_flops(net: UNet, tiler: Tiler, size: tuple[int, int]) -> int:
     return sum(n * forward_flops(net.config, shape) for shape, n in plan.tile_shapes().items())
 
 
-def row(name: str, precision: str, seconds: float, flops: int, peaks, diff: float, flipped):
-    """One table row: seconds, GFLOP/s and its share of the fp32 and bf16 matmul peaks."""
+def row(name, precision, tiles, seconds, first, flops, peaks, diff: float, flipped) -> None:
+    """One table row: seconds (of the run after the first), GFLOP/s and its share of the
+    fp32 and bf16 matmul peaks."""
     rate = flops / seconds / 1e9
     shares = " | ".join(f"{100 * rate / peak:.0f}%" for peak in peaks)
+    timing = f"{seconds:.2f} ({first:.1f})"
     print(
-        f"| {name} | {precision} | {seconds:.2f} | {rate:.0f} | {shares} | {diff:.1e} | {flipped} |"
+        f"| {name} | {precision} | {tiles} | {timing} | {rate:.0f} | {shares} | {diff:.1e} "
+        f"| {flipped} |"
     )
 
 
@@ -126,7 +152,9 @@ def monai_rows(net: UNet, image: np.ndarray, tiler: Tiler, peaks) -> None:
         runs.append((f"MONAI ({windows} windows)", precision, partial(monai, precision), flops))
     post, reference = PostProcessing(), None
     for name, precision, run, count in runs:
+        start = time.perf_counter()
         run()
+        first = time.perf_counter() - start
         start = time.perf_counter()
         prob = run()
         seconds = time.perf_counter() - start
@@ -134,18 +162,31 @@ def monai_rows(net: UNet, image: np.ndarray, tiler: Tiler, peaks) -> None:
         reference = reference or (prob, labels)
         diff = float(np.abs(prob - reference[0]).max())
         flipped = int(np.count_nonzero(labels != reference[1]))
-        row(name, precision, seconds, count, peaks, diff, flipped)
+        plan = tiler.plan(same, image.shape)
+        tiles = f"{max(plan.rows.in_sizes)} ({plan.num_tiles})" if name[0] == "t" else tile
+        row(name, precision, tiles, seconds, first, count, peaks, diff, flipped)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--tile", type=int, default=508)
+    parser.add_argument("--checkpoint", help="trained weights (a checkpoint or a shipped name)")
+    parser.add_argument("--image", help="a TIFF image or stack (laid out as a mosaic)")
     args = parser.parse_args()
     os.environ.setdefault("UNET_CACHE_DIR", tempfile.mkdtemp(prefix="unet-engines-"))
     torch.manual_seed(0)
-    net = UNet(**ISBI_CPU.to_dict()).eval()
-    image = np.random.default_rng(0).normal(size=(args.size, args.size)).astype(np.float32)
+    if args.checkpoint:
+        from unet.inference.checkpoint import load_network
+        from unet.inference.shipped import resolve_model
+
+        net = load_network(resolve_model(args.checkpoint))
+    else:
+        net = UNet(**ISBI_CPU.to_dict()).eval()
+    if args.image:
+        image = standardize(mosaic(args.image, args.size))
+    else:
+        image = np.random.default_rng(0).normal(size=(args.size, args.size)).astype(np.float32)
     tiler = Tiler(tile_size=args.tile, batch_size=1)
     flops = tiles_flops(net, tiler, image.shape)
     peak32, peak16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
@@ -157,27 +198,44 @@ def main() -> None:
     )
     print(f"{args.size}x{args.size} image, tiles of {args.tile}: {flops / 1e9:.1f} GFLOP")
     print(
-        "| engine | precision | seconds | GFLOP/s | of fp32 peak | of bf16 peak "
-        "| max prob diff | flipped labels |"
+        "| engine | precision | tiles | seconds (first run) | GFLOP/s | of fp32 peak "
+        "| of bf16 peak | max prob diff | flipped labels |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     post = PostProcessing()
-    reference = None
+    reference, timings = None, []
     for engine, precision in VARIANTS:
         if engine not in ("torch", "auto") and not installed(engine):
             continue
         runner = engine_network(net, engine, precision)
-        predict_image(runner, image, tiler, precision=precision)  # traces, compiles, caches
-        start = time.perf_counter()
-        prob = predict_image(runner, image, tiler, precision=precision)
-        seconds = time.perf_counter() - start
-        labels = post(prob[1]) > 0
-        if reference is None:
-            reference = (prob, labels)
-        diff = float(np.abs(prob - reference[0]).max())
-        flipped = int(np.count_nonzero(labels != reference[1]))
-        name = f"auto ({runner.chosen})" if engine == "auto" else engine
-        row(name, precision, seconds, flops, (peak32, peak16), diff, flipped)
+        # the tiles predict and eval use with this engine when tiler.tile_size is null
+        chosen = engine_tiler(Tiler(batch_size=1), engine, net.config, args.tile)
+        for tiles in dict.fromkeys([tiler, chosen]):  # the validated tile, then the engine's
+            start = time.perf_counter()
+            predict_image(runner, image, tiles, precision=precision)  # traces, compiles, caches
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            prob = predict_image(runner, image, tiles, precision=precision)
+            seconds = time.perf_counter() - start
+            labels = post(prob[1]) > 0
+            if reference is None:
+                reference = (prob, labels)
+            diff = float(np.abs(prob - reference[0]).max())
+            flipped = int(np.count_nonzero(labels != reference[1]))
+            name = f"auto ({runner.chosen})" if engine == "auto" else engine
+            plan = tiles.plan(net, image.shape)
+            shown = f"{max(plan.rows.in_sizes)} ({plan.num_tiles})"
+            count = tiles_flops(net, tiles, image.shape)
+            row(name, precision, shown, seconds, first, count, (peak32, peak16), diff, flipped)
+            timings.append((f"{name} {precision}, tiles {shown}", seconds, flipped))
+    today = timings[0][1]
+    auto = [t for t in timings if t[0].startswith("auto")][-1]
+    bf16 = min((t for t in timings if " bf16," in t[0]), key=lambda t: t[1])
+    for what, (name, seconds, flipped) in [("engine=auto", auto), ("fastest bf16", bf16)]:
+        print(
+            f"{what}: {name}: {today / seconds:.2f}x today's path (torch fp32, tiles of "
+            f"{args.tile}), {flipped} labels flipped"
+        )
     monai_rows(net, image, tiler, (peak32, peak16))
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

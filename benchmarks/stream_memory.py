@@ -9,7 +9,9 @@
 size and batch chosen by the planner) for each net and image shape, one process per case,
 and the growth over the first shape. ``--max-rows`` crops the height of larger shapes (the
 band's memory depends on the width; the statistics pass reads blocks): a shorter run.
-``--compare-src`` also runs the first shape with the code of another checkout's ``src``
+``--time-limit S`` stops every shape after the first after S seconds of prediction and
+reports the peak so far (the planner gives every column window of a wide image the same
+band and tiles, so the peak is reached in the first window). ``--compare-src`` also runs the first shape with the code of another checkout's ``src``
 (e.g. the main branch) for throughput. Nets: ``small`` (4 base channels, depth 2, valid),
 ``isbi_cpu`` (below), ``paper`` (64 base channels, depth 4, valid); random weights.
 
@@ -35,6 +37,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,8 +129,29 @@ def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float, secti
     }
 
 
-def run_budget_case(net_name: str, shape, chunk: int, memory_gb: float) -> dict:
-    """One streamed prediction of a (h, w) image with ``net_name`` at ``memory_gb``."""
+def stop_after(seconds: float, start: float, shape, base: int) -> None:
+    """After ``seconds``, print the case's JSON so far (peak and time, ``stopped``) and end
+    the process: every column window of a wide image has the same band and tiles, so the
+    peak is reached in the first."""
+
+    def report() -> None:
+        elapsed = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result = {"seconds": elapsed, "peak_gb": peak / 2**30, "before_gb": base / 2**30}
+        print(json.dumps(result | {"megapixels_per_second": float("nan"), "stopped": True}))
+        sys.stdout.flush()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, report)
+    timer.daemon = True
+    timer.start()
+
+
+def run_budget_case(
+    net_name: str, shape, chunk: int, memory_gb: float, time_limit: float | None = None
+) -> dict:
+    """One streamed prediction of a (h, w) image with ``net_name`` at ``memory_gb``
+    (stopped after ``time_limit`` seconds of prediction, if given)."""
     from unet.inference.tiler import Tiler
     from unet.predict.zarr.route import predict_to_zarr
 
@@ -136,6 +160,8 @@ def run_budget_case(net_name: str, shape, chunk: int, memory_gb: float) -> dict:
         write_input(Path(tmp) / "in.zarr", shape, chunk)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         start = time.perf_counter()
+        if time_limit:
+            stop_after(time_limit, start, shape, base)
         predict_to_zarr(
             net,
             Path(tmp) / "in.zarr",
@@ -168,13 +194,16 @@ def budget_table(args) -> None:
             for label, src in sources if i == 0 else sources[:1]:
                 command = [sys.executable, __file__, "--case", net, f"{shape[0]}x{shape[1]}"]
                 command += ["--chunk", str(args.chunk), "--memory-gb", str(args.memory_gb)]
+                if args.time_limit and i:
+                    command += ["--time-limit", str(args.time_limit)]
                 env = dict(os.environ, PYTHONPATH=src)
                 done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 first = first if first is not None or label != "this" else r["peak_gb"]
+                rate = "stopped" if r.get("stopped") else f"{r['megapixels_per_second']:.3f} Mpx/s"
                 print(
                     f"{net:8s} {label:7s} {shape[0]:5d} x {shape[1]:5d}: {r['seconds']:7.1f} s, "
-                    f"{r['megapixels_per_second']:.3f} Mpx/s, peak {r['peak_gb']:.2f} GB "
+                    f"{rate}, peak {r['peak_gb']:.2f} GB "
                     f"(+{(r['peak_gb'] - first) * 1024:.0f} MB over the first shape)",
                     flush=True,
                 )
@@ -195,10 +224,14 @@ def main() -> None:
     parser.add_argument("--shapes", default="2048x2048,12288x12288,4096x65536")
     parser.add_argument("--max-rows", type=int, default=1 << 30)
     parser.add_argument("--compare-src", help="another checkout's src, for throughput")
+    parser.add_argument(
+        "--time-limit", type=float, help="stop each shape after the first after this many seconds"
+    )
     args = parser.parse_args()
     if args.case:
         shape = tuple(int(v) for v in args.case[1].split("x"))
-        print(json.dumps(run_budget_case(args.case[0], shape, args.chunk, args.memory_gb)))
+        result = run_budget_case(args.case[0], shape, args.chunk, args.memory_gb, args.time_limit)
+        print(json.dumps(result))
         return
     if args.budget_table:
         print(f"{cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()}")

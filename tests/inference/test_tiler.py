@@ -208,6 +208,13 @@ def test_paper_net_plan_and_invalid_tile_sizes():
     # a long thin image gets long tiles
     thin = Tiler(memory_gb=budget).plan(net, (100, 5000))
     assert thin.rows.in_sizes == (284,) and max(thin.cols.in_sizes) > 572
+    # max_tile caps the chosen side (the largest valid one up to it), not a given one
+    capped = Tiler(memory_gb=64, max_tile=1280).plan(net, (2048, 2048))
+    assert max(capped.rows.in_sizes) == max(capped.cols.in_sizes) == 1276
+    assert Tiler(memory_gb=64).plan(net, (2048, 2048)).tile_shapes() == {(2236, 2236): 1}
+    assert Tiler(tile_size=2236, max_tile=700).plan(net, (2048, 2048)).num_tiles == 1
+    thin = Tiler(memory_gb=64, max_tile=700).plan(net, (100, 5000))
+    assert max(thin.rows.in_sizes + thin.cols.in_sizes) <= 700
 
 
 def test_edge_reach():

@@ -16,6 +16,7 @@ from unet.config.checks import ConfigError
 from unet.inference.tiler import Tiler
 from unet.io.output_safety import UnsafeOutputError
 from unet.io.pixel_size import PixelSize
+from unet.model.network import NetConfig
 from unet.model.record import ModelRecord
 from unet.predict.objects import ObjectOutputError
 from unet.predict.request import (
@@ -25,6 +26,7 @@ from unet.predict.request import (
     TilerSettings,
     ZarrSettings,
 )
+from unet.inference.engines import OPENVINO_MAX_TILE
 from unet.predict.setup import with_model_record
 from unet.predict.task import read_request
 
@@ -122,7 +124,8 @@ def test_a_missing_setting_is_named(tmp_path, compose_predict):
 
 def test_the_model_record_fills_only_what_the_request_left_null():
     record = ModelRecord(tta="flips8", precision="32", tile_size=188, overlap=16)
-    trained = SimpleNamespace(record=record, path="model.ckpt")
+    net = SimpleNamespace(config=NetConfig())
+    trained = SimpleNamespace(record=record, path="model.ckpt", net=net)
     given = PredictRequest("model.ckpt", "in.tif", "out", tiler=TilerSettings(overlap=8))
     filled = with_model_record(given, trained)
     assert (filled.tta, filled.precision) == ("flips8", "32")
@@ -130,6 +133,23 @@ def test_the_model_record_fills_only_what_the_request_left_null():
     assert given.tta is None and given.tiler.tile_size is None  # the request is left as it was
     streamed = with_model_record(given.but(output="out.zarr"), trained, streamed=True)
     assert streamed.tta == "none"
+
+
+def test_a_compiled_runtime_gets_larger_tiles_of_a_valid_net_only():
+    record = ModelRecord(tta="none", precision="32", tile_size=188, overlap=0)
+    request = PredictRequest("model.ckpt", "in.tif", "out", engine="openvino")
+    for config, tiler in [
+        (NetConfig(), TilerSettings(None, 0, batch_size=1, max_tile=OPENVINO_MAX_TILE)),
+        # their results depend on the tiles
+        (NetConfig(padding="same"), TilerSettings(tile_size=188, overlap=0)),
+        (NetConfig(instance_norm=True), TilerSettings(tile_size=188, overlap=0)),
+    ]:
+        net = SimpleNamespace(config=config)
+        trained = SimpleNamespace(record=record, path="model.ckpt", net=net)
+        assert with_model_record(request, trained).tiler == tiler
+        # a tile size given wins, whatever the engine
+        given = request.but(tiler=TilerSettings(tile_size=572))
+        assert with_model_record(given, trained).tiler == TilerSettings(tile_size=572, overlap=0)
 
 
 def test_no_module_below_the_task_entry_sees_the_config():

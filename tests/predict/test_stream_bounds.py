@@ -37,6 +37,14 @@ def test_the_band_stops_growing_with_the_width(base, depth):
     assert bands[65536] - bands[2048] < 200 * 2**20  # the benchmark's goal, in the plan
 
 
+def test_the_streamed_plan_keeps_a_tile_cap():
+    net = SimpleNamespace(config=NetConfig(depth=4, base_channels=16))
+    free = plan_stream(net, Tiler(memory_gb=8.0), (8192, 8192), 1024)
+    capped = plan_stream(net, Tiler(memory_gb=8.0, max_tile=700), (8192, 8192), 1024)
+    assert max(free.tiles.rows.in_sizes) > 700  # the cap is what holds it
+    assert max(capped.tiles.rows.in_sizes + capped.tiles.cols.in_sizes) <= 700
+
+
 def wide_store(path, h: int, w: int, chunk: int) -> None:
     """A (y, x) OME-Zarr uint16 image written chunk by chunk."""
     group = zarr.open_group(str(path), mode="w")

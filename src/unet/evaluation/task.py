@@ -50,7 +50,7 @@ from unet.evaluation.report import (
     write_report,
 )
 from unet.inference.checkpoint import load_trained
-from unet.inference.engines import engine_network
+from unet.inference.engines import engine_network, engine_tiler
 from unet.inference.image import predict_image
 from unet.inference.postprocess import (
     PostProcessing,
@@ -375,8 +375,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         postprocess = postprocessing_for(trained.postprocess, cfg.get("postprocess"))
         record = record_or_default(trained.record, trained.path)
         tta, precision = settings_for(record, cfg.tta, cfg.get("precision"))
-        tiler = Tiler(tile_size=record.tile_size, overlap=record.overlap)
-        net = engine_network(trained.net, cfg.get("engine", "torch"), precision)
+        engine = cfg.get("engine", "torch")
+        tiler = Tiler(overlap=record.overlap)
+        tiler = engine_tiler(tiler, engine, trained.net.config, record.tile_size)
+        net = engine_network(trained.net, engine, precision)
         split = predict_split(net, datamodule, cfg.split, tiler, tta, precision)
         metrics, postprocess, chosen_on = score_split(split, postprocess, cfg.get("choose", False))
         metrics |= {

@@ -250,12 +250,14 @@ class Tiler:
         batch_size: tiles per forward pass. None: as many as fit in ``memory_gb``.
         memory_gb: memory budget of one forward pass. None: 40% of the free memory of the
             network's device (free GPU memory, or available RAM).
+        max_tile: with ``tile_size`` None, the largest tile side chosen (None: no cap).
     """
 
     tile_size: int | Sequence[int] | None = None
     overlap: int | None = None
     batch_size: int | None = None
     memory_gb: float | None = None
+    max_tile: int | None = None
 
     def overlap_for(self, net: nn.Module) -> int:
         """The overlap (px) this tiler uses for ``net``."""
@@ -287,15 +289,19 @@ class Tiler:
             overlap + step, depth, padding
         )  # leaves a stride >= 2**depth
 
+        def fits(height: int, width: int) -> bool:
+            capped = self.max_tile is None or max(height, width) <= self.max_tile
+            return capped and tile_memory_bytes(net, height, width) <= budget
+
         def largest(other: int) -> int:  # largest valid side t with t x other in the budget
             t = smallest  # valid sizes recur every 2**depth
-            while tile_memory_bytes(net, t + step, other) <= budget:
+            while fits(t + step, other):
                 t += step
             return t
 
         cover = [shapes.smallest_input_covering(s, depth, padding) for s in size]
         side = smallest  # the largest square tile in the budget
-        while tile_memory_bytes(net, side + step, side + step) <= budget:
+        while fits(side + step, side + step):
             side += step
         tile = [min(side, c) for c in cover]
         # a short image leaves budget for longer tiles along the other axis

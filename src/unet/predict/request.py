@@ -31,10 +31,11 @@ class TilerSettings:
     overlap: int | None = None
     batch_size: int | None = None
     memory_gb: float | None = None
+    max_tile: int | None = None  # not a setting: the engine's cap on a chosen tile size
 
     def tiler(self) -> Tiler:
         """The tiler these settings describe."""
-        return Tiler(self.tile_size, self.overlap, self.batch_size, self.memory_gb)
+        return Tiler(self.tile_size, self.overlap, self.batch_size, self.memory_gb, self.max_tile)
 
 
 @dataclass(frozen=True)

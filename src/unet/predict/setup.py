@@ -14,6 +14,7 @@ from torch import nn
 
 from unet.data.frames import FrameSource
 from unet.inference.checkpoint import TrainedModel
+from unet.inference.engines import engine_tiler
 from unet.inference.formats.loading import load_for_prediction
 from unet.inference.postprocess import PostProcessing, postprocessing_for
 from unet.io.pixel_size import PixelSize, read_pixel_size
@@ -74,11 +75,8 @@ def with_model_record(
         )
         tta = "none"
     tiler = request.tiler
-    tiler = replace(
-        tiler,
-        tile_size=record.tile_size if tiler.tile_size is None else tiler.tile_size,
-        overlap=record.overlap if tiler.overlap is None else tiler.overlap,
-    )
+    tiler = engine_tiler(tiler, request.engine, trained.net.config, record.tile_size)
+    tiler = replace(tiler, overlap=record.overlap if tiler.overlap is None else tiler.overlap)
     return request.but(tta=tta, precision=precision, tiler=tiler)
 
 

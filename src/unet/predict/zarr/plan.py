@@ -138,6 +138,7 @@ def _candidate_sides(net, tiler, shape, channels, itemsize, budget) -> list:
     high = low
     while (
         high < max(cover)
+        and (tiler.max_tile is None or high + step <= tiler.max_tile)
         and tile_bytes(net, high + step, high + step, channels, itemsize) <= budget
     ):
         high += step
