@@ -129,10 +129,11 @@ def run_one(mode: str, size: int, chunk: int, tile: int, memory_gb: float, secti
     }
 
 
-def stop_after(seconds: float, start: float, shape, base: int) -> None:
+def stop_after(seconds: float, start: float, base: int) -> None:
     """After ``seconds``, print the case's JSON so far (peak and time, ``stopped``) and end
-    the process: every column window of a wide image has the same band and tiles, so the
-    peak is reached in the first."""
+    the process at once (its stores stay in ``TMPDIR``, which :func:`budget_table` gives
+    each case and removes): every column window of a wide image has the same band and
+    tiles, so the peak is reached in the first."""
 
     def report() -> None:
         elapsed = time.perf_counter() - start
@@ -161,7 +162,7 @@ def run_budget_case(
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         start = time.perf_counter()
         if time_limit:
-            stop_after(time_limit, start, shape, base)
+            stop_after(time_limit, start, base)
         predict_to_zarr(
             net,
             Path(tmp) / "in.zarr",
@@ -196,8 +197,11 @@ def budget_table(args) -> None:
                 command += ["--chunk", str(args.chunk), "--memory-gb", str(args.memory_gb)]
                 if args.time_limit and i:
                     command += ["--time-limit", str(args.time_limit)]
-                env = dict(os.environ, PYTHONPATH=src)
-                done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+                with tempfile.TemporaryDirectory() as tmp:
+                    env = dict(os.environ, PYTHONPATH=src, TMPDIR=tmp)
+                    done = subprocess.run(
+                        command, check=True, capture_output=True, text=True, env=env
+                    )
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 first = first if first is not None or label != "this" else r["peak_gb"]
                 rate = "stopped" if r.get("stopped") else f"{r['megapixels_per_second']:.3f} Mpx/s"

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from unet.config.checks import ConfigError
+from unet.inference.engines import OPENVINO_MAX_TILE
 from unet.inference.tiler import Tiler
 from unet.io.output_safety import UnsafeOutputError
 from unet.io.pixel_size import PixelSize
@@ -26,7 +27,6 @@ from unet.predict.request import (
     TilerSettings,
     ZarrSettings,
 )
-from unet.inference.engines import OPENVINO_MAX_TILE
 from unet.predict.setup import with_model_record
 from unet.predict.task import read_request
 
