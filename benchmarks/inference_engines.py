@@ -11,8 +11,8 @@ validated with, today's path) and the tiles predict and eval give them when
 ``tiler.tile_size`` is null (``unet.inference.engines.engine_tiler``); "seconds" is the
 second run, with the first (tracing and compiling included) in brackets.
 GFLOP/s counts the network FLOPs of every tile (``unet.model.network.forward_flops``) over the
-seconds, also as a share of the machine's peak: a 4,096^3 ``torch.matmul`` in fp32 and bf16 (best of 7),
-measured in the same run.
+seconds, also as a share of the machine's peak: a 4,096^3 ``torch.matmul`` in fp32 and
+bf16 (best of 7), measured in the same run.
 
 ``--checkpoint`` (a checkpoint or a shipped model's name) runs trained weights instead,
 and ``--image`` a real image: a TIFF, its frames laid side by side to fill the size (e.g.

@@ -11,8 +11,9 @@ and the growth over the first shape. ``--max-rows`` crops the height of larger s
 band's memory depends on the width; the statistics pass reads blocks): a shorter run.
 ``--time-limit S`` stops every shape after the first after S seconds of prediction and
 reports the peak so far (the planner gives every column window of a wide image the same
-band and tiles, so the peak is reached in the first window). ``--compare-src`` also runs the first shape with the code of another checkout's ``src``
-(e.g. the main branch) for throughput. Nets: ``small`` (4 base channels, depth 2, valid),
+band and tiles, so the peak is reached in the first window). ``--compare-src`` also runs
+the first shape with the code of another checkout's ``src`` (e.g. the main branch) for
+throughput. Nets: ``small`` (4 base channels, depth 2, valid),
 ``isbi_cpu`` (below), ``paper`` (64 base channels, depth 4, valid); random weights.
 
 The isbi_cpu network (``configs/experiment/isbi_cpu.yaml``: depth 4, valid convs, 16 base
