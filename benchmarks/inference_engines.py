@@ -86,10 +86,12 @@ def timed(run) -> float:
     return time.perf_counter() - start
 
 
-def tiles_flops(net: UNet, tiler: Tiler, size: tuple[int, int]) -> int:
-    """Network FLOPs of every tile of the plan for an image of ``size``."""
+def tiling(net: UNet, tiler: Tiler, size: tuple[int, int]) -> tuple[str, int]:
+    """("largest tile side (number of tiles)", network FLOPs of every tile) of the plan
+    for an image of ``size``."""
     plan = tiler.plan(net, size)
-    return sum(n * forward_flops(net.config, shape) for shape, n in plan.tile_shapes().items())
+    flops = sum(n * forward_flops(net.config, shape) for shape, n in plan.tile_shapes().items())
+    return f"{max(plan.rows.in_sizes)} ({plan.num_tiles})", flops
 
 
 def row(name, precision, tiles, seconds, first, flops, peaks, diff: float, flipped) -> None:
@@ -139,19 +141,13 @@ def monai_rows(net: UNet, image: np.ndarray, tiler: Tiler, peaks) -> None:
             )
         return logits.float().softmax(dim=1)[0].numpy()
 
-    runs = [
-        (
-            f"torch, same padding ({tiler.plan(same, image.shape).num_tiles} tiles)",
-            "32",
-            lambda: predict_image(same, image, tiler),
-            tiles_flops(same, tiler, image.shape),
-        ),
-    ]
+    ours, ours_flops = tiling(same, tiler, image.shape)
+    runs = [("torch, same padding", "32", lambda: predict_image(same, image, tiler), ours_flops)]
     flops = windows * forward_flops(same.config, (tile, tile))
     for precision in ("32", "bf16"):
         runs.append((f"MONAI ({windows} windows)", precision, partial(monai, precision), flops))
     post, reference = PostProcessing(), None
-    for name, precision, run, count in runs:
+    for (name, precision, run, count), tiles in zip(runs, [ours, tile, tile], strict=True):
         start = time.perf_counter()
         run()
         first = time.perf_counter() - start
@@ -162,8 +158,6 @@ def monai_rows(net: UNet, image: np.ndarray, tiler: Tiler, peaks) -> None:
         reference = reference or (prob, labels)
         diff = float(np.abs(prob - reference[0]).max())
         flipped = int(np.count_nonzero(labels != reference[1]))
-        plan = tiler.plan(same, image.shape)
-        tiles = f"{max(plan.rows.in_sizes)} ({plan.num_tiles})" if name[0] == "t" else tile
         row(name, precision, tiles, seconds, first, count, peaks, diff, flipped)
 
 
@@ -184,11 +178,11 @@ def main() -> None:
     else:
         net = UNet(**ISBI_CPU.to_dict()).eval()
     if args.image:
-        image = standardize(mosaic(args.image, args.size))
+        image = mosaic(args.image, args.size)  # predict_image standardises it
     else:
         image = np.random.default_rng(0).normal(size=(args.size, args.size)).astype(np.float32)
     tiler = Tiler(tile_size=args.tile, batch_size=1)
-    flops = tiles_flops(net, tiler, image.shape)
+    _, flops = tiling(net, tiler, image.shape)
     peak32, peak16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(
@@ -223,9 +217,7 @@ def main() -> None:
             diff = float(np.abs(prob - reference[0]).max())
             flipped = int(np.count_nonzero(labels != reference[1]))
             name = f"auto ({runner.chosen})" if engine == "auto" else engine
-            plan = tiles.plan(net, image.shape)
-            shown = f"{max(plan.rows.in_sizes)} ({plan.num_tiles})"
-            count = tiles_flops(net, tiles, image.shape)
+            shown, count = tiling(net, tiles, image.shape)
             row(name, precision, shown, seconds, first, count, (peak32, peak16), diff, flipped)
             timings.append((f"{name} {precision}, tiles {shown}", seconds, flipped))
     today = timings[0][1]

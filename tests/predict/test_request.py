@@ -140,7 +140,7 @@ def test_a_compiled_runtime_gets_larger_tiles_of_a_valid_net_only():
     request = PredictRequest("model.ckpt", "in.tif", "out", engine="openvino")
     for config, tiler in [
         (NetConfig(), TilerSettings(None, 0, batch_size=1, max_tile=OPENVINO_MAX_TILE)),
-        # their results depend on the tiles
+        # measured on valid nets only; instance norm's result depends on the tile
         (NetConfig(padding="same"), TilerSettings(tile_size=188, overlap=0)),
         (NetConfig(instance_norm=True), TilerSettings(tile_size=188, overlap=0)),
     ]:
